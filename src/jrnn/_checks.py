@@ -1,0 +1,64 @@
+"""Input checks shared by the public API.
+
+Every check runs on static shapes and dtypes, so it fires at trace time and
+works under ``jit``. Messages name the argument and give expected and actual.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def check_array(name: str, value) -> None:
+    """``TypeError`` unless ``value`` is an array (jax, numpy or a tracer)."""
+    if not hasattr(value, "shape") or not hasattr(value, "dtype"):
+        raise TypeError(f"{name}: expected an array, got {type(value).__name__}")
+
+
+def check_floating(name: str, value) -> None:
+    """``TypeError`` unless ``value`` has a floating dtype."""
+    if not jnp.issubdtype(value.dtype, jnp.floating):
+        raise TypeError(f"{name}: expected a floating dtype, got {value.dtype}")
+
+
+def check_integer(name: str, value) -> None:
+    """``TypeError`` unless ``value`` has an integer dtype."""
+    if not jnp.issubdtype(value.dtype, jnp.integer):
+        raise TypeError(f"{name}: expected an integer dtype, got {value.dtype}")
+
+
+def check_shape(name: str, value, expected: tuple) -> None:
+    """``ValueError`` unless ``value.shape == expected``."""
+    if tuple(value.shape) != tuple(expected):
+        raise ValueError(f"{name}: expected shape {tuple(expected)}, got {tuple(value.shape)}")
+
+
+def check_rate(name: str, value) -> None:
+    """``ValueError`` unless ``0 <= value < 1`` (a dropout rate)."""
+    if not isinstance(value, numbers.Real) or not 0.0 <= float(value) < 1.0:
+        raise ValueError(f"{name}: expected a rate in [0, 1), got {value!r}")
+
+
+def check_bool(name: str, value) -> None:
+    """``TypeError`` unless ``value`` is a Python bool."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name}: expected a bool, got {type(value).__name__}")
+
+
+def is_concrete(value) -> bool:
+    """True when ``value`` holds known numbers (not a tracer under jit)."""
+    return not isinstance(value, jax.core.Tracer)
+
+
+def as_array(name: str, value):
+    """Convert lists and scalars to arrays; leave arrays as they are."""
+    if hasattr(value, "shape") and hasattr(value, "dtype"):
+        return value
+    try:
+        return jnp.asarray(value)
+    except (TypeError, ValueError) as err:
+        raise TypeError(f"{name}: expected an array, got {type(value).__name__}") from err

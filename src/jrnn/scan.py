@@ -1,0 +1,193 @@
+"""The scan driver: run a cell over time with ``jax.lax.scan``.
+
+The input projection ``x_t @ w_x + b`` is one matrix product over every step,
+outside the loop; the loop body is the cell's recurrent step. The loop written
+out (and what the tests hold the driver to)::
+
+    carry = cell.initial_carry(batch) if carry is None else carry
+    for t in (reversed(range(T)) if reverse else range(T)):
+        if t < seq_lengths:                       # per sequence
+            carry, ys[..., t, :] = cell.step(params, carry, xs[..., t, :])
+        else:
+            ys[..., t, :] = 0                     # padding: carry frozen
+    return carry, ys
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn._checks import (
+    as_array,
+    check_array,
+    check_bool,
+    check_floating,
+    check_integer,
+    check_rate,
+    check_shape,
+    is_concrete,
+)
+
+
+def scan(
+    cell,
+    params,
+    xs,
+    carry=None,
+    *,
+    seq_lengths=None,
+    reverse: bool = False,
+    time_major: bool = False,
+    unroll: int | bool = 1,
+    dropout: float = 0.0,
+    recurrent_dropout: float = 0.0,
+    dropout_key: jax.Array | None = None,
+):
+    """Run ``cell`` over the time axis of ``xs``.
+
+    ``ys[..., t, :]`` is the hidden state after step t. ``jax.grad`` through this
+    function is backpropagation through time.
+
+    Args:
+      cell: a jrnn cell (:func:`jrnn.lstm`, :func:`jrnn.gru`, :func:`jrnn.simple_rnn`).
+      params: the cell's params (``cell.init``).
+      xs: ``(*batch, T, I)``, or ``(T, *batch, I)`` with ``time_major=True``;
+        any number of batch dimensions, including none.
+      carry: initial carry, ``(*batch, H)`` (LSTM: ``LSTMState``); ``None``: zeros.
+        The carry keeps its dtype through the loop.
+      seq_lengths: ``(*batch,)`` integers, right padding. Steps at or past a
+        sequence's length are padding: its carry is frozen there, its outputs
+        are zeros, and the returned carry is the one after its last valid step
+        (the initial carry for length 0). Lengths are clipped to ``[0, T]`` under
+        jit; outside jit a length out of range raises ``ValueError``.
+      reverse: run each sequence's valid part from its last valid step to its
+        first; outputs stay at their original positions.
+      time_major: ``xs`` and ``ys`` are time-major.
+      unroll: loop unrolling passed to ``lax.scan``.
+      dropout: variational input dropout rate (one mask per sequence, shared by
+        all steps, as Keras). Active only when ``dropout_key`` is given.
+      recurrent_dropout: variational dropout rate on ``h_{t-1}`` where it enters
+        the recurrent products. Active only when ``dropout_key`` is given.
+      dropout_key: PRNG key for the dropout masks; ``None`` means inference (no dropout).
+
+    Returns:
+      ``(final_carry, ys)`` with ``ys`` of shape ``(*batch, T, H)`` (or time-major).
+
+    Raises:
+      ValueError: wrong rank or sizes of ``xs``, ``carry``, ``seq_lengths`` or params;
+        a dropout rate outside [0, 1).
+      TypeError: non-floating ``xs``/``carry``/params, non-integer ``seq_lengths``,
+        params of another cell type.
+
+    Example:
+      >>> import jax, jax.numpy as jnp, jrnn
+      >>> cell = jrnn.lstm(8)
+      >>> params = cell.init(jax.random.key(0), 3)
+      >>> xs = jnp.ones((2, 5, 3))                   # (batch, time, input)
+      >>> carry, ys = jrnn.scan(cell, params, xs, seq_lengths=jnp.array([5, 2]))
+      >>> ys.shape, carry.h.shape
+      ((2, 5, 8), (2, 8))
+      >>> bool((ys[1, 2:] == 0).all())               # padding outputs are zero
+      True
+    """
+    xs = as_array("xs", xs)
+    check_floating("xs", xs)
+    if xs.ndim < 2:
+        layout = "(T, *batch, input_size)" if time_major else "(*batch, T, input_size)"
+        raise ValueError(f"xs: expected rank >= 2 {layout}, got shape {tuple(xs.shape)}")
+    check_bool("reverse", reverse)
+    check_bool("time_major", time_major)
+    check_rate("dropout", dropout)
+    check_rate("recurrent_dropout", recurrent_dropout)
+    if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
+        raise ValueError(f"unroll: expected a positive int or a bool, got {unroll!r}")
+    cell.check_input("xs", xs, params)
+
+    if time_major:
+        num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
+    else:
+        num_steps, batch_shape = xs.shape[-2], xs.shape[:-2]
+
+    if carry is None:
+        dtype = jnp.result_type(xs.dtype, params.w_h.dtype)
+        carry = cell.initial_carry(batch_shape, dtype)
+    else:
+        cell.check_carry(carry, batch_shape)
+    if seq_lengths is not None:
+        seq_lengths = _check_seq_lengths(seq_lengths, batch_shape, num_steps)
+
+    input_mask = recurrent_mask = None
+    if dropout_key is not None:
+        k_in, k_rec = jax.random.split(dropout_key)
+        if dropout > 0:
+            input_mask = dropout_mask(k_in, dropout, (*batch_shape, xs.shape[-1]), xs.dtype)
+            xs = xs * (input_mask if time_major else input_mask[..., None, :])
+        if recurrent_dropout > 0:
+            recurrent_mask = dropout_mask(
+                k_rec, recurrent_dropout, (*batch_shape, cell.hidden_size), xs.dtype
+            )
+
+    projected = cell.project_input(params, xs)
+    if not time_major:
+        projected = jnp.moveaxis(projected, -2, 0)
+    carry, ys = scan_projected(
+        cell, params, projected, carry,
+        seq_lengths=seq_lengths, reverse=reverse, unroll=unroll, recurrent_mask=recurrent_mask,
+    )
+    return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
+
+
+def scan_projected(
+    cell, params, projected, carry, *, seq_lengths=None, reverse=False, unroll=1,
+    recurrent_mask=None,
+):
+    """The time loop on already projected, time-major inputs ``(T, *batch, G*H)``.
+
+    No checks: :func:`scan` is the public entry point. Returns ``(carry, ys)``
+    with ``ys`` time-major ``(T, *batch, H)``.
+    """
+    carry_dtypes = jax.tree.map(lambda leaf: leaf.dtype, carry)
+
+    def keep_dtype(new_carry):
+        return jax.tree.map(lambda leaf, dtype: leaf.astype(dtype), new_carry, carry_dtypes)
+
+    if seq_lengths is None:
+
+        def body(carry, projected_t):
+            new_carry, h = cell.recurrent_step(params, carry, projected_t, recurrent_mask)
+            return keep_dtype(new_carry), h
+
+        return jax.lax.scan(body, carry, projected, reverse=reverse, unroll=unroll)
+
+    def masked_body(carry, inputs):
+        projected_t, t = inputs
+        new_carry, h = cell.recurrent_step(params, carry, projected_t, recurrent_mask)
+        valid = (t < seq_lengths)[..., None]
+        new_carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
+        return keep_dtype(new_carry), jnp.where(valid, h, jnp.zeros_like(h))
+
+    steps = jnp.arange(projected.shape[0], dtype=seq_lengths.dtype)
+    return jax.lax.scan(masked_body, carry, (projected, steps), reverse=reverse, unroll=unroll)
+
+
+def dropout_mask(key, rate: float, shape, dtype) -> jax.Array:
+    """Inverted-dropout mask: ``keep / (1 - rate)`` with ``keep ~ Bernoulli(1 - rate)``."""
+    keep = jax.random.bernoulli(key, 1.0 - rate, shape)
+    return keep.astype(dtype) / jnp.asarray(1.0 - rate, dtype)
+
+
+def _check_seq_lengths(seq_lengths, batch_shape, num_steps):
+    seq_lengths = as_array("seq_lengths", seq_lengths)
+    check_array("seq_lengths", seq_lengths)
+    check_integer("seq_lengths", seq_lengths)
+    check_shape("seq_lengths", seq_lengths, batch_shape)
+    if is_concrete(seq_lengths):
+        values = np.asarray(seq_lengths)
+        if values.size and (values.min() < 0 or values.max() > num_steps):
+            raise ValueError(
+                f"seq_lengths: expected values in [0, {num_steps}] (T), "
+                f"got min {values.min()} and max {values.max()}"
+            )
+    return seq_lengths

@@ -1,0 +1,96 @@
+"""Cells against the float64 NumPy reference; streaming equals scanning."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from tests import reference
+from tests.helpers import CELL_IDS, CELLS, assert_carry_close, random_carry, random_params, to_ref_carry
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("batch_shape", [(), (3,), (2, 3)])
+def test_step_matches_reference(name, cell, kind, opts, batch_shape, key):
+    k_p, k_c, k_x = jax.random.split(key, 3)
+    params = random_params(cell, k_p, 4)
+    carry = random_carry(cell, k_c, batch_shape)
+    x = jax.random.normal(k_x, (*batch_shape, 4), jnp.float64)
+    new_carry, h = cell.step(params, carry, x)
+    assert h.shape == (*batch_shape, 5)
+    flat_x = np.asarray(x).reshape(-1, 4)
+    flat_carry = jax.tree.map(lambda c: np.asarray(c).reshape(-1, 5), to_ref_carry(carry))
+    for b in range(flat_x.shape[0]):
+        state = tuple(c[b] for c in flat_carry) if kind == "lstm" else flat_carry[b]
+        want_carry, want_h = reference.step(kind, params, state, flat_x[b], **opts)
+        np.testing.assert_allclose(np.asarray(h).reshape(-1, 5)[b], want_h, rtol=1e-12, atol=1e-12)
+        got_carry = jax.tree.map(lambda c: np.asarray(c).reshape(-1, 5)[b], new_carry)
+        assert_carry_close(got_carry, want_carry, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("batch_shape", [(), (3,), (2, 2)])
+def test_scan_matches_reference(name, cell, kind, opts, batch_shape, key):
+    k_p, k_c, k_x = jax.random.split(key, 3)
+    params = random_params(cell, k_p, 3)
+    carry = random_carry(cell, k_c, batch_shape)
+    xs = jax.random.normal(k_x, (*batch_shape, 6, 3), jnp.float64)
+    final, ys = jrnn.scan(cell, params, xs, carry)
+    want_final, want_ys = reference.run(kind, params, xs, to_ref_carry(carry), **opts)
+    np.testing.assert_allclose(ys, want_ys, rtol=1e-12, atol=1e-12)
+    assert_carry_close(final, want_final, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+def test_step_loop_equals_scan(name, cell, kind, opts, key):
+    """Streaming inference (cell.step in a Python loop) equals the scanned computation."""
+    k_p, k_x = jax.random.split(key)
+    params = cell.init(k_p, 3, jnp.float32)
+    xs = jax.random.normal(k_x, (4, 7, 3), jnp.float32)
+    carry = cell.initial_carry((4,), jnp.float32)
+    outputs = []
+    for t in range(7):
+        carry, h = cell.step(params, carry, xs[:, t])
+        outputs.append(h)
+    final, ys = jrnn.scan(cell, params, xs)
+    np.testing.assert_allclose(ys, jnp.stack(outputs, axis=1), rtol=1e-6, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-6), final, carry)
+
+
+@pytest.mark.parametrize(
+    "cell,expected",
+    [
+        # Keras: SimpleRNN/LSTM/GRU(reset_after=False) with 32 units on 2 features.
+        (jrnn.simple_rnn(32), 32 * (2 + 32) + 32),
+        (jrnn.lstm(32), 4480),
+        (jrnn.gru(32), 3360),
+        # reset_after adds b_hn (H,) to the 3H bias.
+        (jrnn.gru(32, reset_after=True), 3360 + 32),
+    ],
+)
+def test_count_params(cell, expected, key):
+    assert jrnn.count_params(cell.init(key, 2)) == expected
+
+
+def test_param_shapes_and_types(key):
+    assert isinstance(jrnn.lstm(6).init(key, 3), jrnn.LSTMParams)
+    p = jrnn.gru(6).init(key, 3)
+    assert isinstance(p, jrnn.GRUParams) and p.b_hn is None
+    assert p.w_x.shape == (3, 18) and p.w_h.shape == (6, 18) and p.b.shape == (18,)
+    p = jrnn.simple_rnn(6).init(key, 3)
+    assert isinstance(p, jrnn.SimpleRNNParams) and p.w_h.shape == (6, 6)
+    carry = jrnn.lstm(6).initial_carry((2, 3))
+    assert isinstance(carry, jrnn.LSTMState) and carry.h.shape == (2, 3, 6) and carry.c.shape == (2, 3, 6)
+
+
+def test_config_round_trip():
+    for cell in [jrnn.lstm(4, init="pytorch"), jrnn.gru(3, reset_after=True), jrnn.simple_rnn(2, activation="relu")]:
+        assert jrnn.from_config(cell.config()) == cell
+    with pytest.raises(ValueError, match=r"config\['kind'\]"):
+        jrnn.from_config({"kind": "transformer", "hidden_size": 3})
+
+
+def test_cells_are_hashable_static_config():
+    assert jrnn.lstm(4) == jrnn.lstm(4) and hash(jrnn.lstm(4)) == hash(jrnn.lstm(4))
+    assert jrnn.gru(4) != jrnn.gru(4, reset_after=True)

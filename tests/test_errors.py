@@ -1,0 +1,82 @@
+"""Every documented error: the right type, the argument named, expected and actual given."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+
+
+@pytest.fixture
+def lstm_setup(key):
+    cell = jrnn.lstm(4)
+    return cell, cell.init(key, 3)
+
+
+@pytest.mark.parametrize("jit", [False, True])
+@pytest.mark.parametrize(
+    "make_call,error,message",
+    [
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((3,))), ValueError,
+         r"xs: expected rank >= 2 \(\*batch, T, input_size\), got shape \(3,\)"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 7))), ValueError,
+         r"xs: expected input_size 3 on the last axis \(params.w_x has shape \(3, 16\)\), got 7"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3), jnp.int32)), TypeError,
+         "xs: expected a floating dtype, got int32"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), jrnn.LSTMState(jnp.zeros((2, 4)), jnp.zeros((3, 4)))),
+         ValueError, r"carry.c: expected shape \(2, 4\), got \(3, 4\)"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), jnp.zeros((2, 4))), ValueError,
+         "carry: expected the structure of LSTMState"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), seq_lengths=jnp.array([1, 2, 3])), ValueError,
+         r"seq_lengths: expected shape \(2,\), got \(3,\)"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), seq_lengths=jnp.array([1.0, 2.0])), TypeError,
+         "seq_lengths: expected an integer dtype, got float"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), dropout=-0.1), ValueError,
+         r"dropout: expected a rate in \[0, 1\), got -0.1"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), unroll=0), ValueError,
+         "unroll: expected a positive int or a bool, got 0"),
+        (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), reverse="yes"), TypeError,
+         "reverse: expected a bool, got str"),
+        (lambda c, p: jrnn.scan(c, p._replace(b=jnp.zeros(15)), jnp.ones((2, 5, 3))), ValueError,
+         r"params.b: expected shape \(16,\), got \(15,\)"),
+        (lambda c, p: jrnn.scan(c, jrnn.SimpleRNNParams(*p), jnp.ones((2, 5, 3))), TypeError,
+         "params: expected LSTMParams for a lstm cell, got SimpleRNNParams"),
+        (lambda c, p: jrnn.scan(c, p._replace(w_h=jnp.zeros((4, 16), jnp.int32)), jnp.ones((2, 5, 3))),
+         TypeError, "params.w_h: expected a floating dtype, got int32"),
+        (lambda c, p: c.step(p, c.initial_carry(2), jnp.ones((2, 5))), ValueError,
+         r"x_t: expected input_size 3 on the last axis \(params.w_x has shape \(3, 16\)\), got 5"),
+    ],
+)
+def test_scan_errors(lstm_setup, make_call, error, message, jit):
+    cell, params = lstm_setup
+    call = (lambda p: make_call(cell, p)) if not jit else jax.jit(lambda p: make_call(cell, p))
+    with pytest.raises(error, match=message):
+        call(params)
+
+
+def test_seq_lengths_out_of_range_outside_jit(lstm_setup):
+    cell, params = lstm_setup
+    with pytest.raises(ValueError, match=r"seq_lengths: expected values in \[0, 5\] \(T\), got min -1 and max 6"):
+        jrnn.scan(cell, params, jnp.ones((2, 5, 3)), seq_lengths=np.array([-1, 6]))
+
+
+@pytest.mark.parametrize(
+    "factory,error,message",
+    [
+        (lambda: jrnn.lstm(0), ValueError, "hidden_size: expected a positive int, got 0"),
+        (lambda: jrnn.lstm(2.5), TypeError, "hidden_size: expected a positive int, got float"),
+        (lambda: jrnn.gru(3, reset_after="no"), TypeError, "reset_after: expected a bool, got str"),
+        (lambda: jrnn.simple_rnn(3, activation="sigmoid"), ValueError,
+         r"activation: expected one of \('tanh', 'relu'\), got 'sigmoid'"),
+        (lambda: jrnn.lstm(3, init="glorot"), ValueError,
+         r"init: expected one of \('default', 'keras', 'pytorch', 'flax'\), got 'glorot'"),
+        (lambda: jrnn.lstm(3, init=3), TypeError, "init: expected one of"),
+        (lambda: jrnn.lstm(3).init(jax.random.key(0), 0), ValueError, "input_size: expected a positive int, got 0"),
+        (lambda: jrnn.gru(3).check_params(jrnn.gru(3, reset_after=True).init(jax.random.key(0), 2)),
+         ValueError, "params.b_hn: expected None for this cell, got an array"),
+    ],
+)
+def test_construction_errors(factory, error, message):
+    with pytest.raises(error, match=message):
+        factory()
