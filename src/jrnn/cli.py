@@ -1,0 +1,203 @@
+"""The ``jrnn`` command: ``compare`` (the main job), ``train`` and ``predict``.
+
+Bad input prints one line, ``jrnn: error: ...``, and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr and exit status 2."""
+
+    def error(self, message):
+        self.exit(EXIT_USAGE, f"jrnn: error: {message} (see '{self.prog} --help')\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _add_model_options(p, *, epochs: int, lr: float, patience: int):
+    p.add_argument("--seq-len", type=_positive_int, default=30, help="window length in steps (default 30)")
+    p.add_argument("--horizon", type=_positive_int, default=1, help="steps ahead to predict (default 1)")
+    p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units per layer (default 32)")
+    p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"epoch budget (default {epochs})")
+    p.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
+    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr:g})")
+    p.add_argument("--patience", type=_positive_int, default=patience,
+                   help=f"early stopping: epochs without a better validation loss (default {patience})")
+    p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and dropout (default 0)")
+    p.add_argument("--nan", choices=("error", "drop", "interpolate"), default="error",
+                   help="what to do with missing values (default: error)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _add_data_options(p, *, required: bool):
+    p.add_argument("--csv", required=required, help="CSV file, one row per time step, oldest first")
+    p.add_argument("--target", action="append", required=required,
+                   help="column to predict (repeat for several)")
+    p.add_argument("--features", nargs="+", help="input columns (default: every numeric column)")
+    p.add_argument("--date-column", help="column of dates (parsed, sorted by, excluded from features)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="jrnn", description="Recurrent forecasters in JAX: SimpleRNN, LSTM, GRU.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("compare", help="train SimpleRNN, LSTM and GRU forecasters and compare them",
+                       description="Train SimpleRNN, LSTM and GRU with the same budget and seed and print "
+                       "one table next to persistence and seasonal-mean baselines. Default data: "
+                       "Seattle's daily weather 2012-2015 (embedded); task: tomorrow's temp_max from "
+                       "the last 30 days of all weather columns.")
+    _add_data_options(p, required=False)
+    p.add_argument("--cells", default="simple_rnn,lstm,gru", help="comma-separated cells (default all three)")
+    p.add_argument("--out", default="jrnn-compare", help="folder for plots and JSON (default ./jrnn-compare/)")
+    p.add_argument("--json", help="path of the JSON table (default OUT/compare.json)")
+    _add_model_options(p, epochs=100, lr=1e-3, patience=20)
+
+    p = sub.add_parser("train", help="train a forecaster on your CSV and save a checkpoint",
+                       description="Train one recurrent forecaster on a CSV and save checkpoints to --out.")
+    _add_data_options(p, required=True)
+    p.add_argument("--cell", choices=("simple_rnn", "lstm", "gru"), default="lstm", help="cell (default lstm)")
+    p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers (default 1)")
+    p.add_argument("--out", required=True, help="checkpoint folder")
+    p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    _add_model_options(p, epochs=50, lr=1e-3, patience=20)
+
+    p = sub.add_parser("predict", help="forecast with a saved checkpoint",
+                       description="Forecast the steps after the end of a CSV with a checkpoint from 'jrnn train'.")
+    p.add_argument("--checkpoint", required=True, help="folder written by 'jrnn train'")
+    p.add_argument("--csv", required=True, help="CSV with at least --seq-len rows of the training columns")
+    p.add_argument("--steps", type=_positive_int, default=1, help="steps to forecast (default 1)")
+    p.add_argument("--nan", choices=("error", "drop", "interpolate"), default="error")
+    p.add_argument("--out", help="CSV file for the forecasts (default: standard output)")
+    return parser
+
+
+def main(argv=None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_USAGE
+    from jrnn.checkpoint import CheckpointError
+
+    try:
+        return {"compare": run_compare, "train": run_train, "predict": run_predict}[args.command](args)
+    except (ValueError, TypeError, OSError, CheckpointError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"jrnn: error: {message}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("jrnn: interrupted", file=sys.stderr)
+        return 130
+
+
+def _frame(args):
+    from jrnn import datasets
+
+    if args.csv is None:
+        return datasets.seattle_weather(), ["temp_max"], None, "date", "°C"
+    if not args.target:
+        raise ValueError("--target: required with --csv")
+    frame = datasets.load_csv(args.csv, date_column=args.date_column)
+    return frame, args.target, args.features, args.date_column, ""
+
+
+def run_compare(args) -> int:
+    from jrnn import compare
+
+    frame, targets, features, date_column, units = _frame(args)
+    cells = [c.strip() for c in args.cells.split(",") if c.strip()]
+    result = compare.compare(
+        frame, targets=targets, features=features, date_column=date_column, cells=cells,
+        seq_len=args.seq_len, horizon=args.horizon, hidden_size=args.hidden, epochs=args.epochs,
+        batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,
+        nan_policy=args.nan, progress=not args.quiet,
+    )
+    paths = compare.write_outputs(result, args.out, args.json, units)
+    print(f"jrnn compare: {result['task']}")
+    print(compare.format_table(result["rows"], units))
+    print("wrote " + ", ".join(paths))
+    return 0
+
+
+def run_train(args) -> int:
+    import jax
+    import optax
+
+    import jrnn
+    from jrnn import data as jdata
+    from jrnn.compare import make_cell
+    from jrnn.forecast import Forecaster
+    from jrnn.train import fit, metrics, predict
+
+    frame, targets, features, date_column, _ = _frame(args)
+    prepared = jdata.prepare(frame, targets=targets, features=features, seq_len=args.seq_len,
+                             horizon=args.horizon, nan_policy=args.nan, date_column=date_column)
+    model = Forecaster(make_cell(args.cell, args.hidden), len(prepared.features),
+                       len(prepared.targets), num_layers=args.layers)
+    meta = {"model": model.config(), "data": prepared.window_config(),
+            "scaler": prepared.scaler.to_dict(), "columns": prepared.columns,
+            "optimizer": {"name": "adam", "learning_rate": args.lr, "clip_norm": 1.0}}
+    params, history = fit(
+        model.apply, model.init(jax.random.key(args.seed)), prepared.train, prepared.val,
+        optimizer=optax.adam(args.lr), epochs=args.epochs, batch_size=args.batch_size,
+        seed=args.seed, patience=args.patience, progress=not args.quiet, description=args.cell,
+        checkpoint_dir=args.out, checkpoint_meta=meta, resume=args.resume,
+    )
+    X_test, Y_test = prepared.test
+    test = metrics(prepared.unscale_targets(predict(model.apply, params, X_test)), prepared.unscale_targets(Y_test))
+    print(f"jrnn train: {args.cell}, {jrnn.count_params(params)} parameters, "
+          f"{len(history.train_loss)} epochs (best {history.best_epoch + 1}), "
+          f"test MAE {test['mae']:.4f}, RMSE {test['rmse']:.4f}; checkpoint in {args.out}")
+    return 0
+
+
+def run_predict(args) -> int:
+    import numpy as np
+    import pandas as pd
+
+    from jrnn import data as jdata
+    from jrnn import datasets
+    from jrnn.forecast import forecast, load_checkpoint
+
+    if not os.path.isdir(args.checkpoint):
+        raise OSError(f"--checkpoint: no such folder: {args.checkpoint}")
+    model, params, meta = load_checkpoint(args.checkpoint)
+    window = meta["data"]
+    if args.steps > 1 and window["horizon"] != 1:
+        raise ValueError(f"--steps: {args.steps} needs a model trained with --horizon 1, got {window['horizon']}")
+    scaler = jdata.Scaler.from_dict(meta["scaler"])
+    columns = meta["columns"]
+    frame = datasets.load_csv(args.csv)
+    table = jdata.numeric_frame(frame, window["features"], nan_policy=args.nan, min_rows=window["seq_len"],
+                                 min_rows_reason=f"the model reads windows of {window['seq_len']} rows")
+    history = table.to_numpy()[-window["seq_len"]:]
+    f_idx = [columns.index(c) for c in window["features"]]
+    t_idx = [columns.index(c) for c in window["targets"]]
+    out = forecast(model, params, history, steps=args.steps, scaler=scaler, feature_index=f_idx, target_index=t_idx)
+    result = pd.DataFrame(out, columns=window["targets"])
+    result.insert(0, "step", np.arange(1, args.steps + 1) * window["horizon"])
+    if args.out:
+        result.to_csv(args.out, index=False)
+        print(f"jrnn predict: wrote {args.steps} forecast(s) to {args.out}")
+    else:
+        result.to_csv(sys.stdout, index=False)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

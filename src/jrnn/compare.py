@@ -1,0 +1,184 @@
+"""The RNN vs LSTM vs GRU forecasting comparison behind ``jrnn compare``.
+
+Each cell is trained with the same data, budget and seed; the table reports
+parameters, training time and test errors in the data's own units next to two
+baselines: persistence (tomorrow = today) and the seasonal mean (the training
+years' average for that day of the year, smoothed over ±7 days).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from typing import Sequence
+
+import jax
+import numpy as np
+import optax
+
+import jrnn
+from jrnn import data as jdata
+from jrnn.forecast import Forecaster
+from jrnn.train import fit, metrics, predict
+
+CELL_FACTORIES = {"simple_rnn": jrnn.simple_rnn, "lstm": jrnn.lstm, "gru": jrnn.gru}
+CELL_LABELS = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
+
+
+def make_cell(name: str, hidden_size: int):
+    """A cell by name: ``simple_rnn``, ``lstm`` or ``gru``."""
+    if name not in CELL_FACTORIES:
+        raise ValueError(f"cell: expected one of {tuple(CELL_FACTORIES)}, got {name!r}")
+    return CELL_FACTORIES[name](hidden_size)
+
+
+def persistence(prepared: jdata.ForecastData, split: str = "test") -> np.ndarray:
+    """The last observed target value of each window: ``y_{t+h} = y_t``."""
+    rows = prepared.target_rows(split) - prepared.horizon
+    return prepared.values[rows][:, prepared.target_index]
+
+
+def seasonal_mean(prepared: jdata.ForecastData, split: str = "test", half_width: int = 7) -> np.ndarray | None:
+    """Training rows' mean target for each day of the year (±``half_width`` days); ``None`` without dates."""
+    if prepared.dates is None:
+        return None
+    day = (prepared.dates - prepared.dates.astype("datetime64[Y]")).astype(int)  # 0..365
+    train_rows = np.arange(*prepared.splits[0])
+    targets = prepared.values[:, prepared.target_index]
+    sums = np.zeros((366, targets.shape[1]))
+    counts = np.zeros(366)
+    np.add.at(sums, day[train_rows], targets[train_rows])
+    np.add.at(counts, day[train_rows], 1)
+    kernel = np.ones(2 * half_width + 1)
+    circular = lambda a: np.convolve(np.concatenate([a[-half_width:], a, a[:half_width]]), kernel, "valid")
+    smooth_counts = circular(counts)
+    smooth = np.stack([circular(sums[:, k]) for k in range(sums.shape[1])], axis=1)
+    climate = smooth / np.maximum(smooth_counts, 1)[:, None]
+    return climate[day[prepared.target_rows(split)]]
+
+
+def compare(
+    frame,
+    *,
+    targets: Sequence[str],
+    features: Sequence[str] | None = None,
+    date_column: str | None = None,
+    cells: Sequence[str] = ("simple_rnn", "lstm", "gru"),
+    seq_len: int = 30,
+    horizon: int = 1,
+    hidden_size: int = 32,
+    epochs: int = 100,
+    batch_size: int = 32,
+    learning_rate: float = 1e-3,
+    patience: int | None = 20,
+    seed: int = 0,
+    nan_policy: str = "error",
+    progress: bool = True,
+) -> dict:
+    """Train one forecaster per cell on the same data and budget; evaluate on the test split.
+
+    Returns a JSON-friendly dict: ``rows`` (one per model and baseline), the
+    settings, per-cell loss ``histories`` and test ``predictions``.
+    """
+    for name in cells:
+        make_cell(name, 1)
+    prepared = jdata.prepare(frame, targets=targets, features=features, seq_len=seq_len,
+                             horizon=horizon, nan_policy=nan_policy, date_column=date_column)
+    X_test, Y_test = prepared.test
+    actual = prepared.unscale_targets(Y_test)
+    rows, histories, predictions = [], {}, {}
+    for name in cells:
+        model = Forecaster(make_cell(name, hidden_size), len(prepared.features), len(prepared.targets))
+        params = model.init(jax.random.key(seed))
+        started = time.perf_counter()
+        params, history = fit(
+            model.apply, params, prepared.train, prepared.val,
+            optimizer=optax.adam(learning_rate), epochs=epochs, batch_size=batch_size,
+            seed=seed, patience=patience, progress=progress, description=CELL_LABELS[name],
+        )
+        seconds = time.perf_counter() - started
+        pred = prepared.unscale_targets(predict(model.apply, params, X_test))
+        rows.append({"model": CELL_LABELS[name], "params": jrnn.count_params(params),
+                     "train_seconds": round(seconds, 2), "epochs": len(history.train_loss),
+                     **metrics(pred, actual)})
+        histories[name] = {"train_loss": history.train_loss, "val_loss": history.val_loss}
+        predictions[name] = pred[:, 0].tolist()
+    baselines = {"persistence": persistence(prepared), "seasonal mean": seasonal_mean(prepared)}
+    for label, pred in baselines.items():
+        if pred is not None:
+            rows.append({"model": f"{label} (baseline)", "params": 0, "train_seconds": 0.0,
+                         "epochs": 0, **metrics(pred, actual)})
+            predictions[label] = pred[:, 0].tolist()
+    persistence_mae = next(r["mae"] for r in rows if r["model"].startswith("persistence"))
+    for row in rows:
+        row["mae_vs_persistence"] = round(row["mae"] / persistence_mae, 4)
+    test_dates = None if prepared.dates is None else [str(d) for d in prepared.dates[prepared.target_rows("test")]]
+    return {
+        "task": f"predict {', '.join(prepared.targets)} {horizon} step(s) ahead from the last "
+                f"{seq_len} steps of {', '.join(prepared.features)}",
+        "settings": {"cells": list(cells), "seq_len": seq_len, "horizon": horizon,
+                     "hidden_size": hidden_size, "epochs": epochs, "batch_size": batch_size,
+                     "learning_rate": learning_rate, "patience": patience, "seed": seed,
+                     "clip_norm": 1.0, "split_rows": prepared.splits},
+        "machine": {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count()},
+        "rows": rows,
+        "histories": histories,
+        "test": {"dates": test_dates, "actual": actual[:, 0].tolist(), "predictions": predictions},
+    }
+
+
+def format_table(rows: list[dict], units: str = "") -> str:
+    """The result rows as a Markdown table."""
+    unit = f" ({units})" if units else ""
+    lines = [f"| model | params | train s | epochs | test MAE{unit} | test RMSE{unit} | MAE / persistence |",
+             "|---|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['model']} | {r['params']} | {r['train_seconds']:.1f} | {r['epochs']} | "
+                     f"{r['mae']:.3f} | {r['rmse']:.3f} | {r['mae_vs_persistence']:.3f} |")
+    return "\n".join(lines)
+
+
+def write_outputs(result: dict, out_dir: str, json_path: str | None = None, units: str = "") -> list[str]:
+    """Write the JSON table and the two PNG plots; return their paths."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    json_path = json_path or os.path.join(out_dir, "compare.json")
+    with open(json_path, "w") as f:
+        json.dump(result, f, indent=2)
+
+    test = result["test"]
+    x = np.arange(len(test["actual"])) if test["dates"] is None else np.asarray(test["dates"], "datetime64[D]")
+    fig, ax = plt.subplots(figsize=(11, 4.5))
+    ax.plot(x, test["actual"], color="black", lw=2, label="actual")
+    for name, pred in test["predictions"].items():
+        style = {"ls": ":", "lw": 1} if name in ("persistence", "seasonal mean") else {"lw": 1.2}
+        ax.plot(x, pred, label=CELL_LABELS.get(name, name), **style)
+    ax.set_title("Test period: forecast vs actual")
+    ax.set_ylabel(units or "target")
+    ax.legend(ncol=3, fontsize=8)
+    fig.autofmt_xdate()
+    fig.tight_layout()
+    forecast_png = os.path.join(out_dir, "forecast.png")
+    fig.savefig(forecast_png, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(8, 4.5))
+    for i, (name, h) in enumerate(result["histories"].items()):
+        color = f"C{i}"
+        ax.plot(h["train_loss"], color=color, label=f"{CELL_LABELS[name]} train")
+        ax.plot(h["val_loss"], color=color, ls="--", label=f"{CELL_LABELS[name]} validation")
+    ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("MSE (scaled units)")
+    ax.set_title("Training and validation loss")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    loss_png = os.path.join(out_dir, "loss.png")
+    fig.savefig(loss_png, dpi=110)
+    plt.close(fig)
+    return [json_path, forecast_png, loss_png]

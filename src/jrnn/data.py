@@ -1,0 +1,345 @@
+"""From a table of measurements to Keras-style sequences: windows, supervised
+pairs, chronological splits, scaling and mini-batches.
+
+Everything here is NumPy on the host; arrays go to the device batch by batch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Iterator, Sequence
+
+import numpy as np
+import pandas as pd
+
+NAN_POLICIES = ("error", "drop", "interpolate")
+TARGET_MODES = ("last", "sequence")
+
+
+def windows(array, seq_len: int, stride: int = 1):
+    """Every ``seq_len``-long window of a series, Keras style.
+
+    ``(N, F) -> (N - seq_len + 1, seq_len, F)`` (every ``stride``-th window);
+    window ``k`` is ``array[k * stride : k * stride + seq_len]``. Works on NumPy
+    and JAX arrays (the result has the input's array type).
+
+    Raises:
+      ValueError: ``array`` not 2-D, ``seq_len``/``stride`` not positive, or
+        fewer than ``seq_len`` rows.
+
+    Example (the slides' temperature/humidity table):
+      >>> X = np.array([[6, 92], [9, 85], [7, 88], [8, 91], [6, 89]])
+      >>> w = windows(X, 3)
+      >>> w.shape
+      (3, 3, 2)
+      >>> w[1].tolist()
+      [[9, 85], [7, 88], [8, 91]]
+    """
+    if getattr(array, "ndim", None) != 2:
+        raise ValueError(f"array: expected shape (N, F), got {np.shape(array)}")
+    _check_positive("seq_len", seq_len)
+    _check_positive("stride", stride)
+    num_rows = array.shape[0]
+    if num_rows < seq_len:
+        raise ValueError(f"array: expected at least seq_len={seq_len} rows, got {num_rows}")
+    starts = np.arange(0, num_rows - seq_len + 1, stride)
+    return array[starts[:, None] + np.arange(seq_len)[None, :]]
+
+
+def supervised(
+    array,
+    seq_len: int,
+    *,
+    horizon: int = 1,
+    inputs: Sequence[int] | None = None,
+    targets: Sequence[int] | None = None,
+    mode: str = "last",
+    stride: int = 1,
+):
+    """Input windows and the values ``horizon`` steps after them.
+
+    Window ``k`` covers rows ``s .. s+L-1`` (``s = k * stride``). With
+    ``mode="last"`` its target is row ``s+L-1+horizon`` (one output at the end
+    of the window); with ``mode="sequence"`` the targets are rows
+    ``s+horizon .. s+L-1+horizon`` (one output per step).
+
+    Args:
+      array: ``(N, F)``.
+      seq_len: L, the window length.
+      horizon: how many steps ahead the target lies (>= 1).
+      inputs, targets: column indices (default: all columns).
+      mode: ``"last"`` or ``"sequence"``.
+
+    Returns:
+      ``(X, Y)``: ``X (n, L, len(inputs))``; ``Y (n, len(targets))`` or
+      ``(n, L, len(targets))``, with ``n = (N - L - horizon) // stride + 1``.
+
+    >>> X, Y = supervised(np.arange(6.0)[:, None], 3)
+    >>> X[:, :, 0].tolist(), Y[:, 0].tolist()
+    ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]], [3.0, 4.0, 5.0])
+    """
+    array = np.asarray(array)
+    if array.ndim != 2:
+        raise ValueError(f"array: expected shape (N, F), got {array.shape}")
+    _check_positive("horizon", horizon)
+    if mode not in TARGET_MODES:
+        raise ValueError(f"mode: expected one of {TARGET_MODES}, got {mode!r}")
+    _check_positive("seq_len", seq_len)
+    num_rows, num_cols = array.shape
+    needed = seq_len + horizon
+    if num_rows < needed:
+        raise ValueError(
+            f"array: expected at least seq_len + horizon = {needed} rows, got {num_rows}"
+        )
+    inputs = list(range(num_cols)) if inputs is None else list(inputs)
+    targets = list(range(num_cols)) if targets is None else list(targets)
+    X = windows(array[: num_rows - horizon, inputs], seq_len, stride)
+    shifted = windows(array[horizon:, targets], seq_len, stride)
+    Y = shifted[:, -1] if mode == "last" else shifted
+    return X, Y
+
+
+def chronological_split(num_rows: int, fractions: Sequence[float] = (0.7, 0.15, 0.15)):
+    """Row ranges ``[(0, a), (a, b), (b, N)]`` for train, validation and test.
+
+    Splitting rows before windowing means no window crosses a boundary.
+
+    >>> chronological_split(100)
+    [(0, 70), (70, 85), (85, 100)]
+    """
+    fractions = tuple(float(f) for f in fractions)
+    if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
+        raise ValueError(f"fractions: expected three non-negative numbers summing to 1, got {fractions}")
+    a = int(round(num_rows * fractions[0]))
+    b = a + int(round(num_rows * fractions[1]))
+    return [(0, a), (a, b), (b, num_rows)]
+
+
+@dataclasses.dataclass(frozen=True)
+class Scaler:
+    """Per-column standardisation ``(x - mean) / scale``, fitted on training rows only."""
+
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, array) -> "Scaler":
+        array = np.asarray(array, np.float64)
+        std = array.std(axis=0)
+        return cls(array.mean(axis=0), np.where(std > 0, std, 1.0))
+
+    def transform(self, array, columns: Sequence[int] | None = None):
+        cols = slice(None) if columns is None else list(columns)
+        return (np.asarray(array) - self.mean[cols]) / self.scale[cols]
+
+    def inverse_transform(self, array, columns: Sequence[int] | None = None):
+        cols = slice(None) if columns is None else list(columns)
+        return np.asarray(array) * self.scale[cols] + self.mean[cols]
+
+    def to_dict(self) -> dict:
+        return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Scaler":
+        return cls(np.asarray(d["mean"], np.float64), np.asarray(d["scale"], np.float64))
+
+
+def batches(
+    X, Y, batch_size: int, *, seed: int | None = 0, drop_last: bool = False
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Mini-batches of ``(X, Y)``; shuffled by ``seed`` (``None``: in order).
+
+    The last partial batch is yielded unless ``drop_last``.
+
+    >>> [len(x) for x, _ in batches(np.zeros((10, 2)), np.zeros(10), 4, seed=None)]
+    [4, 4, 2]
+    """
+    _check_positive("batch_size", batch_size)
+    n = len(X)
+    if len(Y) != n:
+        raise ValueError(f"Y: expected {n} rows to match X, got {len(Y)}")
+    order = np.arange(n) if seed is None else np.random.default_rng(seed).permutation(n)
+    stop = n - n % batch_size if drop_last else n
+    for start in range(0, stop, batch_size):
+        idx = order[start : start + batch_size]
+        yield X[idx], Y[idx]
+
+
+def numeric_frame(
+    frame: pd.DataFrame,
+    columns: Sequence[str],
+    *,
+    nan_policy: str = "error",
+    min_rows: int = 1,
+    min_rows_reason: str = "",
+) -> pd.DataFrame:
+    """The named columns as float64, checked: present, numeric, NaN-free, long enough.
+
+    Args:
+      frame: the table.
+      columns: the columns to keep, in order.
+      nan_policy: ``"error"`` (default), ``"drop"`` (remove rows with NaN) or
+        ``"interpolate"`` (linear in row order, ends filled from the nearest value).
+      min_rows: fewest rows the result may have.
+
+    Raises:
+      ValueError: a missing column, NaN values under ``"error"``, or fewer than ``min_rows`` rows.
+      TypeError: a column that is not numeric.
+    """
+    if nan_policy not in NAN_POLICIES:
+        raise ValueError(f"nan_policy: expected one of {NAN_POLICIES}, got {nan_policy!r}")
+    missing = [c for c in columns if c not in frame.columns]
+    if missing:
+        raise ValueError(
+            f"columns: {', '.join(map(repr, missing))} not in the data; available: "
+            f"{', '.join(map(str, frame.columns))}"
+        )
+    if len(set(columns)) != len(columns):
+        raise ValueError(f"columns: expected distinct names, got {list(columns)}")
+    for c in columns:
+        if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]):
+            raise TypeError(f"column {c!r}: expected numbers, got dtype {frame[c].dtype}")
+    out = frame[list(columns)].astype(np.float64)
+    out = out.replace([np.inf, -np.inf], np.nan)
+    if out.isna().any().any():
+        if nan_policy == "error":
+            bad = out.columns[out.isna().any()].tolist()
+            first = int(np.flatnonzero(out.isna().any(axis=1).to_numpy())[0])
+            raise ValueError(
+                f"data: NaN or infinite values in {bad} (first at row {first}); "
+                "pass nan_policy='drop' or 'interpolate' (CLI: --nan drop|interpolate)"
+            )
+        if nan_policy == "drop":
+            out = out.dropna().reset_index(drop=True)
+        else:
+            out = out.interpolate(limit_direction="both")
+            if out.isna().any().any():
+                raise ValueError("data: a column is entirely NaN; nothing to interpolate from")
+    if len(out) < min_rows:
+        reason = f" ({min_rows_reason})" if min_rows_reason else ""
+        raise ValueError(f"data: expected at least {min_rows} rows{reason}, got {len(out)}")
+    return out
+
+
+def _check_positive(name: str, value) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+        raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ForecastData:
+    """A table turned into scaled supervised pairs for each chronological split.
+
+    ``columns`` = features, then any target not among them; ``values`` holds
+    them unscaled ``(N, C)``. ``splits`` are row ranges; ``train``, ``val`` and
+    ``test`` are scaled ``(X, Y)`` pairs built inside each range, so no window
+    crosses a boundary. ``scaler`` was fitted on the training rows only.
+    """
+
+    columns: list[str]
+    features: list[str]
+    targets: list[str]
+    seq_len: int
+    horizon: int
+    mode: str
+    values: np.ndarray
+    dates: np.ndarray | None
+    splits: list[tuple[int, int]]
+    scaler: Scaler
+    train: tuple[np.ndarray, np.ndarray]
+    val: tuple[np.ndarray, np.ndarray]
+    test: tuple[np.ndarray, np.ndarray]
+
+    @property
+    def feature_index(self) -> list[int]:
+        return [self.columns.index(c) for c in self.features]
+
+    @property
+    def target_index(self) -> list[int]:
+        return [self.columns.index(c) for c in self.targets]
+
+    def target_rows(self, split: str) -> np.ndarray:
+        """Row numbers (into ``values``) of the ``mode="last"`` targets of a split."""
+        start, stop = self.splits[("train", "val", "test").index(split)]
+        first = start + self.seq_len - 1 + self.horizon
+        return np.arange(first, stop)
+
+    def unscale_targets(self, Y) -> np.ndarray:
+        """Targets or predictions back in the data's own units."""
+        return self.scaler.inverse_transform(Y, self.target_index)
+
+    def window_config(self) -> dict:
+        return {"features": self.features, "targets": self.targets, "seq_len": self.seq_len,
+                "horizon": self.horizon, "mode": self.mode}
+
+
+def prepare(
+    frame: pd.DataFrame,
+    *,
+    targets: Sequence[str],
+    features: Sequence[str] | None = None,
+    seq_len: int = 30,
+    horizon: int = 1,
+    mode: str = "last",
+    fractions: Sequence[float] = (0.7, 0.15, 0.15),
+    nan_policy: str = "error",
+    date_column: str | None = None,
+) -> ForecastData:
+    """Check, split, scale and window a table for forecasting.
+
+    Args:
+      frame: the measurements, one row per time step, oldest first.
+      targets: columns to predict.
+      features: input columns (default: every numeric column but ``date_column``).
+      seq_len, horizon, mode: as in :func:`supervised`.
+      fractions: train, validation and test shares of the rows.
+      nan_policy: see :func:`numeric_frame`.
+      date_column: optional column of dates, kept for plots and seasonal baselines.
+
+    Raises:
+      ValueError / TypeError: as :func:`numeric_frame`; a split too short for one window.
+    """
+    if isinstance(targets, str):
+        targets = [targets]
+    if features is None:
+        features = [c for c in frame.columns if c != date_column and pd.api.types.is_numeric_dtype(frame[c])]
+    features, targets = list(features), list(targets)
+    if not targets:
+        raise ValueError("targets: expected at least one column, got none")
+    if not features:
+        raise ValueError("features: expected at least one column, got none")
+    columns = features + [t for t in targets if t not in features]
+    dates = None
+    if date_column is not None:
+        if date_column not in frame.columns:
+            raise ValueError(f"date_column: {date_column!r} not in the data; available: {', '.join(map(str, frame.columns))}")
+        dates = pd.to_datetime(frame[date_column], errors="coerce")
+        if dates.isna().any():
+            raise ValueError(f"date_column: {date_column!r} has values that are not dates")
+    checked = numeric_frame(frame, columns, nan_policy=nan_policy, min_rows=seq_len + horizon,
+                            min_rows_reason=f"seq_len {seq_len} + horizon {horizon}")
+    if dates is not None and nan_policy == "drop":
+        finite = np.isfinite(frame[columns].to_numpy(np.float64)).all(axis=1)
+        dates = dates[finite]
+    values = checked.to_numpy()
+    splits = chronological_split(len(values), fractions)
+    for name, (start, stop) in zip(("train", "val", "test"), splits):
+        if stop - start < seq_len + horizon:
+            raise ValueError(
+                f"data: the {name} split has {stop - start} rows, fewer than seq_len + horizon = "
+                f"{seq_len + horizon}; use more data or a shorter --seq-len"
+            )
+    scaler = Scaler.fit(values[splits[0][0] : splits[0][1]])
+    scaled = scaler.transform(values)
+    f_idx = [columns.index(c) for c in features]
+    t_idx = [columns.index(c) for c in targets]
+    pairs = [
+        supervised(scaled[start:stop], seq_len, horizon=horizon, inputs=f_idx, targets=t_idx, mode=mode)
+        for start, stop in splits
+    ]
+    pairs = [(X.astype(np.float32), Y.astype(np.float32)) for X, Y in pairs]
+    return ForecastData(
+        columns, features, targets, seq_len, horizon, mode, values,
+        None if dates is None else np.asarray(dates, dtype="datetime64[D]"),
+        splits, scaler, *pairs,
+    )

@@ -1,0 +1,61 @@
+"""Data that ships offline: Seattle's daily weather 2012–2015, and user CSVs.
+
+The weather table comes from the ``vega_datasets`` package, which carries it
+on disk, so nothing is downloaded at run time.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+
+WEATHER_COLUMNS = ["precipitation", "temp_max", "temp_min", "wind"]
+
+
+def seattle_weather() -> pd.DataFrame:
+    """Seattle's daily weather, 2012-01-01 to 2015-12-31 (1461 rows).
+
+    Columns: ``date`` (datetime), ``precipitation`` (mm), ``temp_max`` and
+    ``temp_min`` (°C), ``wind`` (m/s). The text column ``weather`` is dropped.
+
+    >>> df = seattle_weather()
+    >>> df.shape, list(df.columns)
+    ((1461, 5), ['date', 'precipitation', 'temp_max', 'temp_min', 'wind'])
+    """
+    from vega_datasets import data
+
+    frame = data.seattle_weather()
+    frame["date"] = pd.to_datetime(frame["date"])
+    return frame[["date", *WEATHER_COLUMNS]].reset_index(drop=True)
+
+
+def load_csv(path: str | os.PathLike, *, date_column: str | None = None) -> pd.DataFrame:
+    """Read a CSV of measurements (one row per time step, oldest first).
+
+    With ``date_column`` the rows are parsed as dates and sorted by them.
+
+    Raises:
+      FileNotFoundError: no such file.
+      ValueError: an empty or unreadable file, or a missing/unparsable date column.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"csv: no such file: {path}")
+    try:
+        frame = pd.read_csv(path)
+    except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+        raise ValueError(f"csv: cannot read {path}: {str(err).splitlines()[0]}") from None
+    if frame.empty:
+        raise ValueError(f"csv: {path} has no rows")
+    if date_column is not None:
+        if date_column not in frame.columns:
+            raise ValueError(
+                f"date_column: {date_column!r} not in {path}; available: {', '.join(map(str, frame.columns))}"
+            )
+        dates = pd.to_datetime(frame[date_column], errors="coerce")
+        if dates.isna().any():
+            raise ValueError(f"date_column: {date_column!r} has values that are not dates")
+        frame = frame.assign(**{date_column: dates}).sort_values(date_column, kind="stable")
+        frame = frame.reset_index(drop=True)
+    return frame

@@ -1,0 +1,175 @@
+"""A recurrent forecaster (stacked cells + a dense head) and streaming forecasts.
+
+``Forecaster.apply`` runs the scanned network over whole windows (training);
+:func:`forecast` carries the state step by step with ``cell.step`` (streaming
+inference) and equals the scanned computation where the two overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn import checkpoint as ckpt
+from jrnn.cells import Cell, from_config
+from jrnn.data import TARGET_MODES, Scaler
+from jrnn.layers import stacked
+
+
+class ForecasterParams(NamedTuple):
+    """``rnn``: per-layer cell params; ``w_out (H, O)``, ``b_out (O,)``: the dense head."""
+
+    rnn: tuple
+    w_out: jax.Array
+    b_out: jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class Forecaster:
+    """``num_layers`` cells like ``cell`` stacked, then ``y = h @ w_out + b_out``.
+
+    ``mode="last"`` predicts from the last hidden state: ``(n, L, I) -> (n, O)``;
+    ``mode="sequence"`` predicts at every step: ``(n, L, I) -> (n, L, O)``.
+
+    >>> import jax, jax.numpy as jnp, jrnn
+    >>> model = Forecaster(jrnn.gru(8), input_size=4, output_size=1)
+    >>> params = model.init(jax.random.key(0))
+    >>> model.apply(params, jnp.ones((5, 30, 4))).shape
+    (5, 1)
+    """
+
+    cell: Cell
+    input_size: int
+    output_size: int
+    num_layers: int = 1
+    mode: str = "last"
+    dropout: float = 0.0
+
+    def __post_init__(self):
+        if self.mode not in TARGET_MODES:
+            raise ValueError(f"mode: expected one of {TARGET_MODES}, got {self.mode!r}")
+        for name in ("input_size", "output_size", "num_layers"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}: expected a positive int, got {value!r}")
+
+    @property
+    def network(self):
+        return stacked([self.cell] * self.num_layers, dropout=self.dropout)
+
+    def init(self, key, dtype=jnp.float32) -> ForecasterParams:
+        k_rnn, k_out = jax.random.split(key)
+        H = self.cell.hidden_size
+        w_out = jax.nn.initializers.glorot_uniform()(k_out, (H, self.output_size), dtype)
+        return ForecasterParams(
+            self.network.init(k_rnn, self.input_size, dtype), w_out, jnp.zeros(self.output_size, dtype)
+        )
+
+    def apply(self, params: ForecasterParams, X, *, dropout_key=None):
+        """Predictions for windows ``X (*batch, L, I)``."""
+        _, ys = self.network(params.rnn, X, dropout_key=dropout_key)
+        hidden = ys[..., -1, :] if self.mode == "last" else ys
+        return hidden @ params.w_out + params.b_out
+
+    # -- streaming -------------------------------------------------------------
+    def initial_state(self, batch_shape=(), dtype=jnp.float32) -> tuple:
+        return self.network.initial_carry(batch_shape, dtype)
+
+    def step(self, params: ForecasterParams, state: tuple, x_t):
+        """One streaming step through every layer: ``x_t (*batch, I) -> (state, y_t (*batch, O))``."""
+        new_state = []
+        h = x_t
+        for layer_params, carry in zip(params.rnn, state):
+            carry, h = self.cell.step(layer_params, carry, h)
+            new_state.append(carry)
+        return tuple(new_state), h @ params.w_out + params.b_out
+
+    def config(self) -> dict[str, Any]:
+        return {"cell": self.cell.config(), "input_size": self.input_size,
+                "output_size": self.output_size, "num_layers": self.num_layers,
+                "mode": self.mode, "dropout": self.dropout}
+
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> "Forecaster":
+        config = dict(config)
+        return cls(from_config(config.pop("cell")), **config)
+
+
+def forecast(
+    model: Forecaster,
+    params: ForecasterParams,
+    history,
+    *,
+    steps: int = 1,
+    scaler: Scaler | None = None,
+    feature_index=None,
+    target_index=None,
+) -> np.ndarray:
+    """Forecast ``steps`` values after ``history``, carrying the state with ``cell.step``.
+
+    The state is built by streaming ``history (L, F)`` from zeros; each forecast
+    is then fed back as the next input (autoregressive), which needs the
+    targets to be the features. With a ``scaler``, ``history`` and the result
+    are in original units (``feature_index``/``target_index`` pick the scaler's
+    columns); without one both are in model units.
+
+    Returns:
+      ``(steps, O)`` forecasts.
+
+    Raises:
+      ValueError: ``history`` of the wrong shape, ``steps < 1``, or ``steps > 1``
+        when the model's outputs cannot be its next inputs.
+    """
+    history = np.asarray(history, np.float64)
+    if history.ndim != 2 or history.shape[1] != model.input_size:
+        raise ValueError(f"history: expected shape (L, {model.input_size}), got {history.shape}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
+        raise ValueError(f"steps: expected a positive int, got {steps!r}")
+    autoregressive_ok = model.output_size == model.input_size and (
+        scaler is None or list(feature_index) == list(target_index)
+    )
+    if steps > 1 and not autoregressive_ok:
+        raise ValueError(
+            f"steps: {steps} needs the targets to be the features (outputs fed back as "
+            "inputs); train with the same --features and --target, or use --steps 1"
+        )
+    if scaler is not None:
+        history = scaler.transform(history, feature_index)
+    dtype = params.w_out.dtype
+    step = jax.jit(model.step)
+    state = model.initial_state((), dtype)
+    for x_t in history:
+        state, y = step(params, state, jnp.asarray(x_t, dtype))
+    outputs = [np.asarray(y)]
+    for _ in range(steps - 1):
+        state, y = step(params, state, y)
+        outputs.append(np.asarray(y))
+    out = np.stack(outputs).astype(np.float64)
+    return out if scaler is None else scaler.inverse_transform(out, target_index)
+
+
+def load_checkpoint(directory):
+    """``(model, best_params, meta)`` from a checkpoint folder written by ``jrnn train``
+    (or :func:`jrnn.train.fit` with a ``{"model": model.config(), ...}`` meta).
+
+    Raises:
+      CheckpointError: missing, unreadable or foreign checkpoint.
+    """
+    import optax
+
+    from jrnn.train import TrainState, make_optimizer
+
+    _, meta = ckpt.read_meta(directory)
+    try:
+        model = Forecaster.from_config(meta["model"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise ckpt.CheckpointError(f"checkpoint: {directory} has no usable model configuration ({err})") from None
+    params = model.init(jax.random.key(0))
+    opt = meta.get("optimizer", {})
+    tx = make_optimizer(optax.adam(opt.get("learning_rate", 1e-3)), opt.get("clip_norm", 1.0))
+    like = {"state": TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), "best_params": params}
+    return model, ckpt.restore(directory, like)["best_params"], meta

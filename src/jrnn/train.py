@@ -1,0 +1,196 @@
+"""Training with optax: one jitted step, clipping, early stopping, checkpoints.
+
+The loop in short::
+
+    tx = optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
+    for epoch in range(epochs):
+        for X, Y in batches(train, seed=(seed, epoch)):          # host-side iterator
+            state, loss = train_step(state, X, Y)                # one jit region
+        val = mse(apply(params, X_val), Y_val)                   # early stopping
+        checkpoint.save(...)                                     # atomic, resumable
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jrnn import checkpoint as ckpt
+from jrnn.data import batches
+
+
+class TrainState(NamedTuple):
+    """``step`` (int32 scalar), ``params`` and ``opt_state``."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+
+
+@dataclasses.dataclass
+class History:
+    """Per-epoch losses (mean squared error in model units) and bookkeeping."""
+
+    train_loss: list[float] = dataclasses.field(default_factory=list)
+    val_loss: list[float] = dataclasses.field(default_factory=list)
+    val_mae: list[float] = dataclasses.field(default_factory=list)
+    val_rmse: list[float] = dataclasses.field(default_factory=list)
+    best_epoch: int = -1
+    best_val_loss: float = float("inf")
+    epochs_without_improvement: int = 0
+    stopped_early: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "History":
+        return cls(**d)
+
+
+def mse(pred, target):
+    return jnp.mean((pred - target) ** 2)
+
+
+def metrics(pred, target) -> dict[str, float]:
+    """MAE and RMSE over all entries."""
+    err = np.asarray(pred, np.float64) - np.asarray(target, np.float64)
+    return {"mae": float(np.abs(err).mean()), "rmse": float(np.sqrt((err**2).mean()))}
+
+
+def make_optimizer(optimizer: optax.GradientTransformation, clip_norm: float | None):
+    """``optimizer`` behind gradient clipping by global norm (``None``: no clipping)."""
+    if clip_norm is None:
+        return optimizer
+    if clip_norm <= 0:
+        raise ValueError(f"clip_norm: expected a positive number or None, got {clip_norm}")
+    return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
+
+
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, loss_fn=mse):
+    """One jitted step: forward, loss, gradients and the optax update together."""
+
+    @jax.jit
+    def train_step(state: TrainState, X, Y, dropout_key):
+        def loss_of(params):
+            return loss_fn(apply_fn(params, X, dropout_key=dropout_key), Y)
+
+        loss, grads = jax.value_and_grad(loss_of)(state.params)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return TrainState(state.step + 1, params, opt_state), loss
+
+    return train_step
+
+
+def predict(apply_fn: Callable, params, X, batch_size: int = 512) -> np.ndarray:
+    """``apply_fn`` over ``X`` in batches (jitted), as one NumPy array."""
+    run = jax.jit(lambda p, x: apply_fn(p, x))
+    return np.concatenate([np.asarray(run(params, X[i : i + batch_size])) for i in range(0, len(X), batch_size)])
+
+
+def fit(
+    apply_fn: Callable,
+    params,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    optimizer: optax.GradientTransformation | None = None,
+    epochs: int = 50,
+    batch_size: int = 32,
+    seed: int = 0,
+    clip_norm: float | None = 1.0,
+    patience: int | None = 10,
+    progress: bool = True,
+    description: str = "train",
+    checkpoint_dir: str | None = None,
+    checkpoint_meta: dict | None = None,
+    resume: bool = False,
+):
+    """Train ``params`` of ``apply_fn(params, X, dropout_key=None) -> predictions``.
+
+    Args:
+      apply_fn: the model, e.g. ``Forecaster.apply``.
+      params: initial params.
+      train, val: ``(X, Y)`` NumPy pairs; ``val`` drives early stopping.
+      optimizer: any optax transformation (schedules included); default Adam(1e-3).
+      epochs, batch_size: the budget; the last partial batch is used.
+      seed: drives shuffling and dropout; the same seed gives the same result.
+      clip_norm: gradient clipping by global norm (``None``: off).
+      patience: stop after this many epochs without a better validation loss and
+        restore the best params (``None``: never stop early; best params still returned).
+      progress: show a tqdm bar with the live loss.
+      checkpoint_dir: save after every epoch (atomically); with ``resume=True``
+        continue from the newest checkpoint there exactly as if uninterrupted.
+      checkpoint_meta: extra JSON stored with each checkpoint (model config, scaling).
+
+    Returns:
+      ``(best_params, history)``.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(epochs, bool) or not isinstance(epochs, int) or epochs < 1:
+        raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
+    if patience is not None and patience < 1:
+        raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
+    tx = make_optimizer(optax.adam(1e-3) if optimizer is None else optimizer, clip_norm)
+    state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
+    best_params, history, start_epoch = params, History(), 0
+    if resume and checkpoint_dir is not None and ckpt.latest_step(checkpoint_dir) is not None:
+        _, meta = ckpt.read_meta(checkpoint_dir)
+        restored = ckpt.restore(checkpoint_dir, {"state": state, "best_params": params})
+        state, best_params = restored["state"], restored["best_params"]
+        history = History.from_dict(meta["history"])
+        start_epoch = meta["epoch"] + 1
+    train_step = make_train_step(apply_fn, tx)
+    base_key = jax.random.key(seed)
+    started = time.perf_counter() - history.seconds
+    bar = tqdm(range(start_epoch, epochs), desc=description, disable=not progress, leave=False,
+               initial=start_epoch, total=epochs)
+    for epoch in bar:
+        if history.stopped_early:
+            break
+        losses, weights = [], []
+        for X, Y in batches(*train, batch_size, seed=_epoch_seed(seed, epoch)):
+            dropout_key = jax.random.fold_in(base_key, int(state.step))
+            state, loss = train_step(state, X, Y, dropout_key)
+            losses.append(loss)
+            weights.append(len(X))
+        history.train_loss.append(float(np.average(jax.device_get(losses), weights=weights)))
+        postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
+        if val is not None:
+            pred = predict(apply_fn, state.params, val[0])
+            history.val_loss.append(float(np.mean((pred - val[1]) ** 2)))
+            m = metrics(pred, val[1])
+            history.val_mae.append(m["mae"])
+            history.val_rmse.append(m["rmse"])
+            postfix["val"] = f"{history.val_loss[-1]:.4f}"
+            if history.val_loss[-1] < history.best_val_loss:
+                history.best_val_loss, history.best_epoch = history.val_loss[-1], epoch
+                history.epochs_without_improvement = 0
+                best_params = state.params
+            else:
+                history.epochs_without_improvement += 1
+                if patience is not None and history.epochs_without_improvement >= patience:
+                    history.stopped_early = True
+        else:
+            best_params, history.best_epoch = state.params, epoch
+        bar.set_postfix(postfix)
+        history.seconds = time.perf_counter() - started
+        if checkpoint_dir is not None:
+            meta = {**(checkpoint_meta or {}), "epoch": epoch, "step": int(state.step),
+                    "seed": seed, "history": history.to_dict()}
+            ckpt.save(checkpoint_dir, epoch, {"state": state, "best_params": best_params}, meta)
+    bar.close()
+    return best_params, history
+
+
+def _epoch_seed(seed: int, epoch: int) -> int:
+    return int(np.random.SeedSequence([seed, epoch]).generate_state(1)[0])

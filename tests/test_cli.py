@@ -1,0 +1,103 @@
+"""The jrnn command, run for real in subprocesses."""
+
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jrnn import datasets
+
+
+def jrnn_cmd(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "jrnn", *map(str, args)], capture_output=True,
+                          text=True, cwd=cwd, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def weather_csv(tmp_path_factory):
+    path = tmp_path_factory.mktemp("data") / "weather.csv"
+    datasets.seattle_weather().to_csv(path, index=False)
+    return path
+
+
+def test_help():
+    for sub in ("compare", "train", "predict"):
+        out = jrnn_cmd(sub, "--help")
+        assert out.returncode == 0 and "usage: jrnn " + sub in out.stdout
+
+
+def test_compare_end_to_end(tmp_path):
+    out = jrnn_cmd("compare", "--epochs", 2, "--quiet", "--out", tmp_path / "o", "--json", tmp_path / "t.json")
+    assert out.returncode == 0, out.stderr
+    for label in ("SimpleRNN", "LSTM", "GRU", "persistence (baseline)", "seasonal mean (baseline)", "test MAE (°C)"):
+        assert label in out.stdout
+    result = json.loads((tmp_path / "t.json").read_text())
+    assert [r["model"] for r in result["rows"]][:3] == ["SimpleRNN", "LSTM", "GRU"]
+    assert {r["params"] for r in result["rows"][:3]} == {1217, 4769, 3585}
+    persistence = next(r for r in result["rows"] if r["model"].startswith("persistence"))
+    assert 2.0 < persistence["mae"] < 2.5  # tomorrow = today on Seattle's 2015 test days
+    for png in ("forecast.png", "loss.png"):
+        assert (tmp_path / "o" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_train_predict_resume(tmp_path, weather_csv):
+    ck = tmp_path / "ck"
+    out = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",
+                   "--features", "temp_max", "--epochs", 3, "--quiet", "--out", ck)
+    assert out.returncode == 0, out.stderr
+    assert "test MAE" in out.stdout and sorted(os.listdir(ck)) == [f"step_0000000{i}.npz" for i in range(3)]
+    out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", weather_csv, "--steps", 3, "--out", tmp_path / "f.csv")
+    assert out.returncode == 0, out.stderr
+    forecasts = pd.read_csv(tmp_path / "f.csv")
+    assert forecasts.columns.tolist() == ["step", "temp_max"] and forecasts.step.tolist() == [1, 2, 3]
+    assert forecasts.temp_max.between(-10, 40).all()  # °C, not scaled units
+    resumed = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",
+                       "--features", "temp_max", "--epochs", 4, "--quiet", "--out", ck, "--resume")
+    assert resumed.returncode == 0 and "4 epochs" in resumed.stdout
+
+
+def _bad_inputs(tmp_path, weather_csv):
+    frame = pd.read_csv(weather_csv)
+    nan = frame.copy()
+    nan.loc[3, "wind"] = np.nan
+    nan.to_csv(tmp_path / "nan.csv", index=False)
+    frame.head(20).to_csv(tmp_path / "short.csv", index=False)
+    frame.assign(wind="calm").to_csv(tmp_path / "text.csv", index=False)
+    (tmp_path / "foreign").mkdir()
+    np.savez(tmp_path / "foreign" / "step_00000001.npz", x=np.zeros(2))
+    base = ["train", "--out", tmp_path / "o", "--quiet", "--target"]
+    return [
+        (["train", "--csv", tmp_path / "missing.csv", "--target", "a", "--out", tmp_path / "o"], "csv: no such file"),
+        ([*base, "nope", "--csv", weather_csv], "columns: 'nope' not in the data"),
+        ([*base, "wind", "--csv", tmp_path / "text.csv"], "column 'wind': expected numbers"),
+        ([*base, "wind", "--csv", tmp_path / "nan.csv"], "NaN or infinite values in ['wind'] (first at row 3)"),
+        ([*base, "wind", "--csv", tmp_path / "short.csv", "--features", "wind"], "data: expected at least 31 rows (seq_len 30 + horizon 1), got 20"),
+        ([*base, "wind", "--csv", weather_csv, "--cell", "transformer"], "argument --cell: invalid choice"),
+        (["predict", "--checkpoint", tmp_path / "nowhere", "--csv", weather_csv], "--checkpoint: no such folder"),
+        (["predict", "--checkpoint", tmp_path / "foreign", "--csv", weather_csv], "damaged or not a jrnn checkpoint"),
+        (["compare", "--cells", "lstm,transformer"], "cell: expected one of"),
+        (["frobnicate"], "argument COMMAND: invalid choice"),
+    ]
+
+
+def test_bad_input_is_one_line_and_exit_2(tmp_path, weather_csv):
+    for args, message in _bad_inputs(tmp_path, weather_csv):
+        out = jrnn_cmd(*args)
+        assert out.returncode == 2, (args, out.stderr)
+        lines = out.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("jrnn: error: "), (args, out.stderr)
+        assert message in lines[0], (args, lines[0])
+        assert "Traceback" not in out.stderr
+
+
+def test_nan_policy_option(tmp_path, weather_csv):
+    frame = pd.read_csv(weather_csv)
+    frame.loc[3, "wind"] = np.nan
+    frame.to_csv(tmp_path / "nan.csv", index=False)
+    out = jrnn_cmd("train", "--csv", tmp_path / "nan.csv", "--target", "temp_max", "--date-column", "date",
+                   "--nan", "interpolate", "--epochs", 1, "--quiet", "--out", tmp_path / "ck")
+    assert out.returncode == 0, out.stderr

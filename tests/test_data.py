@@ -1,0 +1,122 @@
+"""Windows, supervised pairs, splits without leakage, scaling, batches, table checks."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from jrnn import data, datasets
+
+
+def test_slides_example():
+    table = np.array([[6, 92], [9, 85], [7, 88], [8, 91], [6, 89]])
+    w = data.windows(table, 3)
+    assert w.shape == (3, 3, 2)
+    np.testing.assert_array_equal(w[0], table[0:3])
+    np.testing.assert_array_equal(w[1], table[1:4])
+    np.testing.assert_array_equal(w[2], table[2:5])
+
+
+def test_windows_stride_and_jax():
+    import jax.numpy as jnp
+
+    a = np.arange(20).reshape(10, 2)
+    w = data.windows(a, 4, stride=3)
+    assert w.shape == (3, 4, 2)
+    np.testing.assert_array_equal(w[:, 0, 0], [0, 6, 12])
+    assert isinstance(data.windows(jnp.asarray(a), 4), type(jnp.zeros(1)))
+
+
+@pytest.mark.parametrize("call,error,message", [
+    (lambda: data.windows(np.zeros(5), 2), ValueError, r"array: expected shape \(N, F\), got \(5,\)"),
+    (lambda: data.windows(np.zeros((2, 1)), 3), ValueError, "array: expected at least seq_len=3 rows, got 2"),
+    (lambda: data.windows(np.zeros((5, 1)), 0), ValueError, "seq_len: expected a positive int, got 0"),
+    (lambda: data.supervised(np.zeros((5, 1)), 2, mode="all"), ValueError, "mode: expected one of"),
+    (lambda: data.supervised(np.zeros((5, 1)), 4, horizon=2), ValueError,
+     "array: expected at least seq_len \\+ horizon = 6 rows, got 5"),
+    (lambda: data.chronological_split(10, (0.5, 0.5)), ValueError, "fractions"),
+])
+def test_data_errors(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize("horizon", [1, 3])
+def test_supervised_targets(horizon):
+    series = np.stack([np.arange(12.0), 100 + np.arange(12.0)], axis=1)
+    X, Y = data.supervised(series, 4, horizon=horizon, inputs=[0, 1], targets=[1])
+    assert X.shape == (12 - 4 - horizon + 1, 4, 2) and Y.shape == (X.shape[0], 1)
+    np.testing.assert_array_equal(Y[:, 0], X[:, -1, 1] + horizon)  # target = last row + horizon
+    Xs, Ys = data.supervised(series, 4, horizon=horizon, targets=[0], mode="sequence")
+    assert Ys.shape == (X.shape[0], 4, 1)
+    np.testing.assert_array_equal(Ys[..., 0], Xs[..., 0] + horizon)  # one target per step
+
+
+def _frame(n=200):
+    rng = np.random.default_rng(0)
+    return pd.DataFrame({"date": pd.date_range("2020-01-01", periods=n),
+                         "a": np.arange(n, dtype=float), "b": rng.normal(size=n)})
+
+
+def test_prepare_no_leakage_and_train_only_scaling():
+    frame = _frame()
+    prepared = data.prepare(frame, targets=["a"], features=["a", "b"], seq_len=10, date_column="date")
+    (s0, e0), (s1, e1), (s2, e2) = prepared.splits
+    assert (s0, e2) == (0, 200) and e0 == s1 and e1 == s2
+    # Column "a" is the row number, so unscaled windows reveal which rows they read.
+    for (X, Y), (start, stop) in zip((prepared.train, prepared.val, prepared.test), prepared.splits):
+        rows = prepared.scaler.inverse_transform(X[..., 0], [0])
+        targets = prepared.unscale_targets(Y)[:, 0]
+        assert rows.min() >= start - 1e-3 and targets.max() <= stop - 1 + 1e-3
+        np.testing.assert_allclose(targets, prepared.target_rows(("train", "val", "test")[prepared.splits.index((start, stop))]), atol=1e-3)
+    train_rows = frame.loc[: e0 - 1, ["a", "b"]].to_numpy()
+    np.testing.assert_allclose(prepared.scaler.mean, train_rows.mean(axis=0))
+    np.testing.assert_allclose(prepared.scaler.scale, train_rows.std(axis=0))
+    assert abs(prepared.train[0][..., 0].mean()) < 0.1 and prepared.test[0][..., 0].mean() > 1.5
+
+
+def test_table_checks():
+    frame = _frame(60)
+    with pytest.raises(ValueError, match=r"columns: 'zz' not in the data; available: date, a, b"):
+        data.prepare(frame, targets=["zz"])
+    with pytest.raises(TypeError, match=r"column 'c': expected numbers, got dtype"):
+        data.prepare(frame.assign(c=["x"] * 60), targets=["c"])
+    nan = frame.copy()
+    nan.loc[7, "b"] = np.nan
+    with pytest.raises(ValueError, match=r"NaN or infinite values in \['b'\] \(first at row 7\)"):
+        data.prepare(nan, targets=["a"], seq_len=5, date_column="date")
+    dropped = data.prepare(nan, targets=["a"], seq_len=5, date_column="date", nan_policy="drop")
+    assert len(dropped.values) == 59 and len(dropped.dates) == 59
+    filled = data.prepare(nan, targets=["a"], seq_len=5, date_column="date", nan_policy="interpolate")
+    assert filled.values[7, 1] == pytest.approx((nan.b[6] + nan.b[8]) / 2)
+    with pytest.raises(ValueError, match=r"data: expected at least 31 rows \(seq_len 30 \+ horizon 1\), got 20"):
+        data.prepare(frame.head(20), targets=["a"], seq_len=30)
+    with pytest.raises(ValueError, match=r"the val split has 9 rows, fewer than seq_len \+ horizon = 11"):
+        data.prepare(frame, targets=["a"], seq_len=10)
+
+
+def test_batches_seeded_and_partial():
+    X, Y = np.arange(10)[:, None], np.arange(10)
+    first = [y.tolist() for _, y in data.batches(X, Y, 4, seed=3)]
+    again = [y.tolist() for _, y in data.batches(X, Y, 4, seed=3)]
+    assert first == again and [len(b) for b in first] == [4, 4, 2]
+    assert sorted(sum(first, [])) == list(range(10)) and sum(first, []) != list(range(10))
+    assert [len(y) for _, y in data.batches(X, Y, 4, seed=3, drop_last=True)] == [4, 4]
+
+
+def test_seattle_weather_offline():
+    frame = datasets.seattle_weather()
+    assert frame.shape == (1461, 5)
+    assert str(frame.date.min().date()) == "2012-01-01" and str(frame.date.max().date()) == "2015-12-31"
+    assert frame.drop(columns="date").notna().all().all()
+
+
+def test_load_csv(tmp_path):
+    path = tmp_path / "x.csv"
+    _frame(5).iloc[::-1].to_csv(path, index=False)
+    frame = datasets.load_csv(path, date_column="date")
+    assert frame.a.tolist() == [0, 1, 2, 3, 4]  # sorted by date
+    with pytest.raises(FileNotFoundError, match="csv: no such file"):
+        datasets.load_csv(tmp_path / "missing.csv")
+    (tmp_path / "empty.csv").write_text("")
+    with pytest.raises(ValueError, match="csv: cannot read"):
+        datasets.load_csv(tmp_path / "empty.csv")

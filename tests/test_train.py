@@ -1,0 +1,121 @@
+"""fit: loss falls, determinism, early stopping, checkpoints (atomic, exact resume)."""
+
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jrnn
+from jrnn import checkpoint as ckpt
+from jrnn.forecast import Forecaster
+from jrnn.train import fit
+
+
+def _task(n=96, seed=0):
+    """Predict the sum of a short random sequence (a smooth, learnable target)."""
+    rng = np.random.default_rng(seed)
+    X = rng.normal(size=(n, 8, 2)).astype(np.float32)
+    Y = (X[:, -3:, 0].sum(axis=1, keepdims=True) * 0.5).astype(np.float32)
+    return (X[:64], Y[:64]), (X[64:], Y[64:])
+
+
+def _model():
+    return Forecaster(jrnn.gru(8), input_size=2, output_size=1)
+
+
+def _fit(**kw):
+    model = _model()
+    train, val = _task()
+    options = dict(optimizer=optax.adam(1e-2), epochs=6, batch_size=16, seed=1, progress=False)
+    options.update(kw)
+    return fit(model.apply, model.init(jax.random.key(0)), train, val, **options)
+
+
+def _equal(a, b):
+    jax.tree.map(np.testing.assert_array_equal, a, b)
+
+
+def test_loss_falls_and_same_seed_same_result():
+    params, history = _fit()
+    assert history.train_loss[-1] < 0.5 * history.train_loss[0]
+    assert len(history.val_mae) == 6 and history.best_epoch >= 0
+    again, history2 = _fit()
+    _equal(params, again)
+    assert history.train_loss == history2.train_loss
+    other, _ = _fit(seed=2)
+    assert not np.allclose(other.w_out, params.w_out)
+
+
+def test_early_stopping_restores_best():
+    params, history = _fit(optimizer=optax.sgd(0.0), epochs=20, patience=3)  # never improves
+    assert history.stopped_early and len(history.train_loss) == 4 and history.best_epoch == 0
+    model = _model()
+    _equal(params, model.init(jax.random.key(0)))
+
+
+def test_clipping_is_on_by_default():
+    huge = optax.sgd(1.0)
+    model = _model()
+    (X, Y), val = _task()
+    init = model.init(jax.random.key(0))
+    params, _ = fit(model.apply, init, (X, Y * 1e6), val, optimizer=huge, epochs=1, batch_size=64,
+                    progress=False, patience=None)
+    delta = optax.tree.norm(jax.tree.map(lambda a, b: a - b, params, init))
+    assert float(delta) <= 1.0 + 1e-5  # one step of lr 1 with gradients clipped to norm 1
+
+
+def test_exact_resume(tmp_path):
+    full, full_history = _fit(checkpoint_dir=str(tmp_path / "full"))
+    _fit(epochs=3, checkpoint_dir=str(tmp_path / "part"))
+    assert ckpt.latest_step(tmp_path / "part") == 2
+    resumed, history = _fit(checkpoint_dir=str(tmp_path / "part"), resume=True)
+    _equal(resumed, full)
+    assert history.train_loss == full_history.train_loss
+    assert ckpt.steps(tmp_path / "full") == [3, 4, 5]  # keeps the newest three
+
+
+def test_checkpoint_round_trip(tmp_path):
+    model = _model()
+    params = model.init(jax.random.key(3))
+    ckpt.save(tmp_path, 7, {"params": params}, {"model": model.config(), "note": "x"})
+    step, meta = ckpt.read_meta(tmp_path)
+    assert step == 7 and meta["note"] == "x" and Forecaster.from_config(meta["model"]) == model
+    _equal(ckpt.restore(tmp_path, {"params": model.init(jax.random.key(0))})["params"], params)
+    with pytest.raises(ckpt.CheckpointError, match="holds 5 arrays, expected 4"):
+        ckpt.restore(tmp_path, {"params": params._replace(b_out=None)})
+
+
+def test_crash_during_save_keeps_previous(tmp_path, monkeypatch):
+    model = _model()
+    good = model.init(jax.random.key(1))
+    ckpt.save(tmp_path, 1, good, {"step": 1})
+
+    def crash(file, **arrays):  # write part of a file, then die mid-save
+        file.write(b"PK\x03\x04 partial")
+        raise KeyboardInterrupt("killed")
+
+    monkeypatch.setattr(np, "savez", crash)
+    with pytest.raises(KeyboardInterrupt):
+        ckpt.save(tmp_path, 2, model.init(jax.random.key(2)), {"step": 2})
+    monkeypatch.undo()
+    assert ckpt.steps(tmp_path) == [1] and os.listdir(tmp_path) == ["step_00000001.npz"]
+    _equal(ckpt.restore(tmp_path, good), good)
+
+
+def test_damaged_or_foreign_checkpoints(tmp_path):
+    with pytest.raises(ckpt.CheckpointError, match="no such directory"):
+        ckpt.read_meta(tmp_path / "nowhere")
+    with pytest.raises(ckpt.CheckpointError, match=r"no jrnn checkpoint \(step_\*.npz\)"):
+        ckpt.read_meta(tmp_path)
+    params = _model().init(jax.random.key(0))
+    path = ckpt.save(tmp_path, 1, params, {})
+    data = open(path, "rb").read()
+    open(path, "wb").write(data[: len(data) // 2])  # truncated
+    with pytest.raises(ckpt.CheckpointError, match="damaged"):
+        ckpt.restore(tmp_path, params)
+    np.savez(tmp_path / "step_00000002.npz", x=np.zeros(3))  # foreign npz
+    with pytest.raises(ckpt.CheckpointError, match="damaged or not a jrnn checkpoint"):
+        ckpt.read_meta(tmp_path)
