@@ -10,3 +10,7 @@ jax.config.update("jax_debug_nans", False)
 @pytest.fixture
 def key():
     return jax.random.key(0)
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")

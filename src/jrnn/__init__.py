@@ -57,6 +57,6 @@ def __getattr__(name):
     # Submodules with heavier imports load on first use: jrnn.data, jrnn.train, ...
     import importlib
 
-    if name in {"data", "datasets", "train", "checkpoint", "forecast", "diagnostics"}:
+    if name in {"data", "datasets", "train", "checkpoint", "forecast", "diagnostics", "interop", "linen", "nnx"}:
         return importlib.import_module(f"jrnn.{name}")
     raise AttributeError(f"module 'jrnn' has no attribute {name!r}")

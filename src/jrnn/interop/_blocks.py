@@ -1,0 +1,107 @@
+"""Exact gate-block bookkeeping shared by every converter.
+
+Peers store the same gate blocks in other orders, transposed, with split
+biases, or with the GRU update gate meaning "keep the old state" instead of
+"take the candidate". Each difference is a permutation, a transpose, a sum or
+a negation (σ(−a) = 1 − σ(a)), all exact in floating point. A converter
+describes its peer with a :class:`Layout` and calls :func:`to_jrnn` /
+:func:`from_jrnn`; nothing else touches gate order.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+
+import jrnn
+from jrnn.cells import Cell
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """How a peer lays out one cell's gate blocks.
+
+    Attributes:
+      order: ``order[k]`` is the peer's block index of jrnn block ``k``
+        (jrnn: LSTM i, f, g, o; GRU z, r, n).
+      negate: jrnn block indices whose pre-activation the peer stores negated
+        (the GRU update gate of PyTorch, Keras, Flax and Equinox).
+    """
+
+    order: tuple[int, ...]
+    negate: tuple[int, ...] = ()
+
+
+IDENTITY = {1: Layout((0,)), 3: Layout((0, 1, 2)), 4: Layout((0, 1, 2, 3))}
+# PyTorch / Flax / Equinox GRU: blocks r, z, n and h = (1 - z) n + z h.
+RZN_KEEP_GATE = Layout((1, 0, 2), negate=(0,))
+# Keras GRU: blocks z, r, h and h = z h + (1 - z) h̃.
+ZRN_KEEP_GATE = Layout((0, 1, 2), negate=(0,))
+
+
+def _blocks(array, n):
+    return np.split(np.asarray(array), n, axis=-1)
+
+
+def to_jrnn(layout: Layout, *arrays):
+    """Peer arrays ``(..., G*H)`` in peer block order -> jrnn order, negations applied."""
+    out = []
+    for array in arrays:
+        blocks = _blocks(array, len(layout.order))
+        mine = [(-blocks[src] if k in layout.negate else blocks[src]) for k, src in enumerate(layout.order)]
+        out.append(np.concatenate(mine, axis=-1))
+    return out if len(out) != 1 else out[0]
+
+
+def from_jrnn(layout: Layout, *arrays):
+    """jrnn arrays ``(..., G*H)`` -> the peer's block order and signs."""
+    out = []
+    for array in arrays:
+        blocks = _blocks(array, len(layout.order))
+        theirs = [None] * len(blocks)
+        for k, src in enumerate(layout.order):
+            theirs[src] = -blocks[k] if k in layout.negate else blocks[k]
+        out.append(np.concatenate(theirs, axis=-1))
+    return out if len(out) != 1 else out[0]
+
+
+def make_params(cell: Cell, w_x, w_h, b, b_hn=None, dtype=None):
+    """The cell's params NamedTuple from NumPy arrays (cast to ``dtype`` if given)."""
+    import jax.numpy as jnp
+
+    def arr(a):
+        return None if a is None else jnp.asarray(a, dtype)
+
+    fields = {"w_x": arr(w_x), "w_h": arr(w_h), "b": arr(b)}
+    if isinstance(cell, jrnn.GRUCell):
+        fields["b_hn"] = arr(b_hn) if cell.reset_after else None
+    params = cell.params_type(**fields)
+    cell.check_params(params)
+    return params
+
+
+def numpy_params(params):
+    """A params NamedTuple as float NumPy arrays (``None`` kept)."""
+    return type(params)(*(None if a is None else np.asarray(a) for a in params))
+
+
+def combine(layers, dropout: float = 0.0):
+    """Per-layer ``(layer, params)`` pairs -> ``(network, params)``.
+
+    One layer of one direction stays a bare cell; otherwise :func:`jrnn.stacked`.
+    """
+    if len(layers) == 1 and isinstance(layers[0][0], Cell):
+        return layers[0]
+    return jrnn.stacked([l for l, _ in layers], dropout=dropout), tuple(p for _, p in layers)
+
+
+def split_layers(network, params):
+    """Inverse of :func:`combine`: ``[(layer, params), ...]`` for a cell, a bidirectional or a stack."""
+    if isinstance(network, jrnn.Stacked):
+        return list(zip(network.layers, params))
+    return [(network, params)]
+
+
+def refuse(message: str):
+    raise ValueError(message)

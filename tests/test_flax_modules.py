@@ -1,0 +1,125 @@
+"""jrnn.linen.RNN and jrnn.nnx.RNN: thin adapters over the same core."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import jrnn
+
+nn = pytest.importorskip("flax.linen")
+nnx = pytest.importorskip("flax.nnx")
+import jrnn.linen  # noqa: E402
+import jrnn.nnx  # noqa: E402
+from jrnn._named import from_named  # noqa: E402
+
+LAYERS = [jrnn.lstm(5), jrnn.gru(4, reset_after=True),
+          jrnn.stacked([jrnn.simple_rnn(3), jrnn.bidirectional(jrnn.lstm(2))])]
+
+
+def _template(layer, input_size):
+    return jax.eval_shape(lambda: layer.init(jax.random.key(0), input_size))
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=["lstm", "gru", "stacked"])
+def test_linen_equals_scan(layer, key):
+    xs = jax.random.normal(key, (3, 6, 2), jnp.float32)
+    lengths = jnp.array([6, 2, 0])
+    module = jrnn.linen.RNN(layer)
+    variables = module.init(key, xs)
+    carry, ys = module.apply(variables, xs, seq_lengths=lengths, return_carry=True)
+    params = from_named(_template(layer, 2), variables["params"]["layer"])
+    want_carry, want = layer(params, xs, seq_lengths=lengths)
+    np.testing.assert_array_equal(ys, want)
+    jax.tree.map(np.testing.assert_array_equal, carry, want_carry)
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=["lstm", "gru", "stacked"])
+def test_nnx_equals_scan(layer, key):
+    xs = jax.random.normal(key, (3, 6, 2), jnp.float32)
+    module = jrnn.nnx.RNN(layer, 2, rngs=nnx.Rngs(0))
+    named = jax.tree.map(lambda p: p[...], nnx.state(module, nnx.Param).to_pure_dict())["params"]
+    params = from_named(_template(layer, 2), named)
+    np.testing.assert_array_equal(module(xs), layer(params, xs)[1])
+
+
+def test_linen_reverse_and_initial_carry(key):
+    cell = jrnn.gru(4)
+    xs = jax.random.normal(key, (2, 5, 3), jnp.float32)
+    h0 = jnp.ones((2, 4), jnp.float32)
+    module = jrnn.linen.RNN(cell)
+    variables = module.init(key, xs)
+    params = from_named(_template(cell, 3), variables["params"]["layer"])
+    got = module.apply(variables, xs, reverse=True, initial_carry=h0)
+    np.testing.assert_array_equal(got, jrnn.scan(cell, params, xs, h0, reverse=True)[1])
+
+
+def test_linen_dropout_uses_flax_rng(key):
+    module = jrnn.linen.RNN(jrnn.lstm(4), dropout=0.3, recurrent_dropout=0.3)
+    xs = jax.random.normal(key, (2, 5, 3), jnp.float32)
+    variables = module.init(key, xs, deterministic=True)
+    plain = module.apply(variables, xs, deterministic=True)
+    a = module.apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    b = module.apply(variables, xs, deterministic=False, rngs={"dropout": jax.random.key(1)})
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, plain)
+    with pytest.raises(ValueError, match="deterministic"):
+        module.apply(variables, xs)
+
+
+def test_linen_model_trains(key):
+    class Model(nn.Module):
+        @nn.compact
+        def __call__(self, xs):
+            h = nn.Dense(8)(xs)
+            h = jrnn.linen.RNN(jrnn.lstm(16))(h)
+            return nn.Dense(1)(h[:, -1])
+
+    rng = np.random.default_rng(0)
+    xs = rng.normal(size=(32, 10, 2)).astype(np.float32)
+    ys = xs[:, -3:, 0].sum(axis=1, keepdims=True)
+    model = Model()
+    params = model.init(key, xs)
+    tx = optax.adam(1e-2)
+    opt_state = tx.init(params)
+
+    @jax.jit
+    def step(params, opt_state):
+        loss, grads = jax.value_and_grad(lambda p: jnp.mean((model.apply(p, xs) - ys) ** 2))(params)
+        updates, opt_state = tx.update(grads, opt_state)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    losses = []
+    for _ in range(60):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.2 * losses[0]
+
+
+def test_nnx_optimizer_and_jit():
+    class Model(nnx.Module):
+        def __init__(self, rngs):
+            self.rnn = jrnn.nnx.RNN(jrnn.gru(16), 2, rngs=rngs, recurrent_dropout=0.05)
+            self.head = nnx.Linear(16, 1, rngs=rngs)
+
+        def __call__(self, xs):
+            return self.head(self.rnn(xs)[:, -1])
+
+    rng = np.random.default_rng(1)
+    xs = rng.normal(size=(32, 10, 2)).astype(np.float32)
+    ys = xs[:, -3:, 0].sum(axis=1, keepdims=True)
+    model = Model(nnx.Rngs(0, dropout=1))
+    optimizer = nnx.Optimizer(model, optax.adam(1e-2), wrt=nnx.Param)
+
+    @nnx.jit
+    def step(model, optimizer):
+        loss, grads = nnx.value_and_grad(lambda m: jnp.mean((m(xs) - ys) ** 2))(model)
+        optimizer.update(model, grads)
+        return loss
+
+    losses = [float(step(model, optimizer)) for _ in range(80)]
+    assert np.mean(losses[-5:]) < 0.2 * losses[0]
+    a = model.rnn(xs, deterministic=True)
+    np.testing.assert_array_equal(a, model.rnn(xs, deterministic=True))
+    assert not np.allclose(model.rnn(xs), a)  # dropout active when not deterministic
