@@ -101,3 +101,22 @@ def test_nan_policy_option(tmp_path, weather_csv):
     out = jrnn_cmd("train", "--csv", tmp_path / "nan.csv", "--target", "temp_max", "--date-column", "date",
                    "--nan", "interpolate", "--epochs", 1, "--quiet", "--out", tmp_path / "ck")
     assert out.returncode == 0, out.stderr
+
+
+def test_diagnose_small(tmp_path):
+    out = jrnn_cmd("diagnose", "--gradient-steps", 12, "--train-steps", 8, "--epochs", 1, "--out", tmp_path)
+    assert out.returncode == 0, out.stderr
+    for label in ("SimpleRNN |w|=0.5", "SimpleRNN |w|=1.5", "LSTM", "GRU", "‖∂L/∂h_1‖/‖∂L/∂h_T‖"):
+        assert label in out.stdout
+    result = json.loads((tmp_path / "diagnose.json").read_text())
+    assert len(result["gradient_profiles"]["LSTM"]) == 12
+    assert (tmp_path / "gradient_norms.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_quick_smoke(tmp_path):
+    out = jrnn_cmd("bench", "--quick", "--cells", "lstm", "--jsonl", tmp_path / "r.jsonl")
+    assert out.returncode == 0, out.stderr
+    assert "jrnn (auto)" in out.stdout and "torch.nn.LSTM" in out.stdout
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert {r["contender"] for r in rows} >= {"jrnn (auto)", "jrnn (plain)", "torch.nn.LSTM"}
+    assert all(r["forward_backward_ms"] > 0 for r in rows)

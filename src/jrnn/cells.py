@@ -167,12 +167,16 @@ class Cell:
         """``x @ w_x + b``: ``(..., I) -> (..., G*H)``; run once for all time steps."""
         return x @ params.w_x + params.b
 
-    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
-        """One step from the projected input ``(*batch, G*H)``; returns ``(carry, h)``.
+    def gates(self, params, carry, projected_x, recurrent_mask=None) -> dict[str, jax.Array]:
+        """The step's activations by name (LSTM: i, f, g, o; GRU: z, r, n; SimpleRNN: h).
 
         ``recurrent_mask`` (``(*batch, H)``, optional) multiplies ``h_{t-1}`` where it
         enters the recurrent products (variational recurrent dropout, as Keras).
         """
+        raise NotImplementedError
+
+    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
+        """One step from the projected input ``(*batch, G*H)``; returns ``(carry, h)``."""
         raise NotImplementedError
 
     def step(self, params, carry, x_t: jax.Array):
@@ -242,9 +246,12 @@ class SimpleRNNCell(Cell):
                 f"activation: expected one of {tuple(ACTIVATIONS)}, got {self.activation!r}"
             )
 
-    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
+    def gates(self, params, carry, projected_x, recurrent_mask=None):
         h_in = carry if recurrent_mask is None else carry * recurrent_mask
-        h = ACTIVATIONS[self.activation](projected_x + h_in @ params.w_h)
+        return {"h": ACTIVATIONS[self.activation](projected_x + h_in @ params.w_h)}
+
+    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
+        h = self.gates(params, carry, projected_x, recurrent_mask)["h"]
         return h, h
 
 
@@ -278,16 +285,16 @@ class LSTMCell(Cell):
     def hidden(self, carry):
         return carry.h
 
-    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
-        h_prev, c_prev = carry
+    def gates(self, params, carry, projected_x, recurrent_mask=None):
+        h_prev = carry.h
         h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
         a_i, a_f, a_g, a_o = _split_blocks(projected_x + h_in @ params.w_h, 4)
-        i = jax.nn.sigmoid(a_i)
-        f = jax.nn.sigmoid(a_f)
-        g = jnp.tanh(a_g)
-        o = jax.nn.sigmoid(a_o)
-        c = f * c_prev + i * g
-        h = o * jnp.tanh(c)
+        return {"i": jax.nn.sigmoid(a_i), "f": jax.nn.sigmoid(a_f), "g": jnp.tanh(a_g), "o": jax.nn.sigmoid(a_o)}
+
+    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
+        gate = self.gates(params, carry, projected_x, recurrent_mask)
+        c = gate["f"] * carry.c + gate["i"] * gate["g"]
+        h = gate["o"] * jnp.tanh(c)
         return LSTMState(h, c), h
 
 
@@ -320,10 +327,9 @@ class GRUCell(Cell):
         shapes["b_hn"] = (self.hidden_size,) if self.reset_after else None
         return shapes
 
-    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
+    def gates(self, params, carry, projected_x, recurrent_mask=None):
         H = self.hidden_size
-        h_prev = carry
-        h_in = h_prev if recurrent_mask is None else h_prev * recurrent_mask
+        h_in = carry if recurrent_mask is None else carry * recurrent_mask
         if self.reset_after:
             hw = h_in @ params.w_h
             z, r = _split_blocks(jax.nn.sigmoid(projected_x[..., : 2 * H] + hw[..., : 2 * H]), 2)
@@ -332,7 +338,11 @@ class GRUCell(Cell):
             zr = projected_x[..., : 2 * H] + h_in @ params.w_h[:, : 2 * H]
             z, r = _split_blocks(jax.nn.sigmoid(zr), 2)
             n = jnp.tanh(projected_x[..., 2 * H :] + (r * h_in) @ params.w_h[:, 2 * H :])
-        h = (1 - z) * h_prev + z * n
+        return {"z": z, "r": r, "n": n}
+
+    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
+        gate = self.gates(params, carry, projected_x, recurrent_mask)
+        h = (1 - gate["z"]) * carry + gate["z"] * gate["n"]
         return h, h
 
 

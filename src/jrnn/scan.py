@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn.kernels import fused
 from jrnn._checks import (
     as_array,
     check_array,
@@ -29,6 +30,9 @@ from jrnn._checks import (
     check_shape,
     is_concrete,
 )
+
+
+IMPLEMENTATIONS = ("auto", "fused", "plain")
 
 
 def scan(
@@ -44,6 +48,9 @@ def scan(
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     dropout_key: jax.Array | None = None,
+    implementation: str = "auto",
+    checkpoint_every: int | None = None,
+    truncate_every: int | None = None,
 ):
     """Run ``cell`` over the time axis of ``xs``.
 
@@ -71,6 +78,18 @@ def scan(
       recurrent_dropout: variational dropout rate on ``h_{t-1}`` where it enters
         the recurrent products. Active only when ``dropout_key`` is given.
       dropout_key: PRNG key for the dropout masks; ``None`` means inference (no dropout).
+      implementation: ``"auto"`` (default: the fused path where it applies),
+        ``"fused"`` (:mod:`jrnn.kernels.fused`: one-pass gate math and a
+        hand-written BPTT whose weight gradients are single large matrix
+        products) or ``"plain"`` (``lax.scan`` of ``cell.recurrent_step`` with
+        JAX's own autodiff). All compute the same function.
+      checkpoint_every: memory option for long sequences: keep only every
+        k-th carry for the backward pass and recompute each k-step segment
+        there (``jax.checkpoint``). Memory O(T/k + k) steps instead of O(T), about
+        one extra forward pass of time. Values and gradients are unchanged.
+      truncate_every: truncated BPTT: run the sequence in chunks of k steps,
+        passing the carry on but stopping its gradient between chunks, so no
+        gradient flows further back than the start of its chunk. Values are unchanged.
 
     Returns:
       ``(final_carry, ys)`` with ``ys`` of shape ``(*batch, T, H)`` (or time-major).
@@ -103,6 +122,15 @@ def scan(
     check_rate("recurrent_dropout", recurrent_dropout)
     if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
         raise ValueError(f"unroll: expected a positive int or a bool, got {unroll!r}")
+    for name, value in (("checkpoint_every", checkpoint_every), ("truncate_every", truncate_every)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
+    if checkpoint_every is not None and truncate_every is not None:
+        raise ValueError("checkpoint_every, truncate_every: expected at most one of them, got both")
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
+    if implementation == "fused" and not fused.supports(cell):
+        raise ValueError(f"implementation: 'fused' does not support {type(cell).__name__}")
     cell.check_input("xs", xs, params)
 
     if time_major:
@@ -129,14 +157,46 @@ def scan(
                 k_rec, recurrent_dropout, (*batch_shape, cell.hidden_size), xs.dtype
             )
 
-    projected = cell.project_input(params, xs)
-    if not time_major:
-        projected = jnp.moveaxis(projected, -2, 0)
-    carry, ys = scan_projected(
-        cell, params, projected, carry,
-        seq_lengths=seq_lengths, reverse=reverse, unroll=unroll, recurrent_mask=recurrent_mask,
-    )
+    if not time_major:  # move the (small) inputs, not the (G times wider) projections
+        xs = jnp.moveaxis(xs, -2, 0)
+    if implementation == "fused" or (implementation == "auto" and fused.supports(cell)):
+        loop, projected = fused.fused_scan, fused.project(xs, params.w_x)  # bias added in the loop
+    else:
+        loop, projected = scan_projected, cell.project_input(params, xs)
+    options = dict(reverse=reverse, unroll=unroll, recurrent_mask=recurrent_mask)
+    segment = checkpoint_every or truncate_every
+    if segment is None or segment >= num_steps:
+        carry, ys = loop(cell, params, projected, carry, seq_lengths=seq_lengths, **options)
+    else:
+        carry, ys = _segmented(loop, cell, params, projected, carry, seq_lengths, segment,
+                               remat=checkpoint_every is not None, **options)
     return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
+
+
+def _segmented(loop, cell, params, projected, carry, seq_lengths, k, *, remat, reverse, unroll, recurrent_mask):
+    """Run ``loop`` over segments of ``k`` steps: rematerialised (``remat``) or
+    with the carry's gradient stopped at each segment start (truncated BPTT)."""
+    num_steps, batch_shape = projected.shape[0], projected.shape[1:-1]
+    num_segments = -(-num_steps // k)
+    pad = num_segments * k - num_steps
+    if pad:  # padded steps are masked out, so the result is unchanged
+        projected = jnp.concatenate([projected, jnp.zeros((pad, *projected.shape[1:]), projected.dtype)])
+        if seq_lengths is None:
+            seq_lengths = jnp.full(batch_shape, num_steps, jnp.int32)
+    segments = projected.reshape(num_segments, k, *projected.shape[1:])
+    starts = jnp.arange(num_segments, dtype=jnp.int32) * k
+
+    def run_segment(carry, inputs):
+        segment, start = inputs
+        if not remat:
+            carry = jax.lax.stop_gradient(carry)
+        lengths = None if seq_lengths is None else seq_lengths - start.astype(seq_lengths.dtype)
+        return loop(cell, params, segment, carry, seq_lengths=lengths, reverse=reverse, unroll=unroll,
+                    recurrent_mask=recurrent_mask)
+
+    body = jax.checkpoint(run_segment) if remat else run_segment
+    carry, ys = jax.lax.scan(body, carry, (segments, starts), reverse=reverse)
+    return carry, ys.reshape(num_segments * k, *ys.shape[2:])[:num_steps]
 
 
 def scan_projected(

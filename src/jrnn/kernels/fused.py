@@ -1,0 +1,297 @@
+"""The fused CPU path: the scan driver's time loop with a hand-written VJP.
+
+Same function as the plain driver (:func:`jrnn.scan.scan_projected`); the
+differences are only in how it is computed:
+
+* the gate block is activated in one element-wise pass: every gate is
+  ``tanh`` of a scaled pre-activation, ``σ(a) = 0.5·tanh(a/2) + 0.5``, so one
+  ``tanh`` over the whole ``(B, G, H)`` block serves all gates;
+* the forward loop saves only what the backward loop needs (gate ``tanh``
+  values and states);
+* the backward loop carries only what is sequential (``dh_{t-1} = dG_t W_hᵀ``
+  and the LSTM cell state); the weight gradient ``dW_h = Σ_t h_{t-1}ᵀ dG_t``
+  is one large matrix product after the loop, as cuDNN does, and the
+  gradients of ``w_x``, ``b`` and ``xs`` follow from the projection by
+  ordinary autodiff, each one large product.
+
+Inputs are time-major and flattened to one batch axis: ``projected (T, B, G*H)``,
+carry leaves ``(B, H)``, ``valid (T, B)`` booleans or ``None``, ``mask (B, H)``
+(recurrent dropout) or ``None``.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
+
+# Per-gate constants of the one-tanh form: act = tanh(a * SCALE) * MUL + ADD,
+# act' = DERIV * (1 - tanh(a * SCALE)^2).
+_LSTM_SCALE = (0.5, 0.5, 1.0, 0.5)  # i, f, g, o
+_LSTM_ADD = (0.5, 0.5, 0.0, 0.5)
+
+
+def _column(values, dtype):
+    return jnp.asarray(values, dtype)[:, None]
+
+
+def _lstm_gates(pre, H):
+    """One tanh over ``(B, 4, H)``: returns ``(t, act)``, each ``(B, 4, H)``."""
+    pre = pre.reshape(*pre.shape[:-1], 4, H)
+    scale = _column(_LSTM_SCALE, pre.dtype)
+    t = jnp.tanh(pre * scale)
+    return t, t * scale + _column(_LSTM_ADD, pre.dtype)
+
+
+class _LSTM:
+    """LSTM step and its reverse, on a ``(h, c)`` carry."""
+
+    @staticmethod
+    def forward(cell, p, carry, px, mask):
+        h, c = carry
+        h_in = h if mask is None else h * mask
+        t, act = _lstm_gates(px + h_in @ p["w_h"], cell.hidden_size)
+        i, f, g, o = act[..., 0, :], act[..., 1, :], act[..., 2, :], act[..., 3, :]
+        c_new = f * c + i * g
+        tc = jnp.tanh(c_new)
+        h_new = o * tc
+        return (h_new, c_new), h_new, (h_in, c, t, tc)
+
+    @staticmethod
+    def backward(cell, p, res, d_carry, dy, mask):
+        h_in, c_prev, t, tc = res
+        dh, dc = d_carry
+        dh = dh + dy
+        scale = _column(_LSTM_SCALE, t.dtype)
+        act = t * scale + _column(_LSTM_ADD, t.dtype)
+        i, f, g, o = act[..., 0, :], act[..., 1, :], act[..., 2, :], act[..., 3, :]
+        dc = dc + dh * o * (1 - tc * tc)
+        d_act = jnp.stack([dc * g, dc * c_prev, dc * i, dh * tc], axis=-2)
+        dpre = (d_act * (scale * scale) * (1 - t * t)).reshape(*t.shape[:-2], -1)
+        dh_prev = dpre @ p["w_h_t"]
+        if mask is not None:
+            dh_prev = dh_prev * mask
+        return (dh_prev, dc * f), dpre
+
+    @staticmethod
+    def weight_grads(cell, res, dpx):
+        return {"w_h": _outer_sum(res[0], dpx)}
+
+
+class _GRU:
+    """GRU step (both reset placements) and its reverse."""
+
+    @staticmethod
+    def forward(cell, p, h, px, mask):
+        H = cell.hidden_size
+        h_in = h if mask is None else h * mask
+        if cell.reset_after:
+            hw = h_in @ p["w_h"]
+            zr = jax.nn.sigmoid(px[..., : 2 * H] + hw[..., : 2 * H])
+            z, r = zr[..., :H], zr[..., H:]
+            hn = hw[..., 2 * H :] + p["b_hn"]
+            n = jnp.tanh(px[..., 2 * H :] + r * hn)
+            aux = hn
+        else:
+            zr = jax.nn.sigmoid(px[..., : 2 * H] + h_in @ p["w_h"][:, : 2 * H])
+            z, r = zr[..., :H], zr[..., H:]
+            n = jnp.tanh(px[..., 2 * H :] + (r * h_in) @ p["w_h"][:, 2 * H :])
+            aux = None
+        h_new = (1 - z) * h + z * n
+        return h_new, h_new, (h, h_in, z, r, n, aux)
+
+    @staticmethod
+    def backward(cell, p, res, dh, dy, mask):
+        H = cell.hidden_size
+        h, h_in, z, r, n, hn = res
+        dh = dh + dy
+        da_z = dh * (n - h) * z * (1 - z)
+        da_n = dh * z * (1 - n * n)
+        if cell.reset_after:
+            da_r = da_n * hn * r * (1 - r)
+            d_h_in = jnp.concatenate([da_z, da_r, da_n * r], axis=-1) @ p["w_h_t"]
+        else:
+            d_rh = da_n @ p["w_h_t"][2 * H :]
+            da_r = d_rh * h_in * r * (1 - r)
+            d_h_in = d_rh * r + jnp.concatenate([da_z, da_r], axis=-1) @ p["w_h_t"][: 2 * H]
+        if mask is not None:
+            d_h_in = d_h_in * mask
+        dpx = jnp.concatenate([da_z, da_r, da_n], axis=-1)
+        return dh * (1 - z) + d_h_in, dpx
+
+    @staticmethod
+    def weight_grads(cell, res, dpx):
+        H = cell.hidden_size
+        _, h_in, _, r, _, _ = res
+        d_zr, da_n = dpx[..., : 2 * H], dpx[..., 2 * H :]
+        if cell.reset_after:  # the n block of h @ w_h sits inside r ⊙ (...)
+            d_hw = jnp.concatenate([d_zr, da_n * r], axis=-1)
+            return {"w_h": _outer_sum(h_in, d_hw), "b_hn": (da_n * r).sum(axis=(0, 1))}
+        return {"w_h": jnp.concatenate([_outer_sum(h_in, d_zr), _outer_sum(r * h_in, da_n)], axis=-1)}
+
+
+class _SimpleRNN:
+    @staticmethod
+    def forward(cell, p, h, px, mask):
+        h_in = h if mask is None else h * mask
+        pre = px + h_in @ p["w_h"]
+        h_new = jnp.tanh(pre) if cell.activation == "tanh" else jax.nn.relu(pre)
+        return h_new, h_new, (h_in, h_new)
+
+    @staticmethod
+    def backward(cell, p, res, dh, dy, mask):
+        h_in, h_new = res
+        dh = dh + dy
+        if cell.activation == "tanh":
+            dpre = dh * (1 - h_new * h_new)
+        else:
+            dpre = jnp.where(h_new > 0, dh, jnp.zeros_like(dh))
+        d_h_in = dpre @ p["w_h_t"]
+        if mask is not None:
+            d_h_in = d_h_in * mask
+        return d_h_in, dpre
+
+    @staticmethod
+    def weight_grads(cell, res, dpx):
+        return {"w_h": _outer_sum(res[0], dpx)}
+
+
+_IMPLS = {LSTMCell: _LSTM, GRUCell: _GRU, SimpleRNNCell: _SimpleRNN}
+
+
+def supports(cell) -> bool:
+    """Whether the fused path implements this cell."""
+    return type(cell) in _IMPLS
+
+
+def _outer_sum(inputs, grads):
+    """``Σ_t inputs_tᵀ grads_t`` as one matrix product: ``(T, B, K), (T, B, N) -> (K, N)``."""
+    return inputs.reshape(-1, inputs.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
+
+
+@jax.custom_vjp
+def project(x, w_x):
+    """``x @ w_x`` for ``x (..., I)``; its VJP's two products are plain 2-D GEMMs.
+
+    The bias is added inside the time loop, where it fuses with the gate math:
+    XLA:CPU runs a dot fused with a bias add, or a batched transposed
+    contraction, several times slower than a plain GEMM.
+    """
+    return x @ w_x
+
+
+def _project_fwd(x, w_x):
+    return project(x, w_x), (x, w_x)
+
+
+def _project_bwd(saved, g):
+    x, w_x = saved
+    d_w = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+    return (g @ w_x.T).astype(x.dtype), d_w.astype(w_x.dtype)
+
+
+project.defvjp(_project_fwd, _project_bwd)
+
+
+def _to_tuple(cell, carry):
+    return tuple(carry) if isinstance(cell, LSTMCell) else carry
+
+
+def _from_tuple(cell, carry):
+    return LSTMState(*carry) if isinstance(cell, LSTMCell) else carry
+
+
+def _select(valid, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, old)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
+def _loop(cell, reverse, unroll, p, projected, carry, valid, mask):
+    return _forward(cell, reverse, unroll, p, projected, carry, valid, mask, save=False)[0]
+
+
+def _forward(cell, reverse, unroll, p, projected, carry, valid, mask, *, save):
+    """The time loop; with ``save`` it also stacks each step's residuals for the VJP."""
+    impl = _IMPLS[type(cell)]
+
+    def body(carry, inputs):
+        px, ok = inputs
+        new, y, res = impl.forward(cell, p, carry, px + p["b"], mask)
+        if ok is not None:
+            ok = ok[:, None]
+            new = _select(ok, new, carry)
+            y = jnp.where(ok, y, jnp.zeros_like(y))
+        return new, ((y, res) if save else (y, None))
+
+    final, (ys, res) = jax.lax.scan(body, carry, (projected, valid), reverse=reverse, unroll=unroll)
+    return (final, ys), res
+
+
+def _loop_fwd(cell, reverse, unroll, p, projected, carry, valid, mask):
+    out, res = _forward(cell, reverse, unroll, p, projected, carry, valid, mask, save=True)
+    return out, (p, valid, mask, res)
+
+
+def _loop_bwd(cell, reverse, unroll, saved, cotangents):
+    p, valid, mask, res = saved
+    d_final, d_ys = cotangents
+    impl = _IMPLS[type(cell)]
+    p_bwd = {**p, "w_h_t": p["w_h"].T}  # transposed once, outside the loop
+
+    def body(d_carry, inputs):
+        dy, res_t, ok = inputs
+        if ok is not None:
+            ok = ok[:, None]
+            d_new = jax.tree.map(lambda d: jnp.where(ok, d, jnp.zeros_like(d)), d_carry)
+            dy = jnp.where(ok, dy, jnp.zeros_like(dy))
+        else:
+            d_new = d_carry
+        d_prev, dpx = impl.backward(cell, p_bwd, res_t, d_new, dy, mask)
+        if ok is not None:  # padding passes the carry's cotangent straight through
+            d_prev = _select(ok, d_prev, d_carry)
+        return d_prev, dpx
+
+    d_carry, d_projected = jax.lax.scan(body, d_final, (d_ys, res, valid), reverse=not reverse, unroll=unroll)
+    d_p = impl.weight_grads(cell, res, d_projected)
+    d_p["b"] = d_projected.sum(axis=(0, 1))
+    d_valid = None if valid is None else jnp.zeros(valid.shape, jax.dtypes.float0)
+    d_mask = None if mask is None else jnp.zeros_like(mask)
+    return d_p, d_projected, d_carry, d_valid, d_mask
+
+
+_loop.defvjp(_loop_fwd, _loop_bwd)
+
+
+def fused_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=False, unroll=1, recurrent_mask=None):
+    """Drop-in for :func:`jrnn.scan.scan_projected` for the cells :func:`supports` lists,
+    except that ``projected (T, *batch, G*H)`` is :func:`project`'s ``x @ w_x``
+    without the bias (``params.b`` is added inside the loop).
+
+    Returns ``(carry, ys (T, *batch, H))``.
+    """
+    num_steps, batch_shape = projected.shape[0], projected.shape[1:-1]
+    size = 1
+    for d in batch_shape:
+        size *= d
+    flat = lambda a: a.reshape(size, a.shape[-1])
+    p = {"w_h": params.w_h, "b": params.b}
+    if getattr(params, "b_hn", None) is not None:
+        p["b_hn"] = params.b_hn
+    carry_dtypes = jax.tree.map(lambda a: a.dtype, carry)
+    flat_carry = _to_tuple(cell, jax.tree.map(flat, carry))
+    valid = None
+    if seq_lengths is not None:
+        steps = jnp.arange(num_steps, dtype=seq_lengths.dtype)
+        valid = steps[:, None] < seq_lengths.reshape(1, size)
+    mask = None if recurrent_mask is None else flat(recurrent_mask)
+    dtype = jnp.result_type(projected.dtype, *jax.tree.leaves(carry_dtypes), params.w_h.dtype)
+    flat_carry = jax.tree.map(lambda a: a.astype(dtype), flat_carry)
+    final, ys = _loop(cell, reverse, unroll, p, projected.reshape(num_steps, size, -1).astype(dtype),
+                      flat_carry, valid, mask)
+    final = jax.tree.map(lambda a, d: a.reshape(*batch_shape, a.shape[-1]).astype(d),
+                         _from_tuple(cell, final), carry_dtypes)
+    hidden_dtype = jax.tree.leaves(carry_dtypes)[0]
+    return final, ys.reshape(num_steps, *batch_shape, -1).astype(hidden_dtype)

@@ -1,0 +1,92 @@
+"""The fused CPU path equals the plain driver: values and gradients, every option."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from tests.helpers import CELL_IDS, CELLS, random_carry, random_params
+
+OPTIONS = [
+    {},
+    {"seq_lengths": [[6, 0, 3], [2, 5, 1]]},
+    {"seq_lengths": [[6, 0, 3], [2, 5, 1]], "reverse": True},
+    {"reverse": True, "unroll": 3},
+    {"recurrent_dropout": 0.3, "dropout": 0.2, "dropout_key": 5},
+    {"time_major": True},
+]
+
+
+def _run(cell, params, carry, xs, impl, options):
+    options = dict(options)
+    if "seq_lengths" in options:
+        options["seq_lengths"] = jnp.asarray(options["seq_lengths"])
+    if "dropout_key" in options:
+        options["dropout_key"] = jax.random.key(options["dropout_key"])
+    return jrnn.scan(cell, params, xs, carry, implementation=impl, **options)
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o) or "plain")
+@pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-12), (jnp.float32, 1e-5)], ids=["f64", "f32"])
+def test_fused_equals_plain(name, cell, kind, opts, options, dtype, tol, key):
+    k_p, k_c, k_x, k_w = jax.random.split(key, 4)
+    params = random_params(cell, k_p, 3, dtype)
+    carry = random_carry(cell, k_c, (2, 3), dtype)
+    shape = (6, 2, 3, 3) if options.get("time_major") else (2, 3, 6, 3)
+    xs = jax.random.normal(k_x, shape, dtype)
+    weights = jax.random.normal(k_w, shape[:-1] + (5,), dtype)
+
+    def loss(params, carry, xs, impl):
+        final, ys = _run(cell, params, carry, xs, impl, options)
+        return jnp.sum(weights * ys) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(final))
+
+    for impl_out in (jax.jit(loss, static_argnums=3),):
+        np.testing.assert_allclose(impl_out(params, carry, xs, "fused"), impl_out(params, carry, xs, "plain"), rtol=tol, atol=tol)
+    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
+    fused, plain = grad(params, carry, xs, "fused"), grad(params, carry, xs, "plain")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), fused, plain)
+
+
+def test_fused_under_vmap_and_layers(key):
+    net = jrnn.stacked([jrnn.bidirectional(jrnn.lstm(4)), jrnn.gru(3, reset_after=True)])
+    params = net.init(key, 2, jnp.float64)
+    xs = jax.random.normal(key, (5, 3, 6, 2), jnp.float64)  # vmapped axis first
+    lengths = jnp.array([6, 1, 4])
+
+    def loss(params, xs, impl):
+        layers = [jrnn.bidirectional(jrnn.lstm(4)), jrnn.gru(3, reset_after=True)]
+
+        def one(x):
+            h = x
+            for layer, p in zip(layers, params):
+                options = {"seq_lengths": lengths, "implementation": impl}
+                if isinstance(layer, jrnn.Bidirectional):
+                    _, f = jrnn.scan(layer.forward, p.forward, h, **options)
+                    _, b = jrnn.scan(layer.backward, p.backward, h, reverse=True, **options)
+                    h = jnp.concatenate([f, b], -1)
+                else:
+                    _, h = jrnn.scan(layer, p, h, **options)
+            return jnp.sum(h**2)
+
+        return jnp.sum(jax.vmap(one)(xs))
+
+    np.testing.assert_allclose(loss(params, xs, "fused"), net(params, xs[0], seq_lengths=lengths)[1].__pow__(2).sum() + sum(
+        net(params, xs[i], seq_lengths=lengths)[1].__pow__(2).sum() for i in range(1, 5)), rtol=1e-12)
+    g_f = jax.grad(loss)(params, xs, "fused")
+    g_p = jax.grad(loss)(params, xs, "plain")
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12), g_f, g_p)
+
+
+def test_auto_picks_fused_and_mixed_precision(key):
+    cell = jrnn.lstm(4)
+    params = cell.init(key, 3, jnp.bfloat16)
+    xs = jnp.ones((2, 5, 3), jnp.bfloat16)
+    carry = cell.initial_carry((2,), jnp.float32)
+    final, ys = jrnn.scan(cell, params, xs, carry)
+    assert final.c.dtype == jnp.float32 and ys.dtype == jnp.float32
+    final_p, ys_p = jrnn.scan(cell, params, xs, carry, implementation="plain")
+    np.testing.assert_allclose(ys, ys_p, rtol=1e-2, atol=1e-2)
+    with pytest.raises(ValueError, match="implementation: expected one of"):
+        jrnn.scan(cell, params, xs, implementation="cuda")
