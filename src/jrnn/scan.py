@@ -160,30 +160,32 @@ def scan(
     if not time_major:  # move the (small) inputs, not the (G times wider) projections
         xs = jnp.moveaxis(xs, -2, 0)
     if implementation == "fused" or (implementation == "auto" and fused.supports(cell)):
-        loop, projected = fused.fused_scan, fused.project(xs, params.w_x)  # bias added in the loop
+        loop, project = fused.fused_scan, lambda x: fused.project(x, params.w_x)  # bias added in the loop
     else:
-        loop, projected = scan_projected, cell.project_input(params, xs)
+        loop, project = scan_projected, lambda x: cell.project_input(params, x)
     options = dict(reverse=reverse, unroll=unroll, recurrent_mask=recurrent_mask)
     segment = checkpoint_every or truncate_every
     if segment is None or segment >= num_steps:
-        carry, ys = loop(cell, params, projected, carry, seq_lengths=seq_lengths, **options)
+        carry, ys = loop(cell, params, project(xs), carry, seq_lengths=seq_lengths, **options)
     else:
-        carry, ys = _segmented(loop, cell, params, projected, carry, seq_lengths, segment,
+        carry, ys = _segmented(loop, project, cell, params, xs, carry, seq_lengths, segment,
                                remat=checkpoint_every is not None, **options)
     return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
 
 
-def _segmented(loop, cell, params, projected, carry, seq_lengths, k, *, remat, reverse, unroll, recurrent_mask):
-    """Run ``loop`` over segments of ``k`` steps: rematerialised (``remat``) or
+def _segmented(loop, project, cell, params, xs, carry, seq_lengths, k, *, remat, reverse, unroll, recurrent_mask):
+    """Run ``loop`` over segments of ``k`` steps of time-major ``xs``: rematerialised
+    (``remat``: only the segments' first carries and the inputs are kept for the
+    backward pass; each segment's projection and loop are recomputed there) or
     with the carry's gradient stopped at each segment start (truncated BPTT)."""
-    num_steps, batch_shape = projected.shape[0], projected.shape[1:-1]
+    num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
     num_segments = -(-num_steps // k)
     pad = num_segments * k - num_steps
     if pad:  # padded steps are masked out, so the result is unchanged
-        projected = jnp.concatenate([projected, jnp.zeros((pad, *projected.shape[1:]), projected.dtype)])
+        xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)])
         if seq_lengths is None:
             seq_lengths = jnp.full(batch_shape, num_steps, jnp.int32)
-    segments = projected.reshape(num_segments, k, *projected.shape[1:])
+    segments = xs.reshape(num_segments, k, *xs.shape[1:])
     starts = jnp.arange(num_segments, dtype=jnp.int32) * k
 
     def run_segment(carry, inputs):
@@ -191,7 +193,7 @@ def _segmented(loop, cell, params, projected, carry, seq_lengths, k, *, remat, r
         if not remat:
             carry = jax.lax.stop_gradient(carry)
         lengths = None if seq_lengths is None else seq_lengths - start.astype(seq_lengths.dtype)
-        return loop(cell, params, segment, carry, seq_lengths=lengths, reverse=reverse, unroll=unroll,
+        return loop(cell, params, project(segment), carry, seq_lengths=lengths, reverse=reverse, unroll=unroll,
                     recurrent_mask=recurrent_mask)
 
     body = jax.checkpoint(run_segment) if remat else run_segment
