@@ -24,6 +24,7 @@ from jrnn.cells import (
     lstm,
     simple_rnn,
 )
+from jrnn.min_cells import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams, min_gru, min_lstm
 from jrnn.layers import Bidirectional, BidirectionalParams, Stacked, bidirectional, stacked
 from jrnn.scan import scan
 
@@ -38,6 +39,10 @@ __all__ = [
     "LSTMCell",
     "LSTMParams",
     "LSTMState",
+    "MinGRUCell",
+    "MinGRUParams",
+    "MinLSTMCell",
+    "MinLSTMParams",
     "SimpleRNNCell",
     "SimpleRNNParams",
     "Stacked",
@@ -47,6 +52,8 @@ __all__ = [
     "gru",
     "initializers",
     "lstm",
+    "min_gru",
+    "min_lstm",
     "scan",
     "simple_rnn",
     "stacked",

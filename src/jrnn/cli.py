@@ -62,7 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "Seattle's daily weather 2012-2015 (embedded); task: tomorrow's temp_max from "
                        "the last 30 days of all weather columns.")
     _add_data_options(p, required=False)
-    p.add_argument("--cells", default="simple_rnn,lstm,gru", help="comma-separated cells (default all three)")
+    p.add_argument("--cells", default="simple_rnn,lstm,gru",
+                   help="comma-separated cells from simple_rnn, lstm, gru, min_gru, min_lstm (default the first three)")
     p.add_argument("--out", default="jrnn-compare", help="folder for plots and JSON (default ./jrnn-compare/)")
     p.add_argument("--json", help="path of the JSON table (default OUT/compare.json)")
     _add_model_options(p, epochs=100, lr=1e-3, patience=20)
@@ -70,7 +71,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a forecaster on your CSV and save a checkpoint",
                        description="Train one recurrent forecaster on a CSV and save checkpoints to --out.")
     _add_data_options(p, required=True)
-    p.add_argument("--cell", choices=("simple_rnn", "lstm", "gru"), default="lstm", help="cell (default lstm)")
+    p.add_argument("--cell", choices=("simple_rnn", "lstm", "gru", "min_gru", "min_lstm"), default="lstm",
+                   help="cell (default lstm)")
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers (default 1)")
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")

@@ -22,8 +22,9 @@ from jrnn import data as jdata
 from jrnn.forecast import Forecaster
 from jrnn.train import fit, metrics, predict
 
-CELL_FACTORIES = {"simple_rnn": jrnn.simple_rnn, "lstm": jrnn.lstm, "gru": jrnn.gru}
-CELL_LABELS = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU"}
+CELL_FACTORIES = {"simple_rnn": jrnn.simple_rnn, "lstm": jrnn.lstm, "gru": jrnn.gru,
+                  "min_gru": jrnn.min_gru, "min_lstm": jrnn.min_lstm}
+CELL_LABELS = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU", "min_gru": "minGRU", "min_lstm": "minLSTM"}
 
 
 def make_cell(name: str, hidden_size: int):

@@ -19,7 +19,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.kernels import fused
+from jrnn.kernels import fused, parallel
+from jrnn.min_cells import _MinCell
 from jrnn._checks import (
     as_array,
     check_array,
@@ -32,7 +33,7 @@ from jrnn._checks import (
 )
 
 
-IMPLEMENTATIONS = ("auto", "fused", "plain")
+IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain")
 
 
 def scan(
@@ -51,6 +52,8 @@ def scan(
     implementation: str = "auto",
     checkpoint_every: int | None = None,
     truncate_every: int | None = None,
+    resets=None,
+    carry_dtype=None,
 ):
     """Run ``cell`` over the time axis of ``xs``.
 
@@ -78,15 +81,23 @@ def scan(
       recurrent_dropout: variational dropout rate on ``h_{t-1}`` where it enters
         the recurrent products. Active only when ``dropout_key`` is given.
       dropout_key: PRNG key for the dropout masks; ``None`` means inference (no dropout).
-      implementation: ``"auto"`` (default: the fused path where it applies),
-        ``"fused"`` (:mod:`jrnn.kernels.fused`: one-pass gate math and a
-        hand-written BPTT whose weight gradients are single large matrix
-        products) or ``"plain"`` (``lax.scan`` of ``cell.recurrent_step`` with
-        JAX's own autodiff). All compute the same function.
+      implementation: ``"auto"`` (default: ``"parallel"`` for minGRU/minLSTM,
+        else ``"fused"`` unless ``resets`` are given), ``"fused"``
+        (:mod:`jrnn.kernels.fused`: one-pass gate math and a hand-written BPTT
+        whose weight gradients are single large matrix products),
+        ``"parallel"`` (:mod:`jrnn.kernels.parallel`, associative scan, for
+        minGRU/minLSTM) or ``"plain"`` (``lax.scan`` of ``cell.recurrent_step``
+        with JAX's own autodiff). All compute the same function.
       checkpoint_every: memory option for long sequences: keep only every
         k-th carry for the backward pass and recompute each k-step segment
         there (``jax.checkpoint``). Memory O(T/k + k) steps instead of O(T), about
         one extra forward pass of time. Values and gradients are unchanged.
+      resets: ``(*batch, T)`` booleans (time-major: ``(T, *batch)``): ``True`` at
+        step t starts a new sequence there, the state returning to the initial
+        carry before step t (packed documents, episode ends in RL).
+      carry_dtype: dtype of the zero initial carry when ``carry`` is ``None``
+        (default: that of ``xs`` and the params). ``jnp.float32`` with bfloat16
+        params and inputs keeps the state and its accumulation in float32.
       truncate_every: truncated BPTT: run the sequence in chunks of k steps,
         passing the carry on but stopping its gradient between chunks, so no
         gradient flows further back than the start of its chunk. Values are unchanged.
@@ -129,8 +140,7 @@ def scan(
         raise ValueError("checkpoint_every, truncate_every: expected at most one of them, got both")
     if implementation not in IMPLEMENTATIONS:
         raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
-    if implementation == "fused" and not fused.supports(cell):
-        raise ValueError(f"implementation: 'fused' does not support {type(cell).__name__}")
+    implementation = _pick_implementation(cell, implementation, resets is not None)
     cell.check_input("xs", xs, params)
 
     if time_major:
@@ -139,12 +149,22 @@ def scan(
         num_steps, batch_shape = xs.shape[-2], xs.shape[:-2]
 
     if carry is None:
-        dtype = jnp.result_type(xs.dtype, params.w_h.dtype)
+        dtype = jnp.result_type(xs.dtype, params.w_x.dtype) if carry_dtype is None else carry_dtype
+        if not jnp.issubdtype(dtype, jnp.floating):
+            raise TypeError(f"carry_dtype: expected a floating dtype, got {jnp.dtype(dtype)}")
         carry = cell.initial_carry(batch_shape, dtype)
     else:
         cell.check_carry(carry, batch_shape)
     if seq_lengths is not None:
         seq_lengths = _check_seq_lengths(seq_lengths, batch_shape, num_steps)
+    if resets is not None:
+        resets = as_array("resets", resets)
+        if resets.dtype != jnp.bool_:
+            raise TypeError(f"resets: expected a bool dtype, got {resets.dtype}")
+        expected = (num_steps, *batch_shape) if time_major else (*batch_shape, num_steps)
+        check_shape("resets", resets, expected)
+        if not time_major:
+            resets = jnp.moveaxis(resets, -1, 0)
 
     input_mask = recurrent_mask = None
     if dropout_key is not None:
@@ -159,11 +179,15 @@ def scan(
 
     if not time_major:  # move the (small) inputs, not the (G times wider) projections
         xs = jnp.moveaxis(xs, -2, 0)
-    if implementation == "fused" or (implementation == "auto" and fused.supports(cell)):
+    if implementation == "fused":
         loop, project = fused.fused_scan, lambda x: fused.project(x, params.w_x)  # bias added in the loop
+    elif implementation == "parallel":
+        loop, project = parallel.parallel_scan, lambda x: cell.project_input(params, x)
     else:
         loop, project = scan_projected, lambda x: cell.project_input(params, x)
     options = dict(reverse=reverse, unroll=unroll, recurrent_mask=recurrent_mask)
+    if resets is not None:
+        options["resets"] = resets
     segment = checkpoint_every or truncate_every
     if segment is None or segment >= num_steps:
         carry, ys = loop(cell, params, project(xs), carry, seq_lengths=seq_lengths, **options)
@@ -173,7 +197,24 @@ def scan(
     return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
 
 
-def _segmented(loop, project, cell, params, xs, carry, seq_lengths, k, *, remat, reverse, unroll, recurrent_mask):
+def _pick_implementation(cell, implementation, has_resets):
+    if implementation not in IMPLEMENTATIONS:
+        raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
+    linear = isinstance(cell, _MinCell)
+    if implementation == "auto":
+        if linear:
+            return "parallel"
+        return "fused" if fused.supports(cell) and not has_resets else "plain"
+    if implementation == "parallel" and not linear:
+        raise ValueError(f"implementation: 'parallel' needs a minGRU/minLSTM cell, got {type(cell).__name__}")
+    if implementation == "fused" and (not fused.supports(cell) or has_resets):
+        why = "resets" if fused.supports(cell) else type(cell).__name__
+        raise ValueError(f"implementation: 'fused' does not support {why}; use 'plain'")
+    return implementation
+
+
+def _segmented(loop, project, cell, params, xs, carry, seq_lengths, k, *, remat, reverse, unroll, recurrent_mask,
+               resets=None):
     """Run ``loop`` over segments of ``k`` steps of time-major ``xs``: rematerialised
     (``remat``: only the segments' first carries and the inputs are kept for the
     backward pass; each segment's projection and loop are recomputed there) or
@@ -185,53 +226,60 @@ def _segmented(loop, project, cell, params, xs, carry, seq_lengths, k, *, remat,
         xs = jnp.concatenate([xs, jnp.zeros((pad, *xs.shape[1:]), xs.dtype)])
         if seq_lengths is None:
             seq_lengths = jnp.full(batch_shape, num_steps, jnp.int32)
+        if resets is not None:
+            resets = jnp.concatenate([resets, jnp.zeros((pad, *resets.shape[1:]), resets.dtype)])
     segments = xs.reshape(num_segments, k, *xs.shape[1:])
+    reset_segments = None if resets is None else resets.reshape(num_segments, k, *resets.shape[1:])
     starts = jnp.arange(num_segments, dtype=jnp.int32) * k
+    initial = carry
 
     def run_segment(carry, inputs):
-        segment, start = inputs
+        segment, start, segment_resets = inputs
         if not remat:
             carry = jax.lax.stop_gradient(carry)
         lengths = None if seq_lengths is None else seq_lengths - start.astype(seq_lengths.dtype)
+        extra = {} if segment_resets is None else {"resets": segment_resets, "reset_carry": initial}
         return loop(cell, params, project(segment), carry, seq_lengths=lengths, reverse=reverse, unroll=unroll,
-                    recurrent_mask=recurrent_mask)
+                    recurrent_mask=recurrent_mask, **extra)
 
     body = jax.checkpoint(run_segment) if remat else run_segment
-    carry, ys = jax.lax.scan(body, carry, (segments, starts), reverse=reverse)
+    carry, ys = jax.lax.scan(body, carry, (segments, starts, reset_segments), reverse=reverse)
     return carry, ys.reshape(num_segments * k, *ys.shape[2:])[:num_steps]
 
 
 def scan_projected(
     cell, params, projected, carry, *, seq_lengths=None, reverse=False, unroll=1,
-    recurrent_mask=None,
+    recurrent_mask=None, resets=None, reset_carry=None,
 ):
     """The time loop on already projected, time-major inputs ``(T, *batch, G*H)``.
 
-    No checks: :func:`scan` is the public entry point. Returns ``(carry, ys)``
-    with ``ys`` time-major ``(T, *batch, H)``.
+    ``resets (T, *batch)``: restart from ``reset_carry`` (default: ``carry``)
+    before the steps where it is true. No checks: :func:`scan` is the public
+    entry point. Returns ``(carry, ys)`` with ``ys`` time-major ``(T, *batch, H)``.
     """
     carry_dtypes = jax.tree.map(lambda leaf: leaf.dtype, carry)
+    initial = carry if reset_carry is None else reset_carry
 
     def keep_dtype(new_carry):
         return jax.tree.map(lambda leaf, dtype: leaf.astype(dtype), new_carry, carry_dtypes)
 
-    if seq_lengths is None:
+    def body(carry, inputs):
+        projected_t, t, reset_t = inputs
+        state = carry if reset_t is None else _restart(cell, carry, initial, reset_t)
+        new_carry, h = cell.recurrent_step(params, state, projected_t, recurrent_mask)
+        if seq_lengths is not None:  # padding (resets there included) leaves the carry as it was
+            valid = (t < seq_lengths)[..., None]
+            new_carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
+            h = jnp.where(valid, h, jnp.zeros_like(h))
+        return keep_dtype(new_carry), h
 
-        def body(carry, projected_t):
-            new_carry, h = cell.recurrent_step(params, carry, projected_t, recurrent_mask)
-            return keep_dtype(new_carry), h
+    steps = None if seq_lengths is None else jnp.arange(projected.shape[0], dtype=seq_lengths.dtype)
+    return jax.lax.scan(body, carry, (projected, steps, resets), reverse=reverse, unroll=unroll)
 
-        return jax.lax.scan(body, carry, projected, reverse=reverse, unroll=unroll)
 
-    def masked_body(carry, inputs):
-        projected_t, t = inputs
-        new_carry, h = cell.recurrent_step(params, carry, projected_t, recurrent_mask)
-        valid = (t < seq_lengths)[..., None]
-        new_carry = jax.tree.map(lambda new, old: jnp.where(valid, new, old), new_carry, carry)
-        return keep_dtype(new_carry), jnp.where(valid, h, jnp.zeros_like(h))
-
-    steps = jnp.arange(projected.shape[0], dtype=seq_lengths.dtype)
-    return jax.lax.scan(masked_body, carry, (projected, steps), reverse=reverse, unroll=unroll)
+def _restart(cell, carry, initial, reset):
+    """The initial carry where ``reset (*batch,)`` is true, else ``carry``."""
+    return jax.tree.map(lambda c, c0: jnp.where(reset[..., None], c0, c), carry, initial)
 
 
 def dropout_mask(key, rate: float, shape, dtype) -> jax.Array:
