@@ -190,3 +190,16 @@ class TestVariationalDropout:
         got = cell.recurrent_step(params, carry, projected, ones)
         want = cell.recurrent_step(params, carry, projected)
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, want)
+
+
+@pytest.mark.parametrize("cell", [jrnn.lstm(3), jrnn.gru(3, reset_after=True), jrnn.min_gru(3)], ids=["lstm", "gru", "min_gru"])
+@pytest.mark.parametrize("shape", [(2, 0, 2), (0, 4, 2)], ids=["no-steps", "no-batch"])
+def test_empty_time_or_batch(cell, shape, key):
+    """Found by the property tests: zero steps or an empty batch work, gradients too."""
+    params = cell.init(key, 2)
+    xs = jnp.ones(shape)
+    final, ys = jrnn.scan(cell, params, xs)
+    assert ys.shape == (*shape[:2], 3)
+    jax.tree.map(lambda c: np.testing.assert_array_equal(c, 0.0), final)
+    grads = jax.grad(lambda p: jnp.sum(jrnn.scan(cell, p, xs)[1]))(params)
+    assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))

@@ -151,3 +151,31 @@ def gradient_ratio(norms) -> jax.Array:
     """``‖∂L/∂h_1‖ / ‖∂L/∂h_T‖`` from :func:`gradient_norms` (mean over the batch)."""
     norms = norms.reshape(-1, norms.shape[-1])
     return jnp.mean(norms[:, 0]) / jnp.mean(norms[:, -1])
+
+
+def first_nonfinite_step(cell, params, xs, carry=None):
+    """Index of the first time step whose state holds a NaN or Inf, per sequence (-1: none).
+
+    Args:
+      xs: ``(*batch, T, I)``.
+
+    Returns:
+      ``(*batch,)`` int32.
+
+    >>> import jax, jax.numpy as jnp, jrnn
+    >>> cell = jrnn.gru(2)
+    >>> p = cell.init(jax.random.key(0), 1)
+    >>> xs = jnp.zeros((1, 6, 1)).at[0, 3, 0].set(jnp.nan)
+    >>> first_nonfinite_step(cell, p, xs).tolist()
+    [3]
+    """
+    carry = cell.initial_carry(xs.shape[:-2], xs.dtype) if carry is None else carry
+
+    def body(state, px):
+        state, _ = cell.recurrent_step(params, state, px)
+        finite = jnp.stack([jnp.isfinite(leaf).all(axis=-1) for leaf in jax.tree.leaves(state)]).all(axis=0)
+        return state, finite
+
+    _, finite = jax.lax.scan(body, carry, _time_major(cell.project_input(params, xs)))
+    bad = ~finite  # (T, *batch)
+    return jnp.where(bad.any(axis=0), jnp.argmax(bad, axis=0), -1).astype(jnp.int32)

@@ -113,6 +113,9 @@ def fit(
     checkpoint_dir: str | None = None,
     checkpoint_meta: dict | None = None,
     resume: bool = False,
+    mesh=None,
+    drop_last: bool = False,
+    check_numerics: bool = False,
 ):
     """Train ``params`` of ``apply_fn(params, X, dropout_key=None) -> predictions``.
 
@@ -130,9 +133,23 @@ def fit(
       checkpoint_dir: save after every epoch (atomically); with ``resume=True``
         continue from the newest checkpoint there exactly as if uninterrupted.
       checkpoint_meta: extra JSON stored with each checkpoint (model config, scaling).
+      mesh: a ``jax.sharding.Mesh``: data parallelism with XLA SPMD. Each batch is
+        split along the mesh's first axis, params and optimizer state are
+        replicated; the result equals single-device training up to float
+        rounding. ``batch_size`` (and the last partial batch, unless ``drop_last``)
+        must divide by that axis' size.
+      drop_last: skip the last partial batch of each epoch.
+      check_numerics: run each step under ``jax.experimental.checkify`` float
+        checks, so the first NaN or Inf raises at the operation that made it
+        (slower; for debugging).
 
     Returns:
       ``(best_params, history)``.
+
+    Raises:
+      NonFiniteLossError: a NaN or Inf loss; names the epoch, batch and step. No
+        checkpoint is written for that epoch, so the last good one stays the newest.
+      ValueError: bad options, or batch sizes that do not divide over ``mesh``.
     """
     from tqdm.auto import tqdm
 
@@ -140,6 +157,7 @@ def fit(
         raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
+    place = _placement(mesh, batch_size, len(train[0]), drop_last)
     tx = make_optimizer(optax.adam(1e-3) if optimizer is None else optimizer, clip_norm)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
     best_params, history, start_epoch = params, History(), 0
@@ -149,7 +167,18 @@ def fit(
         state, best_params = restored["state"], restored["best_params"]
         history = History.from_dict(meta["history"])
         start_epoch = meta["epoch"] + 1
+    state, best_params = place.replicate(state), place.replicate(best_params)
     train_step = make_train_step(apply_fn, tx)
+    if check_numerics:
+        from jax.experimental import checkify
+
+        checked = jax.jit(checkify.checkify(train_step, errors=checkify.float_checks))
+
+        def train_step(*args):
+            error, out = checked(*args)
+            error.throw()
+            return out
+
     base_key = jax.random.key(seed)
     started = time.perf_counter() - history.seconds
     bar = tqdm(range(start_epoch, epochs), desc=description, disable=not progress, leave=False,
@@ -158,12 +187,22 @@ def fit(
         if history.stopped_early:
             break
         losses, weights = [], []
-        for X, Y in batches(*train, batch_size, seed=_epoch_seed(seed, epoch)):
-            dropout_key = jax.random.fold_in(base_key, int(state.step))
-            state, loss = train_step(state, X, Y, dropout_key)
+        first_step = int(state.step)
+        for X, Y in batches(*train, batch_size, seed=_epoch_seed(seed, epoch), drop_last=drop_last):
+            dropout_key = jax.random.fold_in(base_key, first_step + len(losses))
+            state, loss = train_step(state, *place.split(X, Y), dropout_key)
             losses.append(loss)
             weights.append(len(X))
-        history.train_loss.append(float(np.average(jax.device_get(losses), weights=weights)))
+        losses = np.asarray(jax.device_get(losses), np.float64)
+        if not np.isfinite(losses).all():
+            bad = int(np.flatnonzero(~np.isfinite(losses))[0])
+            last = ckpt.latest_step(checkpoint_dir) if checkpoint_dir is not None else None
+            kept = f"; the last good checkpoint is epoch {last} in {checkpoint_dir}" if last is not None else ""
+            raise NonFiniteLossError(
+                f"training: loss is {losses[bad]} at epoch {epoch}, batch {bad} (step {first_step + bad + 1}); "
+                f"check the data for NaN/Inf or lower the learning rate{kept}"
+            )
+        history.train_loss.append(float(np.average(losses, weights=weights)))
         postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
         if val is not None:
             pred = predict(apply_fn, state.params, val[0])
@@ -190,6 +229,41 @@ def fit(
             ckpt.save(checkpoint_dir, epoch, {"state": state, "best_params": best_params}, meta)
     bar.close()
     return best_params, history
+
+
+class NonFiniteLossError(ValueError):
+    """Training produced a NaN or infinite loss."""
+
+
+@dataclasses.dataclass(frozen=True)
+class _Placement:
+    """Where arrays live: one device, or split/replicated over a mesh."""
+
+    data: Any = None
+    replicated: Any = None
+
+    def replicate(self, tree):
+        return tree if self.replicated is None else jax.device_put(tree, self.replicated)
+
+    def split(self, X, Y):
+        return (X, Y) if self.data is None else jax.device_put((X, Y), self.data)
+
+
+def _placement(mesh, batch_size, num_examples, drop_last) -> _Placement:
+    if mesh is None:
+        return _Placement()
+    from jax.sharding import NamedSharding, PartitionSpec
+
+    axis = mesh.axis_names[0]
+    devices = mesh.shape[axis]
+    last = 0 if drop_last else num_examples % batch_size
+    if batch_size % devices or last % devices:
+        raise ValueError(
+            f"batch_size: with a mesh of {devices} devices along {axis!r}, every batch must divide by "
+            f"{devices}; got batch_size {batch_size} and a last batch of {last} "
+            "(choose another batch_size or pass drop_last=True)"
+        )
+    return _Placement(NamedSharding(mesh, PartitionSpec(axis)), NamedSharding(mesh, PartitionSpec()))
 
 
 def _epoch_seed(seed: int, epoch: int) -> int:

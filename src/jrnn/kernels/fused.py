@@ -70,7 +70,7 @@ class _LSTM:
         i, f, g, o = act[..., 0, :], act[..., 1, :], act[..., 2, :], act[..., 3, :]
         dc = dc + dh * o * (1 - tc * tc)
         d_act = jnp.stack([dc * g, dc * c_prev, dc * i, dh * tc], axis=-2)
-        dpre = (d_act * (scale * scale) * (1 - t * t)).reshape(*t.shape[:-2], -1)
+        dpre = (d_act * (scale * scale) * (1 - t * t)).reshape(*t.shape[:-2], 4 * t.shape[-1])
         dh_prev = dpre @ p["w_h_t"]
         if mask is not None:
             dh_prev = dh_prev * mask
@@ -289,9 +289,9 @@ def fused_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=Fals
     mask = None if recurrent_mask is None else flat(recurrent_mask)
     dtype = jnp.result_type(projected.dtype, *jax.tree.leaves(carry_dtypes), params.w_h.dtype)
     flat_carry = jax.tree.map(lambda a: a.astype(dtype), flat_carry)
-    final, ys = _loop(cell, reverse, unroll, p, projected.reshape(num_steps, size, -1).astype(dtype),
+    final, ys = _loop(cell, reverse, unroll, p, projected.reshape(num_steps, size, projected.shape[-1]).astype(dtype),
                       flat_carry, valid, mask)
     final = jax.tree.map(lambda a, d: a.reshape(*batch_shape, a.shape[-1]).astype(d),
                          _from_tuple(cell, final), carry_dtypes)
     hidden_dtype = jax.tree.leaves(carry_dtypes)[0]
-    return final, ys.reshape(num_steps, *batch_shape, -1).astype(hidden_dtype)
+    return final, ys.reshape(num_steps, *batch_shape, cell.hidden_size).astype(hidden_dtype)

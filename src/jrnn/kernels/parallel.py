@@ -33,6 +33,8 @@ def parallel_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=F
     """
     del unroll  # no sequential loop to unroll
     dtype = carry.dtype
+    if projected.shape[0] == 0:
+        return carry, jnp.zeros((0, *carry.shape), dtype)
     log_a, b = cell.log_coefficients(projected.astype(jnp.result_type(projected.dtype, dtype)))
     log_a, b = log_a.astype(dtype), b.astype(dtype)
     if recurrent_mask is not None:
