@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.kernels import fused, parallel
+from jrnn.kernels import cudnn, fused, parallel
 from jrnn.min_cells import _MinCell
 from jrnn._checks import (
     as_array,
@@ -33,7 +33,7 @@ from jrnn._checks import (
 )
 
 
-IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain")
+IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain", "cudnn")
 
 
 def scan(
@@ -86,8 +86,10 @@ def scan(
         (:mod:`jrnn.kernels.fused`: one-pass gate math and a hand-written BPTT
         whose weight gradients are single large matrix products),
         ``"parallel"`` (:mod:`jrnn.kernels.parallel`, associative scan, for
-        minGRU/minLSTM) or ``"plain"`` (``lax.scan`` of ``cell.recurrent_step``
-        with JAX's own autodiff). All compute the same function.
+        minGRU/minLSTM), ``"plain"`` (``lax.scan`` of ``cell.recurrent_step``
+        with JAX's own autodiff) or ``"cudnn"`` (:mod:`jrnn.kernels.cudnn`:
+        LSTM on a GPU through ``jax.experimental.rnn``; one batch axis,
+        float32, no ``reverse``, ``resets`` or dropout). All compute the same function.
       checkpoint_every: memory option for long sequences: keep only every
         k-th carry for the backward pass and recompute each k-step segment
         there (``jax.checkpoint``). Memory O(T/k + k) steps instead of O(T), about
@@ -177,6 +179,8 @@ def scan(
                 k_rec, recurrent_dropout, (*batch_shape, cell.hidden_size), xs.dtype
             )
 
+    if implementation == "cudnn":
+        return _cudnn(cell, params, xs, carry, seq_lengths, time_major, reverse, resets, recurrent_mask)
     if not time_major:  # move the (small) inputs, not the (G times wider) projections
         xs = jnp.moveaxis(xs, -2, 0)
     if implementation == "fused":
@@ -195,6 +199,18 @@ def scan(
         carry, ys = _segmented(loop, project, cell, params, xs, carry, seq_lengths, segment,
                                remat=checkpoint_every is not None, **options)
     return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
+
+
+def _cudnn(cell, params, xs, carry, seq_lengths, time_major, reverse, resets, recurrent_mask):
+    if not cudnn.available():
+        raise ValueError(f"implementation: 'cudnn' needs a GPU backend, got {jax.default_backend()!r}")
+    if reverse or resets is not None or recurrent_mask is not None or xs.ndim != 3:
+        raise ValueError("implementation: 'cudnn' supports one batch axis and no reverse, resets or "
+                         "recurrent dropout; use 'fused'")
+    if time_major:
+        xs = jnp.moveaxis(xs, 0, 1)
+    carry, ys = cudnn.cudnn_scan(cell, params, xs, carry, seq_lengths=seq_lengths)
+    return carry, jnp.moveaxis(ys, 1, 0) if time_major else ys
 
 
 def _pick_implementation(cell, implementation, has_resets):

@@ -1,0 +1,181 @@
+"""GPU benchmark: correctness on the device first, then LSTM timings.
+
+Contenders: jrnn's plain ``lax.scan`` path and fused path, jrnn's cuDNN option
+(``implementation="cudnn"``, float32), ``torch.nn.LSTM`` (cuDNN), and Flax
+``nn.RNN(OptimizedLSTMCell)``; shapes (B, I = H, T) = (16, 768, 1024),
+(64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and forward+backward;
+float32 and bfloat16 (jrnn with a float32 carry). Medians of interleaved runs
+after warm-up, with ``block_until_ready`` / ``torch.cuda.synchronize``.
+
+    python benchmarks/gpu.py --json results.json     # on a GPU machine, under 4 minutes
+    python benchmarks/gpu.py --quick                 # tiny shapes; runs on CPU too
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+import jrnn
+
+SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
+
+
+def rel_err(a, b) -> float:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+def check(on_gpu: bool) -> list[dict]:
+    """Each fast path against the plain path on this device: values and gradients."""
+    rows = []
+    key = jax.random.key(0)
+    xs = jax.random.normal(key, (8, 64, 32))
+    lengths = jnp.array([64, 50, 1, 0, 64, 33, 10, 64])
+    cases = [(jrnn.lstm(64), "fused"), (jrnn.gru(64, reset_after=True), "fused"), (jrnn.min_gru(64), "parallel")]
+    if on_gpu:
+        cases.append((jrnn.lstm(64), "cudnn"))
+    for cell, impl in cases:
+        params = cell.init(jax.random.fold_in(key, 1), 32)
+        run = lambda p, i: jrnn.scan(cell, p, xs, seq_lengths=lengths, implementation=i)
+        loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
+        with jax.default_matmul_precision("highest"):
+            _, want = run(params, "plain")
+            g_want = jax.grad(loss)(params, "plain")
+            _, got = run(params, impl)
+            g_got = jax.grad(loss)(params, impl)
+        err = rel_err(got, want)
+        g_err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)))
+        rows.append({"cell": cell.kind, "implementation": impl, "value_rel_err": err, "grad_rel_err": g_err,
+                     "ok": bool(err < 1e-4 and g_err < 1e-3 and np.isfinite(err) and np.isfinite(g_err))})
+    return rows
+
+
+def _jax_fns(loss_and_out, params, xs):
+    fwd = jax.jit(lambda p, x: loss_and_out(p, x)[1])
+    grad = jax.jit(jax.grad(lambda p, x: loss_and_out(p, x)[0], argnums=(0, 1)))
+    started = time.perf_counter()
+    jax.block_until_ready(grad(params, xs))
+    compile_s = time.perf_counter() - started
+    return (lambda: jax.block_until_ready(fwd(params, xs)),
+            lambda: jax.block_until_ready(grad(params, xs)), compile_s)
+
+
+def contenders(B, H, T, dtype, on_gpu):
+    I = H
+    xs = jax.random.normal(jax.random.key(1), (B, T, I)).astype(dtype)
+    cell = jrnn.lstm(H)
+    params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), I))
+    out = {}
+    impls = ["plain", "fused"] + (["cudnn"] if on_gpu and dtype == jnp.float32 else [])
+    for impl in impls:
+        def loss(p, x, impl=impl):
+            ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=jnp.float32 if impl != "cudnn" else None)[1]
+            return jnp.sum(ys.astype(jnp.float32)), ys
+        out[f"jrnn {impl}"] = _jax_fns(loss, params, xs)
+    try:
+        import flax.linen as nn
+
+        model = nn.RNN(nn.OptimizedLSTMCell(H, dtype=dtype, param_dtype=dtype))
+        # initialise in float32 (orthogonal init has no bfloat16 QR), then cast
+        f32 = nn.RNN(nn.OptimizedLSTMCell(H)).init(jax.random.key(0), xs.astype(jnp.float32))
+        variables = jax.tree.map(lambda a: a.astype(dtype), f32)
+
+        def flax_loss(p, x):
+            ys = model.apply(p, x)
+            return jnp.sum(ys.astype(jnp.float32)), ys
+
+        out["flax OptimizedLSTMCell"] = _jax_fns(flax_loss, variables, xs)
+    except ImportError:
+        pass
+    try:
+        import torch
+
+        if on_gpu and torch.cuda.is_available():
+            t_dtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
+            module = torch.nn.LSTM(I, H, batch_first=True).cuda().to(t_dtype)
+            x = torch.randn(B, T, I, device="cuda", dtype=t_dtype, requires_grad=True)
+
+            def t_fwd():
+                with torch.no_grad():
+                    module(x)
+                torch.cuda.synchronize()
+
+            def t_bwd():
+                module.zero_grad(set_to_none=True)
+                x.grad = None
+                module(x)[0].float().sum().backward()
+                torch.cuda.synchronize()
+
+            out["torch.nn.LSTM (cuDNN)"] = (t_fwd, t_bwd, None)
+    except ImportError:
+        pass
+    return out
+
+
+def time_all(fns, repeats):
+    for f, g, _ in fns.values():
+        f(); g(); f(); g()
+    times = {name: ([], []) for name in fns}
+    for _ in range(repeats):
+        for name, (f, g, _) in fns.items():
+            for i, fn in enumerate((f, g)):
+                started = time.perf_counter()
+                fn()
+                times[name][i].append(time.perf_counter() - started)
+    return {name: tuple(1e3 * statistics.median(t) for t in pair) for name, pair in times.items()}
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", help="write all results to this file")
+    args = parser.parse_args(argv)
+    on_gpu = jax.default_backend() == "gpu"
+    device = str(jax.devices()[0])
+    try:
+        import torch
+
+        device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else device
+    except ImportError:
+        pass
+    print(f"# device: {device}; jax {jax.__version__} ({jax.default_backend()})", flush=True)
+    checks = check(on_gpu)
+    for row in checks:
+        print(f"# check {row['cell']} {row['implementation']}: value rel err {row['value_rel_err']:.2e}, "
+              f"grad rel err {row['grad_rel_err']:.2e} -> {'ok' if row['ok'] else 'FAILED'}", flush=True)
+    shapes = [(2, 16, 20)] if args.quick else SHAPES
+    results = []
+    print("| B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax | compile s |")
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for B, H, T in shapes:
+        for dtype in (jnp.float32, jnp.bfloat16):
+            fns = contenders(B, H, T, dtype, on_gpu)
+            medians = time_all(fns, 3 if args.quick else args.repeats)
+            torch_fb = medians.get("torch.nn.LSTM (cuDNN)", (None, None))[1]
+            flax_fb = medians.get("flax OptimizedLSTMCell", (None, None))[1]
+            for name, (fwd, fb) in medians.items():
+                row = {"shape": [B, H, T], "dtype": jnp.dtype(dtype).name, "contender": name, "fwd_ms": fwd,
+                       "fwd_bwd_ms": fb, "compile_s": fns[name][2],
+                       "vs_torch": None if torch_fb is None else fb / torch_fb,
+                       "vs_flax": None if flax_fb is None else fb / flax_fb}
+                results.append(row)
+                fmt = lambda v: "" if v is None else f"{v:.2f}"
+                print(f"| {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | {fmt(row['vs_torch'])} | "
+                      f"{fmt(row['vs_flax'])} | {fmt(row['compile_s'])} |", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"device": device, "jax": jax.__version__, "checks": checks, "results": results}, f, indent=1)
+    return 0 if all(r["ok"] for r in checks) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""GPU-only checks (skipped without a GPU): the cuDNN option equals the plain path."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+
+gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU backend")
+
+
+@gpu
+@pytest.mark.parametrize("lengths", [None, [12, 5, 0, 1]])
+def test_cudnn_lstm_equals_plain(lengths, key):
+    cell = jrnn.lstm(16)
+    params = cell.init(key, 8)
+    xs = jax.random.normal(key, (4, 12, 8))
+    carry = jrnn.LSTMState(*(jax.random.normal(k, (4, 16)) for k in jax.random.split(key)))
+    options = {} if lengths is None else {"seq_lengths": jnp.asarray(lengths)}
+
+    def loss(p, impl):
+        final, ys = jrnn.scan(cell, p, xs, carry, implementation=impl, **options)
+        return jnp.sum(jnp.sin(ys)) + jnp.sum(final.c), (final, ys)
+
+    with jax.default_matmul_precision("highest"):
+        (_, (f_c, ys_c)), g_c = jax.value_and_grad(loss, has_aux=True)(params, "cudnn")
+        (_, (f_p, ys_p)), g_p = jax.value_and_grad(loss, has_aux=True)(params, "plain")
+    np.testing.assert_allclose(ys_c, ys_p, rtol=1e-4, atol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), f_c, f_p)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), g_c, g_p)
+
+
+def test_cudnn_refused_without_gpu(key):
+    if jax.default_backend() == "gpu":
+        pytest.skip("a GPU is present")
+    cell = jrnn.lstm(4)
+    with pytest.raises(ValueError, match="'cudnn' needs a GPU backend"):
+        jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), implementation="cudnn")
