@@ -5,6 +5,8 @@ import pytest
 
 jax.config.update("jax_enable_x64", True)
 jax.config.update("jax_debug_nans", False)
+# On GPUs the default float32 matmul uses TF32; the tests compare paths at float32 accuracy.
+jax.config.update("jax_default_matmul_precision", "highest")
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU bac
 def test_cudnn_lstm_equals_plain(lengths, key):
     cell = jrnn.lstm(16)
     params = cell.init(key, 8)
-    xs = jax.random.normal(key, (4, 12, 8))
-    carry = jrnn.LSTMState(*(jax.random.normal(k, (4, 16)) for k in jax.random.split(key)))
+    xs = jax.random.normal(key, (4, 12, 8), jnp.float32)  # the suite enables x64: be explicit
+    carry = jrnn.LSTMState(*(jax.random.normal(k, (4, 16), jnp.float32) for k in jax.random.split(key)))
     options = {} if lengths is None else {"seq_lengths": jnp.asarray(lengths)}
 
     def loss(p, impl):
