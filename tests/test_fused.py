@@ -27,9 +27,13 @@ def _run(cell, params, carry, xs, impl, options):
     return jrnn.scan(cell, params, xs, carry, implementation=impl, **options)
 
 
+# float64 for every option (tight), float32 (the 1e-5 target) for the common ones.
+PRECISIONS = [pytest.param(o, jnp.float64, 1e-12, id=f"f64-{'-'.join(o) or 'plain'}") for o in OPTIONS] + [
+    pytest.param(o, jnp.float32, 1e-5, id=f"f32-{'-'.join(o) or 'plain'}") for o in OPTIONS[:3]]
+
+
 @pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
-@pytest.mark.parametrize("options", OPTIONS, ids=lambda o: "-".join(o) or "plain")
-@pytest.mark.parametrize("dtype,tol", [(jnp.float64, 1e-12), (jnp.float32, 1e-5)], ids=["f64", "f32"])
+@pytest.mark.parametrize("options,dtype,tol", PRECISIONS)
 def test_fused_equals_plain(name, cell, kind, opts, options, dtype, tol, key):
     k_p, k_c, k_x, k_w = jax.random.split(key, 4)
     params = random_params(cell, k_p, 3, dtype)

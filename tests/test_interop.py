@@ -47,13 +47,14 @@ TORCH_CASES = [
 
 
 @pytest.mark.parametrize("kind,num_layers,bidirectional,bias", TORCH_CASES)
-def test_torch_modules(kind, num_layers, bidirectional, bias):
+@pytest.mark.parametrize("I,H", [(I, H), (1, 9)], ids=["4x5", "1x9"])
+def test_torch_modules(kind, num_layers, bidirectional, bias, I, H):
     torch = pytest.importorskip("torch")
     cls = getattr(torch.nn, kind.split("_")[0])
     extra = {"nonlinearity": "relu"} if kind == "RNN_relu" else {}
     module = _randomize_torch(cls(I, H, num_layers=num_layers, bidirectional=bidirectional, bias=bias,
                                   batch_first=True, **extra))
-    xs = _xs()
+    xs = _xs(shape=(B, T, I))
     want, state = module(torch.from_numpy(xs))
     network, params = interop.from_torch(module)
     carries, ys = network(params, xs)
@@ -114,10 +115,11 @@ def _keras_randomize(layer, seed=0):
 
 
 @pytest.mark.parametrize("name,options", KERAS_CASES)
-def test_keras_layers(name, options):
+@pytest.mark.parametrize("I,H", [(I, H), (2, 11)], ids=["4x5", "2x11"])
+def test_keras_layers(name, options, I, H):
     keras = pytest.importorskip("keras")
     layer = getattr(keras.layers, name)(H, return_sequences=True, return_state=True, **options)
-    xs = _xs(5)
+    xs = _xs(5, shape=(B, T, I))
     layer(xs)
     _keras_randomize(layer)
     out = layer(xs)

@@ -152,3 +152,32 @@ def test_saturating_inputs_give_finite_values_and_gradients(cell, key):
     value, grads = jax.value_and_grad(loss, argnums=(0, 1))(params, xs)
     assert np.isfinite(value)
     assert all(np.isfinite(g).all() for g in jax.tree.leaves(grads))
+
+
+WRITER_SCRIPT = textwrap.dedent("""
+    import sys
+    import numpy as np
+    from jrnn import checkpoint as ckpt
+    big = {"w": np.random.default_rng(0).normal(size=(4096, 8192)).astype(np.float32)}  # 128 MiB
+    ckpt.save(sys.argv[1], 1, {"w": np.ones((3, 3), np.float32)}, {"note": "good"})
+    print("saved", flush=True)
+    for step in range(2, 100):
+        ckpt.save(sys.argv[1], step, big, {"note": "big"}, max_to_keep=None)
+""")
+
+
+def test_sigkill_during_a_checkpoint_write_keeps_the_last_good_one(tmp_path):
+    proc = subprocess.Popen([sys.executable, "-c", WRITER_SCRIPT, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "saved"
+    deadline = time.time() + 120
+    while time.time() < deadline and not any(n.startswith(".tmp-") for n in os.listdir(tmp_path)):
+        time.sleep(0.001)
+    proc.send_signal(signal.SIGKILL)  # while a temporary file is being written
+    proc.wait()
+    partial = [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
+    assert partial, "the writer was not caught mid-write"
+    newest = ckpt.latest_step(tmp_path)
+    step, meta = ckpt.read_meta(tmp_path, newest)  # the newest complete step is intact
+    assert meta["note"] in ("good", "big")
+    ckpt.save(tmp_path, newest + 1, {"w": np.zeros(2, np.float32)}, {"note": "after"})  # and saving goes on
+    assert ckpt.read_meta(tmp_path)[1]["note"] == "after"

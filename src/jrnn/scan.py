@@ -61,7 +61,8 @@ def scan(
     function is backpropagation through time.
 
     Args:
-      cell: a jrnn cell (:func:`jrnn.lstm`, :func:`jrnn.gru`, :func:`jrnn.simple_rnn`).
+      cell: a jrnn cell (:func:`jrnn.lstm`, :func:`jrnn.gru`, :func:`jrnn.simple_rnn`,
+        :func:`jrnn.min_gru`, :func:`jrnn.min_lstm`).
       params: the cell's params (``cell.init``).
       xs: ``(*batch, T, I)``, or ``(T, *batch, I)`` with ``time_major=True``;
         any number of batch dimensions, including none.
@@ -140,8 +141,6 @@ def scan(
             raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
     if checkpoint_every is not None and truncate_every is not None:
         raise ValueError("checkpoint_every, truncate_every: expected at most one of them, got both")
-    if implementation not in IMPLEMENTATIONS:
-        raise ValueError(f"implementation: expected one of {IMPLEMENTATIONS}, got {implementation!r}")
     implementation = _pick_implementation(cell, implementation, resets is not None)
     cell.check_input("xs", xs, params)
 

@@ -37,4 +37,6 @@ def cudnn_scan(cell, params, xs, carry, *, seq_lengths=None):
                            input_size=I, hidden_size=H, num_layers=1, dropout=0.0, bidirectional=False,
                            precision=jax.lax.Precision.HIGHEST)
     mask = (jnp.arange(T)[None, :] < lengths[:, None])[..., None]
-    return LSTMState(h_n[0], c_n[0]), jnp.where(mask, y, jnp.zeros_like(y))
+    empty = (lengths == 0)[:, None]  # jrnn's contract: length 0 returns the initial carry
+    final = LSTMState(jnp.where(empty, carry.h, h_n[0]), jnp.where(empty, carry.c, c_n[0]))
+    return final, jnp.where(mask, y, jnp.zeros_like(y))
