@@ -1,7 +1,6 @@
 """Initialiser presets reproduce the documented Keras, PyTorch and Flax defaults."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

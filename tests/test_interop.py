@@ -9,7 +9,6 @@ import pytest
 
 import jrnn
 from jrnn import interop
-from tests.helpers import random_params
 
 TOL = dict(rtol=1e-5, atol=1e-5)
 B, T, I, H = 3, 7, 4, 5

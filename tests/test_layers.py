@@ -6,7 +6,6 @@ import numpy as np
 import pytest
 
 import jrnn
-from tests.helpers import random_params
 
 LENGTHS = jnp.array([5, 0, 3])
 

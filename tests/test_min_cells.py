@@ -7,7 +7,6 @@ import pytest
 from jax.test_util import check_grads
 
 import jrnn
-from tests import reference
 from tests.helpers import CELL_IDS, CELLS, random_params
 
 

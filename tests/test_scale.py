@@ -118,7 +118,6 @@ def test_sigkill_and_resume_match_uninterrupted_run(tmp_path):
     assert ckpt.latest_step(killed_dir) < 13
     done = subprocess.run([*cmd, "--out", str(killed_dir), "--resume"], capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr
-    like = {"state": None, "best_params": None}
     a = np.load(ckpt.step_path(tmp_path / "full", 13))
     b = np.load(ckpt.step_path(killed_dir, 13))
     names = [n for n in a.files if n.startswith("leaf_")]

@@ -8,7 +8,6 @@ years' average for that day of the year, smoothed over ±7 days).
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from typing import Sequence
@@ -19,6 +18,7 @@ import optax
 
 import jrnn
 from jrnn import data as jdata
+from jrnn._report import figure, save, write_json
 from jrnn.forecast import Forecaster
 from jrnn.train import fit, metrics, predict
 
@@ -142,19 +142,10 @@ def format_table(rows: list[dict], units: str = "") -> str:
 
 def write_outputs(result: dict, out_dir: str, json_path: str | None = None, units: str = "") -> list[str]:
     """Write the JSON table and the two PNG plots; return their paths."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = json_path or os.path.join(out_dir, "compare.json")
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=2)
-
+    paths = [write_json(result, out_dir, json_path, "compare.json")]
     test = result["test"]
     x = np.arange(len(test["actual"])) if test["dates"] is None else np.asarray(test["dates"], "datetime64[D]")
-    fig, ax = plt.subplots(figsize=(11, 4.5))
+    fig, ax = figure((11, 4.5))
     ax.plot(x, test["actual"], color="black", lw=2, label="actual")
     for name, pred in test["predictions"].items():
         style = {"ls": ":", "lw": 1} if name in ("persistence", "seasonal mean") else {"lw": 1.2}
@@ -163,23 +154,16 @@ def write_outputs(result: dict, out_dir: str, json_path: str | None = None, unit
     ax.set_ylabel(units or "target")
     ax.legend(ncol=3, fontsize=8)
     fig.autofmt_xdate()
-    fig.tight_layout()
-    forecast_png = os.path.join(out_dir, "forecast.png")
-    fig.savefig(forecast_png, dpi=110)
-    plt.close(fig)
+    paths.append(save(fig, os.path.join(out_dir, "forecast.png")))
 
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    fig, ax = figure()
     for i, (name, h) in enumerate(result["histories"].items()):
-        color = f"C{i}"
-        ax.plot(h["train_loss"], color=color, label=f"{CELL_LABELS[name]} train")
-        ax.plot(h["val_loss"], color=color, ls="--", label=f"{CELL_LABELS[name]} validation")
+        ax.plot(h["train_loss"], color=f"C{i}", label=f"{CELL_LABELS[name]} train")
+        ax.plot(h["val_loss"], color=f"C{i}", ls="--", label=f"{CELL_LABELS[name]} validation")
     ax.set_yscale("log")
     ax.set_xlabel("epoch")
     ax.set_ylabel("MSE (scaled units)")
     ax.set_title("Training and validation loss")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    loss_png = os.path.join(out_dir, "loss.png")
-    fig.savefig(loss_png, dpi=110)
-    plt.close(fig)
-    return [json_path, forecast_png, loss_png]
+    paths.append(save(fig, os.path.join(out_dir, "loss.png")))
+    return paths

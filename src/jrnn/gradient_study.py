@@ -13,7 +13,6 @@ dependency was learned (test MSE well below the 1/6 of always answering 1).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -25,6 +24,7 @@ import optax
 
 import jrnn
 from jrnn import datasets
+from jrnn._report import figure, save, write_json
 from jrnn.diagnostics import gradient_norms, gradient_ratio
 from jrnn.forecast import Forecaster
 from jrnn.train import fit, predict
@@ -153,16 +153,9 @@ def format_table(rows) -> str:
 
 
 def write_outputs(result: dict, out_dir: str, json_path: str | None = None) -> list[str]:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    os.makedirs(out_dir, exist_ok=True)
-    json_path = json_path or os.path.join(out_dir, "diagnose.json")
-    with open(json_path, "w") as f:
-        json.dump(result, f, indent=2)
-    fig, ax = plt.subplots(figsize=(8, 4.5))
+    """Write the JSON results and the gradient-norm plot; return their paths."""
+    json_path = write_json(result, out_dir, json_path, "diagnose.json")
+    fig, ax = figure()
     for label, profile in result["gradient_profiles"].items():
         profile = np.asarray(profile)
         ax.semilogy(np.arange(1, len(profile) + 1), np.maximum(profile, 1e-300), label=label)
@@ -170,8 +163,4 @@ def write_outputs(result: dict, out_dir: str, json_path: str | None = None) -> l
     ax.set_ylabel("‖∂L/∂h_t‖")
     ax.set_title("Gradient of the last-step loss with respect to each hidden state")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    png = os.path.join(out_dir, "gradient_norms.png")
-    fig.savefig(png, dpi=110)
-    plt.close(fig)
-    return [json_path, png]
+    return [json_path, save(fig, os.path.join(out_dir, "gradient_norms.png"))]

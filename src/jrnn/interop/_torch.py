@@ -125,7 +125,6 @@ def to_torch(network, params, *, batch_first: bool = True, as_cell: bool = False
     Raises:
       ValueError: a reset-before GRU, mixed cell types or sizes, or a merge other than concat.
     """
-    import torch
 
     layers = split_layers(network, params)
     first = layers[0][0]

@@ -1,0 +1,35 @@
+"""Writing a command's outputs: JSON and PNG figures (matplotlib, headless)."""
+
+from __future__ import annotations
+
+import json
+import os
+
+
+def write_json(result: dict, out_dir: str, json_path: str | None, default_name: str) -> str:
+    """Write ``result`` to ``json_path`` (default ``out_dir/default_name``); return the path."""
+    os.makedirs(out_dir, exist_ok=True)
+    path = json_path or os.path.join(out_dir, default_name)
+    with open(path, "w") as f:
+        json.dump(result, f, indent=2)
+    return path
+
+
+def figure(size=(8, 4.5)):
+    """A new ``(fig, ax)`` on the non-interactive Agg backend."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt.subplots(figsize=size)
+
+
+def save(fig, path: str) -> str:
+    """Lay out, save at 110 dpi, close; return the path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
