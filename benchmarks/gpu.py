@@ -42,9 +42,11 @@ def check(on_gpu: bool) -> list[dict]:
     cases = [(jrnn.lstm(64), "fused"), (jrnn.gru(64, reset_after=True), "fused"), (jrnn.min_gru(64), "parallel")]
     if on_gpu:
         cases.append((jrnn.lstm(64), "cudnn"))
-    for cell, impl in cases:
+    pallas_case = (jrnn.lstm(64), "pallas")  # no seq_lengths on this path
+    for cell, impl in [*cases, pallas_case]:
         params = cell.init(jax.random.fold_in(key, 1), 32)
-        run = lambda p, i: jrnn.scan(cell, p, xs, seq_lengths=lengths, implementation=i)
+        options = {} if impl == "pallas" else {"seq_lengths": lengths}
+        run = lambda p, i: jrnn.scan(cell, p, xs, implementation=i, **options)
         loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
         with jax.default_matmul_precision("highest"):
             _, want = run(params, "plain")
@@ -75,9 +77,12 @@ def contenders(B, H, T, dtype, on_gpu):
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), I))
     out = {}
     impls = ["plain", "fused"] + (["cudnn"] if on_gpu and dtype == jnp.float32 else [])
+    if H in (16, 32, 64, 128):  # pallas_lstm.supports
+        impls.append("pallas")
     for impl in impls:
         def loss(p, x, impl=impl):
-            ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=jnp.float32 if impl != "cudnn" else None)[1]
+            mixed = impl not in ("cudnn", "pallas")  # those two keep one dtype throughout
+            ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=jnp.float32 if mixed else None)[1]
             return jnp.sum(ys.astype(jnp.float32)), ys
         out[f"jrnn {impl}"] = _jax_fns(loss, params, xs)
     try:
@@ -138,6 +143,7 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="write all results to this file")
+    parser.add_argument("--shapes", help="indices into SHAPES to run, e.g. 1,2,3 (default all)")
     args = parser.parse_args(argv)
     on_gpu = jax.default_backend() == "gpu"
     device = str(jax.devices()[0])
@@ -153,6 +159,8 @@ def main(argv=None) -> int:
         print(f"# check {row['cell']} {row['implementation']}: value rel err {row['value_rel_err']:.2e}, "
               f"grad rel err {row['grad_rel_err']:.2e} -> {'ok' if row['ok'] else 'FAILED'}", flush=True)
     shapes = [(2, 16, 20)] if args.quick else SHAPES
+    if args.shapes and not args.quick:
+        shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
     results = []
     print("| B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax | compile s |")
     print("|---|---|---|---:|---:|---:|---:|---:|")

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.kernels import cudnn, fused, parallel
+from jrnn.kernels import cudnn, fused, pallas_lstm, parallel
 from jrnn.min_cells import _MinCell
 from jrnn._checks import (
     as_array,
@@ -33,7 +33,7 @@ from jrnn._checks import (
 )
 
 
-IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain", "cudnn")
+IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain", "cudnn", "pallas")
 
 
 def scan(
@@ -90,7 +90,11 @@ def scan(
         minGRU/minLSTM), ``"plain"`` (``lax.scan`` of ``cell.recurrent_step``
         with JAX's own autodiff) or ``"cudnn"`` (:mod:`jrnn.kernels.cudnn`:
         LSTM on a GPU through ``jax.experimental.rnn``; one batch axis,
-        float32, no ``reverse``, ``resets`` or dropout). All compute the same function.
+        float32, no ``reverse``, ``resets`` or dropout) or ``"pallas"``
+        (:mod:`jrnn.kernels.pallas_lstm`: the LSTM time loop in one Pallas
+        kernel launch; hidden size 16, 32, 64 or 128; no ``seq_lengths``,
+        ``reverse``, ``resets`` or recurrent dropout; interpreted off GPU).
+        All compute the same function.
       checkpoint_every: memory option for long sequences: keep only every
         k-th carry for the backward pass and recompute each k-step segment
         there (``jax.checkpoint``). Memory O(T/k + k) steps instead of O(T), about
@@ -182,6 +186,15 @@ def scan(
         return _cudnn(cell, params, xs, carry, seq_lengths, time_major, reverse, resets, recurrent_mask)
     if not time_major:  # move the (small) inputs, not the (G times wider) projections
         xs = jnp.moveaxis(xs, -2, 0)
+    if implementation == "pallas":
+        if not pallas_lstm.supports(cell):
+            raise ValueError("implementation: 'pallas' needs a jrnn.lstm cell with hidden size 16, 32, 64 "
+                             f"or 128, got {cell}")
+        if seq_lengths is not None or reverse or resets is not None or recurrent_mask is not None:
+            raise ValueError("implementation: 'pallas' supports no seq_lengths, reverse, resets or recurrent "
+                             "dropout; use 'fused'")
+        carry, ys = pallas_lstm.pallas_scan(cell, params, cell.project_input(params, xs), carry)
+        return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
     if implementation == "fused":
         loop, project = fused.fused_scan, lambda x: fused.project(x, params.w_x)  # bias added in the loop
     elif implementation == "parallel":

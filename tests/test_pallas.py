@@ -1,0 +1,57 @@
+"""The Pallas LSTM kernel (interpret mode on CPU) against its reference and the plain driver."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from jrnn.kernels import pallas_lstm
+
+pytest.importorskip("jax.experimental.pallas")
+
+
+@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 16), (4, 16, 32)])
+def test_kernel_equals_reference(T, B, H):
+    k = jax.random.split(jax.random.key(T * B + H), 4)
+    px = jax.random.normal(k[0], (T, B, 4 * H), jnp.float32)
+    w = 0.3 * jax.random.normal(k[1], (H, 4 * H), jnp.float32)
+    h0, c0 = (jax.random.normal(kk, (B, H), jnp.float32) for kk in k[2:])
+    hs, (h, c) = pallas_lstm.lstm_loop(px, w, h0, c0, True)
+    want_hs, (want_h, want_c) = pallas_lstm.reference(px, w, h0, c0)
+    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-6)
+
+    def loss(f):
+        return lambda *a: jnp.sum(jnp.sin(f(*a)[0])) + jnp.sum(f(*a)[1][1] ** 2) + jnp.sum(f(*a)[1][0])
+
+    got = jax.grad(loss(lambda *a: pallas_lstm.lstm_loop(*a, True)), argnums=(0, 1, 2, 3))(px, w, h0, c0)
+    want = jax.grad(loss(pallas_lstm.reference), argnums=(0, 1, 2, 3))(px, w, h0, c0)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("batch", [(3,), (2, 3), ()], ids=["pad-3", "two-dims", "no-batch"])
+def test_scan_pallas_equals_plain(batch, key):
+    cell = jrnn.lstm(16)
+    params = cell.init(key, 3)
+    xs = jax.random.normal(key, (*batch, 5, 3), jnp.float32)
+    carry = jax.tree.map(lambda c: c + 0.1, cell.initial_carry(batch, jnp.float32))
+
+    def loss(p, x, impl):
+        final, ys = jrnn.scan(cell, p, x, carry, implementation=impl)
+        return jnp.sum(ys**2) + jnp.sum(final.c), (final, ys)
+
+    (_, (f_k, ys_k)), g_k = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, "pallas")
+    (_, (f_p, ys_p)), g_p = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, "plain")
+    np.testing.assert_allclose(ys_k, ys_p, rtol=1e-5, atol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), f_k, f_p)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_k, g_p)
+
+
+def test_pallas_refusals(key):
+    with pytest.raises(ValueError, match="hidden size 16, 32, 64 or 128"):
+        jrnn.scan(jrnn.lstm(12), jrnn.lstm(12).init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
+    cell = jrnn.lstm(16)
+    with pytest.raises(ValueError, match="supports no seq_lengths"):
+        jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), seq_lengths=jnp.array([2]), implementation="pallas")
