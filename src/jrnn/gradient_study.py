@@ -117,11 +117,10 @@ def run_study(*, gradient_steps: int = 100, train_steps: int = 50, epochs: int =
         model, params = init_params(variant, key)
         profile, ratio = gradient_profile(model, params, probe_X, probe_Y)
         profiles[variant.label] = profile.tolist()
+        memory = train_step_memory(model, params, (data[0][0][:64], data[0][1][:64]))
         row = {"model": variant.label, "hidden": variant.cell.hidden_size,
                "params": jrnn.count_params(params.rnn), "grad_ratio_h1_over_hT": ratio,
-               "train_step_temp_kib": None}
-        memory = train_step_memory(model, params, (data[0][0][:64], data[0][1][:64]))
-        row["train_step_temp_kib"] = None if memory is None else round(memory / 1024, 1)
+               "train_step_temp_kib": None if memory is None else round(memory / 1024, 1)}
         for clip in (True, False):
             result = train_briefly(model, params, data, clip=clip, epochs=epochs, seed=seed)
             tag = "clipped" if clip else "unclipped"

@@ -81,11 +81,6 @@ def make_params(cell: Cell, w_x, w_h, b, b_hn=None, dtype=None):
     return params
 
 
-def numpy_params(params):
-    """A params NamedTuple as float NumPy arrays (``None`` kept)."""
-    return type(params)(*(None if a is None else np.asarray(a) for a in params))
-
-
 def combine(layers, dropout: float = 0.0):
     """Per-layer ``(layer, params)`` pairs -> ``(network, params)``.
 

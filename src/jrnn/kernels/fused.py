@@ -38,12 +38,16 @@ def _column(values, dtype):
     return jnp.asarray(values, dtype)[:, None]
 
 
+def _lstm_activation(t):
+    """Gate activations from the gate tanh values ``t (B, 4, H)``: ``t·scale + add``."""
+    return t * _column(_LSTM_SCALE, t.dtype) + _column(_LSTM_ADD, t.dtype)
+
+
 def _lstm_gates(pre, H):
     """One tanh over ``(B, 4, H)``: returns ``(t, act)``, each ``(B, 4, H)``."""
     pre = pre.reshape(*pre.shape[:-1], 4, H)
-    scale = _column(_LSTM_SCALE, pre.dtype)
-    t = jnp.tanh(pre * scale)
-    return t, t * scale + _column(_LSTM_ADD, pre.dtype)
+    t = jnp.tanh(pre * _column(_LSTM_SCALE, pre.dtype))
+    return t, _lstm_activation(t)
 
 
 class _LSTM:
@@ -66,7 +70,7 @@ class _LSTM:
         dh, dc = d_carry
         dh = dh + dy
         scale = _column(_LSTM_SCALE, t.dtype)
-        act = t * scale + _column(_LSTM_ADD, t.dtype)
+        act = _lstm_activation(t)
         i, f, g, o = act[..., 0, :], act[..., 1, :], act[..., 2, :], act[..., 3, :]
         dc = dc + dh * o * (1 - tc * tc)
         d_act = jnp.stack([dc * g, dc * c_prev, dc * i, dh * tc], axis=-2)
