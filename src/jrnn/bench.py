@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
+from jrnn.kernels import native
 
 SIZES = {  # (B, T, I, H)
     "C1": (1, 1000, 128, 128),
@@ -52,7 +53,7 @@ def _block(out):
 
 def _jax_contender(name, loss_of_params, params, xs):
     """A JAX contender from ``loss_of_params(params, xs) -> (loss, ys)``."""
-    fwd = jax.jit(lambda p, x: loss_of_params(p, x)[1])
+    fwd = jax.jit(lambda p, x: loss_of_params(p, x)[1]).lower(params, xs).compile()
     grad = jax.jit(jax.grad(lambda p, x: loss_of_params(p, x)[0], argnums=(0, 1)))
     started = time.perf_counter()
     compiled = grad.lower(params, xs).compile()
@@ -66,14 +67,18 @@ def _jax_contender(name, loss_of_params, params, xs):
                      lambda: jax.block_until_ready(compiled(params, xs)), compile_seconds, temp)
 
 
-def _jrnn(cell, I, xs, implementation="auto"):
+def _jrnn(cell, I, xs, implementation="auto", native_loops=True):
+    """jrnn; ``native_loops=False`` times the fused path with its XLA loops (as on GPU)."""
     params = cell.init(jax.random.key(0), I)
 
     def loss(p, x):
         ys = jrnn.scan(cell, p, x, implementation=implementation)[1]
         return jnp.sum(ys), ys
 
-    return _jax_contender(f"jrnn ({implementation})", loss, params, xs)
+    if native_loops:
+        return _jax_contender(f"jrnn ({implementation})", loss, params, xs)
+    with native.disabled():
+        return _jax_contender(f"jrnn ({implementation}, XLA loops)", loss, params, xs)
 
 
 def _torch(kind, B, T, I, H, x_np):
@@ -158,6 +163,8 @@ def contenders(kind: str, size, peers: bool = True):
     xs = jnp.asarray(x_np)
     cell = {"lstm": jrnn.lstm(H), "gru": jrnn.gru(H, reset_after=True), "simple_rnn": jrnn.simple_rnn(H)}[kind]
     out = [_jrnn(cell, I, xs), _jrnn(cell, I, xs, "plain")]
+    if native.applies(cell, xs):
+        out.insert(1, _jrnn(cell, I, xs, "fused", native_loops=False))
     if not peers:
         return out
     builders = [lambda: _torch(kind, B, T, I, H, x_np), lambda: _flax(kind, I, H, xs)]

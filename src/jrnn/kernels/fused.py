@@ -27,6 +27,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
+from jrnn.kernels import native
 
 # Per-gate constants of the one-tanh form: act = tanh(a * SCALE) * MUL + ADD,
 # act' = DERIV * (1 - tanh(a * SCALE)^2).
@@ -217,8 +218,22 @@ def _loop(cell, reverse, unroll, p, projected, carry, valid, mask):
     return _forward(cell, reverse, unroll, p, projected, carry, valid, mask, save=False)[0]
 
 
+def _native_or(native_fn, xla_fn, cell, *arrays):
+    """``native_fn`` on CPU where :mod:`jrnn.kernels.native` computes this cell, else ``xla_fn``."""
+    if not native.applies(cell, *arrays):
+        return xla_fn()
+    return jax.lax.platform_dependent(cpu=native_fn, default=xla_fn)
+
+
 def _forward(cell, reverse, unroll, p, projected, carry, valid, mask, *, save):
-    """The time loop; with ``save`` it also stacks each step's residuals for the VJP."""
+    """The time loop; with ``save`` it also returns each step's residuals for the VJP."""
+    return _native_or(
+        lambda: native.forward(cell, reverse, p, projected, carry, valid, mask, save=save),
+        lambda: _scan_forward(cell, reverse, unroll, p, projected, carry, valid, mask, save=save),
+        cell, projected, *p.values(), *jax.tree.leaves(carry))
+
+
+def _scan_forward(cell, reverse, unroll, p, projected, carry, valid, mask, *, save):
     impl = _IMPLS[type(cell)]
 
     def body(carry, inputs):
@@ -242,6 +257,20 @@ def _loop_fwd(cell, reverse, unroll, p, projected, carry, valid, mask):
 def _loop_bwd(cell, reverse, unroll, saved, cotangents):
     p, valid, mask, res = saved
     d_final, d_ys = cotangents
+    d_carry, d_projected = _native_or(
+        lambda: native.backward(cell, reverse, p, res, d_final, d_ys, valid, mask),
+        lambda: _scan_backward(cell, reverse, unroll, p, res, d_final, d_ys, valid, mask),
+        cell, d_ys, *p.values(), *jax.tree.leaves(d_final))
+    impl = _IMPLS[type(cell)]
+    d_p = impl.weight_grads(cell, res, d_projected)
+    d_p["b"] = d_projected.sum(axis=(0, 1))
+    d_valid = None if valid is None else jnp.zeros(valid.shape, jax.dtypes.float0)
+    d_mask = None if mask is None else jnp.zeros_like(mask)
+    return d_p, d_projected, d_carry, d_valid, d_mask
+
+
+def _scan_backward(cell, reverse, unroll, p, res, d_final, d_ys, valid, mask):
+    """The reverse time loop: ``(d_initial_carry, d_projected)``."""
     impl = _IMPLS[type(cell)]
     p_bwd = {**p, "w_h_t": p["w_h"].T}  # transposed once, outside the loop
 
@@ -258,12 +287,7 @@ def _loop_bwd(cell, reverse, unroll, saved, cotangents):
             d_prev = _select(ok, d_prev, d_carry)
         return d_prev, dpx
 
-    d_carry, d_projected = jax.lax.scan(body, d_final, (d_ys, res, valid), reverse=not reverse, unroll=unroll)
-    d_p = impl.weight_grads(cell, res, d_projected)
-    d_p["b"] = d_projected.sum(axis=(0, 1))
-    d_valid = None if valid is None else jnp.zeros(valid.shape, jax.dtypes.float0)
-    d_mask = None if mask is None else jnp.zeros_like(mask)
-    return d_p, d_projected, d_carry, d_valid, d_mask
+    return jax.lax.scan(body, d_final, (d_ys, res, valid), reverse=not reverse, unroll=unroll)
 
 
 _loop.defvjp(_loop_fwd, _loop_bwd)

@@ -1,0 +1,515 @@
+// Native CPU time loops for jrnn's fused path, as XLA FFI custom calls.
+//
+// One call runs a whole sequence: per step one BLAS GEMM for the recurrent
+// product (h_in @ W_h forward, dG @ W_hᵀ backward) and one vectorised pass
+// of gate math over each batch row. The weight gradient dW_h = Σ_t h_inᵀ dG
+// and everything about the input projection stay in JAX (one large GEMM each).
+//
+// Layouts (row-major, time-major, one flattened batch axis):
+//   px (T, B, G·H) input projection without bias; w_h (H, G·H); b (G·H);
+//   h, c (B, H); valid (T, B) booleans, or shape (0,) when every step counts;
+//   mask (B, H) recurrent-dropout mask, or shape (0,) when there is none.
+// Gate order is jrnn's: LSTM i, f, g, o; GRU z, r, n. σ(a) = ½·tanh(a/2) + ½.
+// Residual layouts equal those of jrnn/kernels/fused.py, so the JAX side can
+// run either loop.
+
+#include <immintrin.h>
+#include <sched.h>
+
+#include <algorithm>
+#include <atomic>
+#include <memory>
+#include <cmath>
+#include <cstdlib>
+#include <cstdint>
+#include <cstring>
+#include <thread>
+#include <vector>
+
+#include "cblas.h"  // scipy-openblas32: scipy_cblas_sgemm
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// The vector variants of tanhf come from glibc's libmvec.
+extern "C" __attribute__((simd("notinbranch"))) float tanhf(float) noexcept;
+
+namespace {
+
+using In = ffi::Buffer<ffi::F32>;
+using Out = ffi::ResultBuffer<ffi::F32>;
+using Valid = ffi::Buffer<ffi::PRED>;
+
+// C (M, N) = A (M, K) · B (K, N) + beta·C. The backward loops get W_hᵀ
+// ready-made: OpenBLAS runs these small-M products faster untransposed.
+void Gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B,
+          float beta, float* C) {
+  if (M == 0 || N == 0) return;
+  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f,
+                    A, K, B, N, beta, C, N);
+}
+
+inline float Sigmoid(float a) { return 0.5f * tanhf(0.5f * a) + 0.5f; }
+
+// JRNN_NATIVE_THREADS, else the CPUs this process may run on.
+int UsableCpus() {
+  if (const char* env = std::getenv("JRNN_NATIVE_THREADS")) {
+    if (const int n = std::atoi(env); n > 0) return n;
+  }
+  cpu_set_t set;
+  if (sched_getaffinity(0, sizeof(set), &set) == 0) return CPU_COUNT(&set);
+  return static_cast<int>(std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// Rows of the batch never interact, so each block of rows runs the whole
+// time loop on its own: no synchronisation between steps. Blocks go to XLA's
+// intra-op thread pool and to the calling thread, which claims blocks too, so
+// the call finishes even if the pool never runs its tasks. Small work stays on
+// the calling thread. Denormals are flushed, as XLA does.
+template <class Body>
+void ForRowBlocks(ffi::ThreadPool& pool, int64_t rows, double flops, Body&& body) {
+  static const int cpus = UsableCpus();
+  int64_t n = std::min<int64_t>(std::min<int64_t>(cpus, pool.num_threads() + 1), rows / 8);
+  if (flops < 2e7 || n < 1) n = 1;
+  struct Progress {
+    std::atomic<int64_t> next{0}, done{0};
+  };
+  auto progress = std::make_shared<Progress>();
+  auto work = [progress, n, rows, &body]() {
+    const unsigned csr = _mm_getcsr();
+    _mm_setcsr(csr | 0x8040);  // flush-to-zero and denormals-are-zero
+    for (int64_t i; (i = progress->next.fetch_add(1)) < n;) {
+      body(rows * i / n, rows * (i + 1) / n);
+      progress->done.fetch_add(1);
+    }
+    _mm_setcsr(csr);
+  };
+  for (int64_t i = 1; i < n; ++i) pool.Schedule(work);
+  work();
+  while (progress->done.load() < n) std::this_thread::yield();
+}
+
+// What every loop shares: sizes, step order, padding and dropout mask.
+struct Loop {
+  int64_t T, B, H;
+  bool reverse;
+  const bool* valid;   // nullptr: every step of every row counts
+  const float* mask;   // nullptr: no recurrent dropout
+
+  Loop(int64_t T, int64_t B, int64_t H, bool reverse, const Valid& v,
+       const In& m)
+      : T(T), B(B), H(H), reverse(reverse),
+        valid(v.element_count() ? v.typed_data() : nullptr),
+        mask(m.element_count() ? m.typed_data() : nullptr) {}
+
+  // The time index of the k-th step of the forward loop.
+  int64_t Step(int64_t k) const { return reverse ? T - 1 - k : k; }
+  bool Ok(int64_t s, int64_t b) const { return !valid || valid[s * B + b]; }
+  // Offset of row b of step s in a (T, B, width) array.
+  int64_t At(int64_t s, int64_t b, int64_t width) const { return (s * B + b) * width; }
+
+  // Rows b0..b1 of h ⊙ mask into scratch, or h itself without dropout.
+  const float* Masked(const float* h, int64_t b0, int64_t b1,
+                      std::vector<float>& scratch) const {
+    if (!mask) return h;
+    scratch.resize((b1 - b0) * H);
+    for (int64_t i = 0; i < (b1 - b0) * H; ++i) scratch[i] = h[i] * mask[b0 * H + i];
+    return scratch.data();
+  }
+
+  // Backward: dh[b] (+)= mask[b] ⊙ d_in[b] for the valid rows b0..b1.
+  void AddRecurrentGrad(int64_t s, int64_t b0, int64_t b1, const float* d_in,
+                        float* dh, bool accumulate) const {
+    for (int64_t b = b0; b < b1; ++b) {
+      if (!Ok(s, b)) continue;
+      const float* __restrict g = d_in + (b - b0) * H;
+      const float* __restrict m = mask ? mask + b * H : nullptr;
+      float* __restrict d = dh + b * H;
+      if (accumulate && m) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) d[j] += g[j] * m[j];
+      } else if (accumulate) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) d[j] += g[j];
+      } else if (m) {
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) d[j] = g[j] * m[j];
+      } else {
+        std::memcpy(d, g, H * sizeof(float));
+      }
+    }
+  }
+};
+
+// Rows b0..b1 of step s of a saved (T, B, width) residual, or thread scratch.
+struct Residual {
+  float* saved;
+  int64_t width;
+  std::vector<float> scratch;
+  Residual(Out& out, bool save, int64_t width, int64_t rows)
+      : saved(save ? out->typed_data() : nullptr), width(width),
+        scratch(save ? 0 : rows * width) {}
+  float* At(const Loop& loop, int64_t s, int64_t b0) {
+    return saved ? saved + loop.At(s, b0, width) : scratch.data();
+  }
+};
+
+void Copy(const In& from, Out& to) {
+  std::memcpy(to->typed_data(), from.typed_data(), from.size_bytes());
+}
+
+void CopyRows(const float* from, float* to, int64_t count) {
+  std::memcpy(to, from, count * sizeof(float));
+}
+
+// rows × width block: out[r, j] = x[r, j] + bias[j].
+void AddBias(const float* x, const float* bias, int64_t rows, int64_t width,
+             float* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* __restrict xr = x + r * width;
+    float* __restrict o = out + r * width;
+#pragma omp simd
+    for (int64_t j = 0; j < width; ++j) o[j] = xr[j] + bias[j];
+  }
+}
+
+// The reverse loop every cell shares. For each step (last first) and each
+// valid row, row_grad(s, b, out, gemm_in) writes the row's pre-activation
+// gradient into `out` (a row of the (T, B, G) output) and the row that meets
+// W_h into `gemm_in` (the same row unless the cell needs another); padded
+// rows get zeros and keep their carry gradient. Then dh (+)= mask ⊙ (gemm_in · W_hᵀ).
+template <class RowGrad>
+void ReverseLoop(ffi::ThreadPool& pool, const Loop& loop, int64_t G,
+                 const In& w_h_t, float* out, float* dh, bool own_gemm_input,
+                 bool accumulate, RowGrad&& row_grad) {
+  const int64_t H = loop.H;
+  ForRowBlocks(pool, loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
+    std::vector<float> gemm_scratch(own_gemm_input ? (b1 - b0) * G : 0), dh_prev((b1 - b0) * H);
+    for (int64_t k = loop.T - 1; k >= 0; --k) {
+      const int64_t s = loop.Step(k);
+      float* out_rows = out + loop.At(s, b0, G);
+      float* gemm_rows = own_gemm_input ? gemm_scratch.data() : out_rows;
+      for (int64_t b = b0; b < b1; ++b) {
+        float* o = out_rows + (b - b0) * G;
+        float* g = gemm_rows + (b - b0) * G;
+        if (loop.Ok(s, b)) {
+          row_grad(s, b, o, g);
+        } else {
+          std::memset(o, 0, G * sizeof(float));
+          std::memset(g, 0, G * sizeof(float));
+        }
+      }
+      Gemm(b1 - b0, H, G, gemm_rows, w_h_t.typed_data(), 0.0f, dh_prev.data());
+      loop.AddRecurrentGrad(s, b0, b1, dh_prev.data(), dh, accumulate);
+    }
+  });
+}
+
+// ---------------------------------------------------------------- LSTM ----
+
+ffi::Error LstmForwardImpl(ffi::ThreadPool pool, In px, In w_h, In bias, In h0, In c0, Valid valid,
+                           In mask, Out ys, Out h_out, Out c_out, Out r_h_in,
+                           Out r_c, Out r_t, Out r_tc, bool reverse,
+                           bool save) {
+  const auto d = px.dimensions();
+  const int64_t G = d[2], H = G / 4;
+  const Loop loop(d[0], d[1], H, reverse, valid, mask);
+  Copy(h0, h_out);
+  Copy(c0, c_out);
+  float* h = h_out->typed_data();
+  float* c = c_out->typed_data();
+  ForRowBlocks(pool, loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    std::vector<float> h_scratch;
+    Residual gates(r_t, save, G, rows), cell_tanh(r_tc, save, H, rows);
+    for (int64_t k = 0; k < loop.T; ++k) {
+      const int64_t s = loop.Step(k);
+      const float* h_in = loop.Masked(h + b0 * H, b0, b1, h_scratch);
+      if (save) {
+        CopyRows(h_in, r_h_in->typed_data() + loop.At(s, b0, H), rows * H);
+        CopyRows(c + b0 * H, r_c->typed_data() + loop.At(s, b0, H), rows * H);
+      }
+      float* g = gates.At(loop, s, b0);
+      AddBias(px.typed_data() + loop.At(s, b0, G), bias.typed_data(), rows, G, g);
+      Gemm(rows, G, H, h_in, w_h.typed_data(), 1.0f, g);
+      for (int64_t b = b0; b < b1; ++b) {
+        float* __restrict t = g + (b - b0) * G;  // pre-activations in, gate tanh out
+        for (int64_t q = 0; q < 4; ++q) {
+          const float scale = q == 2 ? 1.0f : 0.5f;
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) t[q * H + j] = tanhf(scale * t[q * H + j]);
+        }
+        float* __restrict tc = cell_tanh.At(loop, s, b0) + (b - b0) * H;
+        float* __restrict y = ys->typed_data() + loop.At(s, b, H);
+        if (!loop.Ok(s, b)) {
+          std::memset(tc, 0, H * sizeof(float));
+          std::memset(y, 0, H * sizeof(float));
+          continue;
+        }
+        float* __restrict hb = h + b * H;
+        float* __restrict cb = c + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const float i = 0.5f * t[j] + 0.5f, f = 0.5f * t[H + j] + 0.5f;
+          const float o = 0.5f * t[3 * H + j] + 0.5f;
+          const float c_new = f * cb[j] + i * t[2 * H + j];
+          const float tc_new = tanhf(c_new);
+          cb[j] = c_new;
+          tc[j] = tc_new;
+          hb[j] = y[j] = o * tc_new;
+        }
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error LstmBackwardImpl(ffi::ThreadPool pool, In w_h_t, Valid valid, In mask, In r_c, In r_t,
+                            In r_tc, In d_ys, In dh_last, In dc_last,
+                            Out d_pre, Out dh_out, Out dc_out, bool reverse) {
+  const auto d = r_t.dimensions();
+  const int64_t G = d[2], H = G / 4;
+  const Loop loop(d[0], d[1], H, reverse, valid, mask);
+  Copy(dh_last, dh_out);
+  Copy(dc_last, dc_out);
+  float* dh = dh_out->typed_data();
+  float* dc = dc_out->typed_data();
+  ReverseLoop(pool, loop, G, w_h_t, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
+              /*accumulate=*/false, [&](int64_t s, int64_t b, float* __restrict dp, float*) {
+    const float* __restrict t = r_t.typed_data() + loop.At(s, b, G);
+    const float* __restrict c_prev = r_c.typed_data() + loop.At(s, b, H);
+    const float* __restrict tc = r_tc.typed_data() + loop.At(s, b, H);
+    const float* __restrict dy = d_ys.typed_data() + loop.At(s, b, H);
+    float* __restrict dhb = dh + b * H;
+    float* __restrict dcb = dc + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const float ti = t[j], tf = t[H + j], tg = t[2 * H + j], to = t[3 * H + j];
+      const float i = 0.5f * ti + 0.5f, f = 0.5f * tf + 0.5f;
+      const float o = 0.5f * to + 0.5f;
+      const float dh_j = dhb[j] + dy[j];
+      const float dc_j = dcb[j] + dh_j * o * (1.0f - tc[j] * tc[j]);
+      dp[j] = dc_j * tg * 0.25f * (1.0f - ti * ti);
+      dp[H + j] = dc_j * c_prev[j] * 0.25f * (1.0f - tf * tf);
+      dp[2 * H + j] = dc_j * i * (1.0f - tg * tg);
+      dp[3 * H + j] = dh_j * tc[j] * 0.25f * (1.0f - to * to);
+      dcb[j] = dc_j * f;
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// ----------------------------------------------------- GRU, reset after ----
+
+ffi::Error GruForwardImpl(ffi::ThreadPool pool, In px, In w_h, In bias, In b_hn, In h0, Valid valid,
+                          In mask, Out ys, Out h_out, Out r_h, Out r_h_in,
+                          Out r_z, Out r_r, Out r_n, Out r_hn, bool reverse,
+                          bool save) {
+  const auto d = px.dimensions();
+  const int64_t G = d[2], H = G / 3;
+  const Loop loop(d[0], d[1], H, reverse, valid, mask);
+  Copy(h0, h_out);
+  float* h = h_out->typed_data();
+  const float* __restrict bx = bias.typed_data();
+  const float* __restrict bn = b_hn.typed_data();
+  ForRowBlocks(pool, loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    std::vector<float> h_scratch, hw(rows * G);
+    Residual zs(r_z, save, H, rows), rs(r_r, save, H, rows),
+        ns(r_n, save, H, rows), hns(r_hn, save, H, rows);
+    for (int64_t k = 0; k < loop.T; ++k) {
+      const int64_t s = loop.Step(k);
+      const float* h_in = loop.Masked(h + b0 * H, b0, b1, h_scratch);
+      if (save) {
+        CopyRows(h + b0 * H, r_h->typed_data() + loop.At(s, b0, H), rows * H);
+        CopyRows(h_in, r_h_in->typed_data() + loop.At(s, b0, H), rows * H);
+      }
+      Gemm(rows, G, H, h_in, w_h.typed_data(), 0.0f, hw.data());
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = (b - b0) * H;
+        const float* __restrict x = px.typed_data() + loop.At(s, b, G);
+        const float* __restrict a = hw.data() + (b - b0) * G;
+        float* __restrict z = zs.At(loop, s, b0) + row;
+        float* __restrict r = rs.At(loop, s, b0) + row;
+        float* __restrict n = ns.At(loop, s, b0) + row;
+        float* __restrict hn = hns.At(loop, s, b0) + row;
+        float* __restrict hb = h + b * H;
+        float* __restrict y = ys->typed_data() + loop.At(s, b, H);
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          z[j] = Sigmoid(x[j] + bx[j] + a[j]);
+          r[j] = Sigmoid(x[H + j] + bx[H + j] + a[H + j]);
+          hn[j] = a[2 * H + j] + bn[j];
+          n[j] = tanhf(x[2 * H + j] + bx[2 * H + j] + r[j] * hn[j]);
+        }
+        if (!loop.Ok(s, b)) {
+          std::memset(y, 0, H * sizeof(float));
+          continue;
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) hb[j] = y[j] = (1.0f - z[j]) * hb[j] + z[j] * n[j];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GruBackwardImpl(ffi::ThreadPool pool, In w_h_t, Valid valid, In mask, In r_h, In r_z,
+                           In r_r, In r_n, In r_hn, In d_ys, In dh_last,
+                           Out d_px, Out dh_out, bool reverse) {
+  const auto d = r_h.dimensions();
+  const int64_t H = d[2], G = 3 * H;
+  const Loop loop(d[0], d[1], H, reverse, valid, mask);
+  Copy(dh_last, dh_out);
+  float* dh = dh_out->typed_data();
+  // The n block of h·W_h sits inside r ⊙ (...), so W_h meets (da_z, da_r, da_n ⊙ r).
+  ReverseLoop(pool, loop, G, w_h_t, d_px->typed_data(), dh, /*own_gemm_input=*/true,
+              /*accumulate=*/true, [&](int64_t s, int64_t b, float* __restrict dx, float* __restrict dw) {
+    const int64_t o = loop.At(s, b, H);
+    const float* __restrict h = r_h.typed_data() + o;
+    const float* __restrict z = r_z.typed_data() + o;
+    const float* __restrict r = r_r.typed_data() + o;
+    const float* __restrict n = r_n.typed_data() + o;
+    const float* __restrict hn = r_hn.typed_data() + o;
+    const float* __restrict dy = d_ys.typed_data() + o;
+    float* __restrict dhb = dh + b * H;
+#pragma omp simd
+    for (int64_t j = 0; j < H; ++j) {
+      const float dh_j = dhb[j] + dy[j];
+      const float da_z = dh_j * (n[j] - h[j]) * z[j] * (1.0f - z[j]);
+      const float da_n = dh_j * z[j] * (1.0f - n[j] * n[j]);
+      const float da_r = da_n * hn[j] * r[j] * (1.0f - r[j]);
+      dx[j] = dw[j] = da_z;
+      dx[H + j] = dw[H + j] = da_r;
+      dx[2 * H + j] = da_n;
+      dw[2 * H + j] = da_n * r[j];
+      dhb[j] = dh_j * (1.0f - z[j]);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+// ----------------------------------------------------------- SimpleRNN ----
+
+ffi::Error RnnForwardImpl(ffi::ThreadPool pool, In px, In w_h, In bias, In h0, Valid valid, In mask,
+                          Out ys, Out h_out, Out r_h_in, Out r_h_new,
+                          bool reverse, bool save, bool relu) {
+  const auto d = px.dimensions();
+  const int64_t H = d[2];
+  const Loop loop(d[0], d[1], H, reverse, valid, mask);
+  Copy(h0, h_out);
+  float* h = h_out->typed_data();
+  ForRowBlocks(pool, loop.B, 2.0 * loop.T * loop.B * H * H, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    std::vector<float> h_scratch;
+    Residual pre(r_h_new, save, H, rows);  // pre-activation in, new state out
+    for (int64_t k = 0; k < loop.T; ++k) {
+      const int64_t s = loop.Step(k);
+      const float* h_in = loop.Masked(h + b0 * H, b0, b1, h_scratch);
+      if (save) CopyRows(h_in, r_h_in->typed_data() + loop.At(s, b0, H), rows * H);
+      float* a = pre.At(loop, s, b0);
+      AddBias(px.typed_data() + loop.At(s, b0, H), bias.typed_data(), rows, H, a);
+      Gemm(rows, H, H, h_in, w_h.typed_data(), 1.0f, a);
+      for (int64_t b = b0; b < b1; ++b) {
+        float* __restrict ab = a + (b - b0) * H;
+        if (relu) {
+          for (int64_t j = 0; j < H; ++j) ab[j] = ab[j] < 0.0f ? 0.0f : ab[j];  // NaN stays NaN
+        } else {
+#pragma omp simd
+          for (int64_t j = 0; j < H; ++j) ab[j] = tanhf(ab[j]);
+        }
+        float* __restrict y = ys->typed_data() + loop.At(s, b, H);
+        if (!loop.Ok(s, b)) {
+          std::memset(y, 0, H * sizeof(float));
+          continue;
+        }
+        float* __restrict hb = h + b * H;
+        for (int64_t j = 0; j < H; ++j) hb[j] = y[j] = ab[j];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error RnnBackwardImpl(ffi::ThreadPool pool, In w_h_t, Valid valid, In mask, In r_h_new, In d_ys,
+                           In dh_last, Out d_pre, Out dh_out, bool reverse,
+                           bool relu) {
+  const auto d = r_h_new.dimensions();
+  const int64_t H = d[2];
+  const Loop loop(d[0], d[1], H, reverse, valid, mask);
+  Copy(dh_last, dh_out);
+  float* dh = dh_out->typed_data();
+  ReverseLoop(pool, loop, H, w_h_t, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
+              /*accumulate=*/false, [&](int64_t s, int64_t b, float* __restrict dp, float*) {
+    const float* __restrict hn = r_h_new.typed_data() + loop.At(s, b, H);
+    const float* __restrict dy = d_ys.typed_data() + loop.At(s, b, H);
+    const float* __restrict dhb = dh + b * H;
+    if (relu) {
+      for (int64_t j = 0; j < H; ++j) dp[j] = hn[j] > 0.0f ? dhb[j] + dy[j] : 0.0f;
+    } else {
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) dp[j] = (dhb[j] + dy[j]) * (1.0f - hn[j] * hn[j]);
+    }
+  });
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnLstmForward, LstmForwardImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse").Attr<bool>("save"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnLstmBackward, LstmBackwardImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+        .Arg<In>().Arg<In>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnGruForward, GruForwardImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse").Attr<bool>("save"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnGruBackward, GruBackwardImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+        .Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnRnnForward, RnnForwardImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse").Attr<bool>("save").Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnRnnBackward, RnnBackwardImpl,
+    ffi::Ffi::Bind()
+        .Ctx<ffi::ThreadPool>()
+        .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse").Attr<bool>("relu"));

@@ -1,0 +1,193 @@
+"""Native CPU time loops: the fused path's loops as XLA FFI calls (``cpu_rnn.cc``).
+
+One call runs a whole sequence; each step is one BLAS GEMM (OpenBLAS from the
+``scipy-openblas32`` wheel) plus one vectorised pass of gate math, instead of
+XLA:CPU's while loop, whose per-step product and gate fusions are slower
+(see ``benchmarks/RESULTS.md``). Same inputs, outputs and residuals as the
+loops in :mod:`jrnn.kernels.fused`, which picks these on CPU for float32
+LSTM, GRU (``reset_after=True``) and SimpleRNN cells and keeps its own loops
+everywhere else (GPU, TPU, other dtypes, reset-before GRU).
+
+The extension is compiled when jrnn is installed (``pip install .``); without
+a C++ compiler the install still succeeds and :func:`available` is ``False``.
+``JRNN_NATIVE=0`` in the environment switches the native loops off, and
+``with jrnn.kernels.native.disabled():`` does so for what is traced inside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import importlib.machinery
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jrnn.cells import GRUCell, LSTMCell, SimpleRNNCell
+
+_SYMBOLS = {
+    "jrnn_lstm_forward": "JrnnLstmForward",
+    "jrnn_lstm_backward": "JrnnLstmBackward",
+    "jrnn_gru_forward": "JrnnGruForward",
+    "jrnn_gru_backward": "JrnnGruBackward",
+    "jrnn_rnn_forward": "JrnnRnnForward",
+    "jrnn_rnn_backward": "JrnnRnnBackward",
+}
+
+
+def _library_path() -> Path | None:
+    here = Path(__file__).parent
+    for suffix in importlib.machinery.EXTENSION_SUFFIXES:
+        path = here / f"_cpu_rnn{suffix}"
+        if path.exists():
+            return path
+    return None
+
+
+_disabled = False
+
+
+@contextlib.contextmanager
+def disabled():
+    """Trace with the XLA loops instead of the native ones (for comparisons and tests)."""
+    global _disabled
+    before, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = before
+
+
+@functools.cache
+def available() -> bool:
+    """Whether the compiled loops are installed, load, and pass a one-step smoke call."""
+    if os.environ.get("JRNN_NATIVE", "1") == "0":
+        return False
+    path = _library_path()
+    if path is None:
+        return False
+    try:
+        import scipy_openblas32
+
+        blas = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
+        blas = ctypes.CDLL(str(blas), mode=ctypes.RTLD_GLOBAL)  # resolves the library's BLAS symbols
+        blas.scipy_openblas_set_num_threads(1)  # the loops split the batch over threads themselves
+        library = ctypes.CDLL(str(path))
+        for target, symbol in _SYMBOLS.items():
+            jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
+        _smoke_test()
+    except Exception:  # noqa: BLE001 - any failure means: use the XLA loops
+        return False
+    return True
+
+
+def _smoke_test():
+    """One tiny LSTM step on the CPU device: catches an FFI version mismatch at load time."""
+    one = np.ones((1, 1, 4), np.float32)
+    with jax.default_device(jax.devices("cpu")[0]):
+        carry = (jnp.zeros((1, 1), jnp.float32),) * 2
+        (_, ys), _ = _lstm_forward(False, {"w_h": one[0], "b": one[0, 0]}, jnp.asarray(one), carry, None, None, False)
+        jax.block_until_ready(ys)
+
+
+def applies(cell, *arrays) -> bool:
+    """Whether the native loops compute this cell for these float32 arrays."""
+    if not all(jnp.dtype(a.dtype) == jnp.float32 for a in arrays):
+        return False
+    if isinstance(cell, GRUCell) and not cell.reset_after:
+        return False
+    return type(cell) in _CELLS and not _disabled and available()
+
+
+def _none_as_empty(valid, mask):
+    valid = jnp.zeros((0,), jnp.bool_) if valid is None else valid
+    mask = jnp.zeros((0,), jnp.float32) if mask is None else mask
+    return valid, mask
+
+
+def _call(target, shapes, *args, **attrs):
+    out_types = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
+    attrs = {k: np.bool_(v) for k, v in attrs.items()}
+    return jax.ffi.ffi_call(target, out_types, vmap_method="sequential")(*args, **attrs)
+
+
+def _lstm_forward(reverse, p, projected, carry, valid, mask, save):
+    T, B, G = projected.shape
+    H = G // 4
+    seq, state = (T, B, H), (B, H)
+    res_shape = lambda s: s if save else (0,)
+    ys, h, c, h_in, c_prev, t, tc = _call(
+        "jrnn_lstm_forward", [seq, state, state, res_shape(seq), res_shape(seq), res_shape((T, B, G)), res_shape(seq)],
+        projected, p["w_h"], p["b"], *carry, *_none_as_empty(valid, mask), reverse=reverse, save=save)
+    res = (h_in, c_prev, t.reshape(T, B, 4, H), tc) if save else None
+    return ((h, c), ys), res
+
+
+def _lstm_backward(reverse, p, res, d_final, d_ys, valid, mask):
+    _, c_prev, t, tc = res
+    T, B, _, H = t.shape
+    d_pre, dh, dc = _call(
+        "jrnn_lstm_backward", [(T, B, 4 * H), (B, H), (B, H)],
+        p["w_h"].T, *_none_as_empty(valid, mask), c_prev, t.reshape(T, B, 4 * H), tc, d_ys, *d_final, reverse=reverse)
+    return (dh, dc), d_pre
+
+
+def _gru_forward(reverse, p, projected, h0, valid, mask, save):
+    T, B, G = projected.shape
+    H = G // 3
+    seq = (T, B, H)
+    res_shapes = [seq if save else (0,)] * 6
+    ys, h, *res = _call("jrnn_gru_forward", [seq, (B, H), *res_shapes],
+                        projected, p["w_h"], p["b"], p["b_hn"], h0, *_none_as_empty(valid, mask),
+                        reverse=reverse, save=save)
+    return (h, ys), (tuple(res) if save else None)
+
+
+def _gru_backward(reverse, p, res, d_final, d_ys, valid, mask):
+    h, _, z, r, n, hn = res
+    T, B, H = h.shape
+    d_px, dh = _call("jrnn_gru_backward", [(T, B, 3 * H), (B, H)],
+                     p["w_h"].T, *_none_as_empty(valid, mask), h, z, r, n, hn, d_ys, d_final, reverse=reverse)
+    return dh, d_px
+
+
+def _rnn_forward(relu, reverse, p, projected, h0, valid, mask, save):
+    T, B, H = projected.shape
+    res_shape = (T, B, H) if save else (0,)
+    ys, h, h_in, h_new = _call("jrnn_rnn_forward", [(T, B, H), (B, H), res_shape, res_shape],
+                               projected, p["w_h"], p["b"], h0, *_none_as_empty(valid, mask),
+                               reverse=reverse, save=save, relu=relu)
+    return (h, ys), ((h_in, h_new) if save else None)
+
+
+def _rnn_backward(relu, reverse, p, res, d_final, d_ys, valid, mask):
+    _, h_new = res
+    T, B, H = h_new.shape
+    d_pre, dh = _call("jrnn_rnn_backward", [(T, B, H), (B, H)],
+                      p["w_h"].T, *_none_as_empty(valid, mask), h_new, d_ys, d_final, reverse=reverse, relu=relu)
+    return dh, d_pre
+
+
+_CELLS = {
+    LSTMCell: (_lstm_forward, _lstm_backward),
+    GRUCell: (_gru_forward, _gru_backward),
+    SimpleRNNCell: (_rnn_forward, _rnn_backward),
+}
+
+
+def _bind(cell, fn):
+    return functools.partial(fn, cell.activation == "relu") if isinstance(cell, SimpleRNNCell) else fn
+
+
+def forward(cell, reverse, p, projected, carry, valid, mask, *, save):
+    """The whole forward loop: ``((final_carry, ys), residuals or None)`` as in ``fused``."""
+    return _bind(cell, _CELLS[type(cell)][0])(reverse, p, projected, carry, valid, mask, save)
+
+
+def backward(cell, reverse, p, res, d_final, d_ys, valid, mask):
+    """The whole reverse loop: ``(d_initial_carry, d_projected (T, B, G·H))``."""
+    return _bind(cell, _CELLS[type(cell)][1])(reverse, p, res, d_final, d_ys, valid, mask)
