@@ -206,6 +206,8 @@ def scan(
         options["resets"] = resets
     segment = checkpoint_every or truncate_every
     if segment is None or segment >= num_steps:
+        if implementation == "fused" and not time_major:  # the loop writes batch-major ys itself
+            return loop(cell, params, project(xs), carry, seq_lengths=seq_lengths, batch_major_ys=True, **options)
         carry, ys = loop(cell, params, project(xs), carry, seq_lengths=seq_lengths, **options)
     else:
         carry, ys = _segmented(loop, project, cell, params, xs, carry, seq_lengths, segment,

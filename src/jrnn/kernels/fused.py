@@ -217,9 +217,9 @@ def _select(valid, new, old):
     return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, old)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2))
-def _loop(cell, reverse, unroll, p, projected, carry, valid, mask):
-    return _forward(cell, reverse, unroll, p, projected, carry, valid, mask, save=False)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask):
+    return _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=False)[0]
 
 
 def _native_or(native_fn, xla_fn, cell, *arrays):
@@ -229,15 +229,16 @@ def _native_or(native_fn, xla_fn, cell, *arrays):
     return jax.lax.platform_dependent(cpu=native_fn, default=xla_fn)
 
 
-def _forward(cell, reverse, unroll, p, projected, carry, valid, mask, *, save):
-    """The time loop; with ``save`` it also returns each step's residuals for the VJP."""
+def _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
+    """The time loop; with ``save`` it also returns each step's residuals for the VJP.
+    ``ys`` is ``(B, T, H)`` with ``batch_major``, else ``(T, B, H)``."""
     return _native_or(
-        lambda: native.forward(cell, reverse, p, projected, carry, valid, mask, save=save),
-        lambda: _scan_forward(cell, reverse, unroll, p, projected, carry, valid, mask, save=save),
+        lambda: native.forward(cell, reverse, batch_major, p, projected, carry, valid, mask, save=save),
+        lambda: _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=save),
         cell, projected, *p.values(), *jax.tree.leaves(carry))
 
 
-def _scan_forward(cell, reverse, unroll, p, projected, carry, valid, mask, *, save):
+def _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
     impl = _IMPLS[type(cell)]
 
     def body(carry, inputs):
@@ -250,20 +251,21 @@ def _scan_forward(cell, reverse, unroll, p, projected, carry, valid, mask, *, sa
         return new, ((y, res) if save else (y, None))
 
     final, (ys, res) = jax.lax.scan(body, carry, (projected, valid), reverse=reverse, unroll=unroll)
-    return (final, ys), res
+    return (final, jnp.swapaxes(ys, 0, 1) if batch_major else ys), res
 
 
-def _loop_fwd(cell, reverse, unroll, p, projected, carry, valid, mask):
-    out, res = _forward(cell, reverse, unroll, p, projected, carry, valid, mask, save=True)
+def _loop_fwd(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask):
+    out, res = _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=True)
     return out, (p, valid, mask, res)
 
 
-def _loop_bwd(cell, reverse, unroll, saved, cotangents):
+def _loop_bwd(cell, reverse, unroll, batch_major, saved, cotangents):
     p, valid, mask, res = saved
     d_final, d_ys = cotangents
     d_carry, d_projected = _native_or(
-        lambda: native.backward(cell, reverse, p, res, d_final, d_ys, valid, mask),
-        lambda: _scan_backward(cell, reverse, unroll, p, res, d_final, d_ys, valid, mask),
+        lambda: native.backward(cell, reverse, batch_major, p, res, d_final, d_ys, valid, mask),
+        lambda: _scan_backward(cell, reverse, unroll, p, res, d_final,
+                               jnp.swapaxes(d_ys, 0, 1) if batch_major else d_ys, valid, mask),
         cell, d_ys, *p.values(), *jax.tree.leaves(d_final))
     impl = _IMPLS[type(cell)]
     d_p = impl.weight_grads(cell, res, d_projected)
@@ -297,12 +299,14 @@ def _scan_backward(cell, reverse, unroll, p, res, d_final, d_ys, valid, mask):
 _loop.defvjp(_loop_fwd, _loop_bwd)
 
 
-def fused_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=False, unroll=1, recurrent_mask=None):
+def fused_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=False, unroll=1, recurrent_mask=None,
+               batch_major_ys=False):
     """Drop-in for :func:`jrnn.scan.scan_projected` for the cells :func:`supports` lists,
     except that ``projected (T, *batch, G*H)`` is :func:`project`'s ``x @ w_x``
     without the bias (``params.b`` is added inside the loop).
 
-    Returns ``(carry, ys (T, *batch, H))``.
+    Returns ``(carry, ys (T, *batch, H))``, or ``ys (*batch, T, H)`` with
+    ``batch_major_ys`` (the native loops write that layout directly).
     """
     num_steps, batch_shape = projected.shape[0], projected.shape[1:-1]
     size = 1
@@ -321,9 +325,10 @@ def fused_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=Fals
     mask = None if recurrent_mask is None else flat(recurrent_mask)
     dtype = jnp.result_type(projected.dtype, *jax.tree.leaves(carry_dtypes), params.w_h.dtype)
     flat_carry = jax.tree.map(lambda a: a.astype(dtype), flat_carry)
-    final, ys = _loop(cell, reverse, unroll, p, projected.reshape(num_steps, size, projected.shape[-1]).astype(dtype),
-                      flat_carry, valid, mask)
+    final, ys = _loop(cell, reverse, unroll, batch_major_ys, p,
+                      projected.reshape(num_steps, size, projected.shape[-1]).astype(dtype), flat_carry, valid, mask)
     final = jax.tree.map(lambda a, d: a.reshape(*batch_shape, a.shape[-1]).astype(d),
                          _from_tuple(cell, final), carry_dtypes)
     hidden_dtype = jax.tree.leaves(carry_dtypes)[0]
-    return final, ys.reshape(num_steps, *batch_shape, cell.hidden_size).astype(hidden_dtype)
+    ys_shape = (*batch_shape, num_steps) if batch_major_ys else (num_steps, *batch_shape)
+    return final, ys.reshape(*ys_shape, cell.hidden_size).astype(hidden_dtype)

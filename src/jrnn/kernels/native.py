@@ -90,7 +90,8 @@ def _smoke_test():
     one = np.ones((1, 1, 4), np.float32)
     with jax.default_device(jax.devices("cpu")[0]):
         carry = (jnp.zeros((1, 1), jnp.float32),) * 2
-        (_, ys), _ = _lstm_forward(False, {"w_h": one[0], "b": one[0, 0]}, jnp.asarray(one), carry, None, None, False)
+        (_, ys), _ = _lstm_forward(False, False, {"w_h": one[0], "b": one[0, 0]}, jnp.asarray(one), carry, None, None,
+                                   False)
         jax.block_until_ready(ys)
 
 
@@ -115,60 +116,69 @@ def _call(target, shapes, *args, **attrs):
     return jax.ffi.ffi_call(target, out_types, vmap_method="sequential")(*args, **attrs)
 
 
-def _lstm_forward(reverse, p, projected, carry, valid, mask, save):
+def _ys_shape(T, B, H, batch_major):
+    return (B, T, H) if batch_major else (T, B, H)
+
+
+def _lstm_forward(reverse, batch_major, p, projected, carry, valid, mask, save):
     T, B, G = projected.shape
     H = G // 4
     seq, state = (T, B, H), (B, H)
     res_shape = lambda s: s if save else (0,)
     ys, h, c, h_in, c_prev, t, tc = _call(
-        "jrnn_lstm_forward", [seq, state, state, res_shape(seq), res_shape(seq), res_shape((T, B, G)), res_shape(seq)],
-        projected, p["w_h"], p["b"], *carry, *_none_as_empty(valid, mask), reverse=reverse, save=save)
+        "jrnn_lstm_forward",
+        [_ys_shape(T, B, H, batch_major), state, state, res_shape(seq), res_shape(seq), res_shape((T, B, G)),
+         res_shape(seq)],
+        projected, p["w_h"], p["b"], *carry, *_none_as_empty(valid, mask),
+        reverse=reverse, batch_major=batch_major, save=save)
     res = (h_in, c_prev, t.reshape(T, B, 4, H), tc) if save else None
     return ((h, c), ys), res
 
 
-def _lstm_backward(reverse, p, res, d_final, d_ys, valid, mask):
+def _lstm_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     _, c_prev, t, tc = res
     T, B, _, H = t.shape
     d_pre, dh, dc = _call(
         "jrnn_lstm_backward", [(T, B, 4 * H), (B, H), (B, H)],
-        p["w_h"].T, *_none_as_empty(valid, mask), c_prev, t.reshape(T, B, 4 * H), tc, d_ys, *d_final, reverse=reverse)
+        p["w_h"].T, *_none_as_empty(valid, mask), c_prev, t.reshape(T, B, 4 * H), tc, d_ys, *d_final,
+        reverse=reverse, batch_major=batch_major)
     return (dh, dc), d_pre
 
 
-def _gru_forward(reverse, p, projected, h0, valid, mask, save):
+def _gru_forward(reverse, batch_major, p, projected, h0, valid, mask, save):
     T, B, G = projected.shape
     H = G // 3
-    seq = (T, B, H)
-    res_shapes = [seq if save else (0,)] * 6
-    ys, h, *res = _call("jrnn_gru_forward", [seq, (B, H), *res_shapes],
+    res_shapes = [(T, B, H) if save else (0,)] * 6
+    ys, h, *res = _call("jrnn_gru_forward", [_ys_shape(T, B, H, batch_major), (B, H), *res_shapes],
                         projected, p["w_h"], p["b"], p["b_hn"], h0, *_none_as_empty(valid, mask),
-                        reverse=reverse, save=save)
+                        reverse=reverse, batch_major=batch_major, save=save)
     return (h, ys), (tuple(res) if save else None)
 
 
-def _gru_backward(reverse, p, res, d_final, d_ys, valid, mask):
+def _gru_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     h, _, z, r, n, hn = res
     T, B, H = h.shape
     d_px, dh = _call("jrnn_gru_backward", [(T, B, 3 * H), (B, H)],
-                     p["w_h"].T, *_none_as_empty(valid, mask), h, z, r, n, hn, d_ys, d_final, reverse=reverse)
+                     p["w_h"].T, *_none_as_empty(valid, mask), h, z, r, n, hn, d_ys, d_final,
+                     reverse=reverse, batch_major=batch_major)
     return dh, d_px
 
 
-def _rnn_forward(relu, reverse, p, projected, h0, valid, mask, save):
+def _rnn_forward(relu, reverse, batch_major, p, projected, h0, valid, mask, save):
     T, B, H = projected.shape
     res_shape = (T, B, H) if save else (0,)
-    ys, h, h_in, h_new = _call("jrnn_rnn_forward", [(T, B, H), (B, H), res_shape, res_shape],
+    ys, h, h_in, h_new = _call("jrnn_rnn_forward", [_ys_shape(T, B, H, batch_major), (B, H), res_shape, res_shape],
                                projected, p["w_h"], p["b"], h0, *_none_as_empty(valid, mask),
-                               reverse=reverse, save=save, relu=relu)
+                               reverse=reverse, batch_major=batch_major, save=save, relu=relu)
     return (h, ys), ((h_in, h_new) if save else None)
 
 
-def _rnn_backward(relu, reverse, p, res, d_final, d_ys, valid, mask):
+def _rnn_backward(relu, reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     _, h_new = res
     T, B, H = h_new.shape
     d_pre, dh = _call("jrnn_rnn_backward", [(T, B, H), (B, H)],
-                      p["w_h"].T, *_none_as_empty(valid, mask), h_new, d_ys, d_final, reverse=reverse, relu=relu)
+                      p["w_h"].T, *_none_as_empty(valid, mask), h_new, d_ys, d_final,
+                      reverse=reverse, batch_major=batch_major, relu=relu)
     return dh, d_pre
 
 
@@ -183,11 +193,12 @@ def _bind(cell, fn):
     return functools.partial(fn, cell.activation == "relu") if isinstance(cell, SimpleRNNCell) else fn
 
 
-def forward(cell, reverse, p, projected, carry, valid, mask, *, save):
-    """The whole forward loop: ``((final_carry, ys), residuals or None)`` as in ``fused``."""
-    return _bind(cell, _CELLS[type(cell)][0])(reverse, p, projected, carry, valid, mask, save)
+def forward(cell, reverse, batch_major, p, projected, carry, valid, mask, *, save):
+    """The whole forward loop: ``((final_carry, ys), residuals or None)`` as in ``fused``;
+    ``ys`` is ``(B, T, H)`` with ``batch_major``, else ``(T, B, H)``."""
+    return _bind(cell, _CELLS[type(cell)][0])(reverse, batch_major, p, projected, carry, valid, mask, save)
 
 
-def backward(cell, reverse, p, res, d_final, d_ys, valid, mask):
-    """The whole reverse loop: ``(d_initial_carry, d_projected (T, B, G·H))``."""
-    return _bind(cell, _CELLS[type(cell)][1])(reverse, p, res, d_final, d_ys, valid, mask)
+def backward(cell, reverse, batch_major, p, res, d_final, d_ys, valid, mask):
+    """The whole reverse loop: ``(d_initial_carry, d_projected (T, B, G·H))``; ``d_ys`` laid out as ``ys``."""
+    return _bind(cell, _CELLS[type(cell)][1])(reverse, batch_major, p, res, d_final, d_ys, valid, mask)
