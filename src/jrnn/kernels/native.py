@@ -11,7 +11,9 @@ everywhere else (GPU, TPU, other dtypes, reset-before GRU).
 The extension is compiled when jrnn is installed (``pip install .``); without
 a C++ compiler the install still succeeds and :func:`available` is ``False``.
 ``JRNN_NATIVE=0`` in the environment switches the native loops off, and
-``with jrnn.kernels.native.disabled():`` does so for what is traced inside it.
+``with jrnn.kernels.native.disabled():`` does so for what is traced inside it;
+``JRNN_NATIVE_THREADS=n`` caps the threads a call splits the batch over
+(default: the CPUs the process may use; small work runs on one thread).
 """
 
 from __future__ import annotations
@@ -73,8 +75,8 @@ def available() -> bool:
     try:
         import scipy_openblas32
 
-        blas = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
-        blas = ctypes.CDLL(str(blas), mode=ctypes.RTLD_GLOBAL)  # resolves the library's BLAS symbols
+        blas_path = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
+        blas = ctypes.CDLL(str(blas_path), mode=ctypes.RTLD_GLOBAL)  # resolves the library's BLAS symbols
         blas.scipy_openblas_set_num_threads(1)  # the loops split the batch over threads themselves
         library = ctypes.CDLL(str(path))
         for target, symbol in _SYMBOLS.items():
