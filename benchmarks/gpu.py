@@ -42,8 +42,8 @@ def check(on_gpu: bool) -> list[dict]:
     cases = [(jrnn.lstm(64), "fused"), (jrnn.gru(64, reset_after=True), "fused"), (jrnn.min_gru(64), "parallel")]
     if on_gpu:
         cases.append((jrnn.lstm(64), "cudnn"))
-    pallas_case = (jrnn.lstm(64), "pallas")  # no seq_lengths on this path
-    for cell, impl in [*cases, pallas_case]:
+    pallas_cases = [(jrnn.lstm(64), "pallas"), (jrnn.gru(64, reset_after=True), "pallas")]  # no seq_lengths there
+    for cell, impl in [*cases, *pallas_cases]:
         params = cell.init(jax.random.fold_in(key, 1), 32)
         options = {} if impl == "pallas" else {"seq_lengths": lengths}
         run = lambda p, i: jrnn.scan(cell, p, xs, implementation=i, **options)

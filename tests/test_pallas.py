@@ -1,4 +1,4 @@
-"""The Pallas LSTM kernel (interpret mode on CPU) against its reference and the plain driver."""
+"""The Pallas LSTM and GRU kernels (interpret mode on CPU) against their references and the plain driver."""
 
 import jax
 import jax.numpy as jnp
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 import jrnn
-from jrnn.kernels import pallas_lstm
+from jrnn.kernels import pallas_gru, pallas_lstm
 
 pytest.importorskip("jax.experimental.pallas")
 
@@ -31,16 +31,38 @@ def test_kernel_equals_reference(T, B, H):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 16), (4, 16, 32)])
+def test_gru_kernel_equals_reference(T, B, H):
+    k = jax.random.split(jax.random.key(T * B + H), 4)
+    px = jax.random.normal(k[0], (T, B, 3 * H), jnp.float32)
+    w = 0.3 * jax.random.normal(k[1], (H, 3 * H), jnp.float32)
+    b_hn = jax.random.normal(k[2], (H,), jnp.float32)
+    h0 = jax.random.normal(k[3], (B, H), jnp.float32)
+    hs, h = pallas_gru.gru_loop(px, w, b_hn, h0, True)
+    want_hs, want_h = pallas_gru.reference(px, w, b_hn, h0)
+    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-6)
+
+    def loss(f):
+        return lambda *a: jnp.sum(jnp.sin(f(*a)[0])) + jnp.sum(f(*a)[1] ** 2)
+
+    got = jax.grad(loss(lambda *a: pallas_gru.gru_loop(*a, True)), argnums=(0, 1, 2, 3))(px, w, b_hn, h0)
+    want = jax.grad(loss(pallas_gru.reference), argnums=(0, 1, 2, 3))(px, w, b_hn, h0)
+    for a, b in zip(got, want):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("cell", [jrnn.lstm(16), jrnn.gru(16, reset_after=True)], ids=["lstm", "gru"])
 @pytest.mark.parametrize("batch", [(3,), (2, 3), ()], ids=["pad-3", "two-dims", "no-batch"])
-def test_scan_pallas_equals_plain(batch, key):
-    cell = jrnn.lstm(16)
+def test_scan_pallas_equals_plain(cell, batch, key):
     params = cell.init(key, 3)
+    params = jax.tree.map(lambda a: a + 0.1, params)  # non-zero biases (b_hn too)
     xs = jax.random.normal(key, (*batch, 5, 3), jnp.float32)
     carry = jax.tree.map(lambda c: c + 0.1, cell.initial_carry(batch, jnp.float32))
 
     def loss(p, x, impl):
         final, ys = jrnn.scan(cell, p, x, carry, implementation=impl)
-        return jnp.sum(ys**2) + jnp.sum(final.c), (final, ys)
+        return jnp.sum(ys**2) + sum(jnp.sum(c) for c in jax.tree.leaves(final)), (final, ys)
 
     (_, (f_k, ys_k)), g_k = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, "pallas")
     (_, (f_p, ys_p)), g_p = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, "plain")
@@ -50,8 +72,10 @@ def test_scan_pallas_equals_plain(batch, key):
 
 
 def test_pallas_refusals(key):
-    with pytest.raises(ValueError, match="hidden size 16, 32, 64 or 128"):
+    with pytest.raises(ValueError, match="size 16, 32, 64 or 128"):
         jrnn.scan(jrnn.lstm(12), jrnn.lstm(12).init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
+    with pytest.raises(ValueError, match="reset-after jrnn.gru"):
+        jrnn.scan(jrnn.gru(16), jrnn.gru(16).init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
     cell = jrnn.lstm(16)
     with pytest.raises(ValueError, match="supports no seq_lengths"):
         jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), seq_lengths=jnp.array([2]), implementation="pallas")

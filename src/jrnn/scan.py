@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.kernels import cudnn, fused, pallas_lstm, parallel
+from jrnn.kernels import cudnn, fused, pallas_gru, pallas_lstm, parallel
 from jrnn.min_cells import _MinCell
 from jrnn._checks import (
     as_array,
@@ -91,8 +91,9 @@ def scan(
         with JAX's own autodiff) or ``"cudnn"`` (:mod:`jrnn.kernels.cudnn`:
         LSTM on a GPU through ``jax.experimental.rnn``; one batch axis,
         float32, no ``reverse``, ``resets`` or dropout) or ``"pallas"``
-        (:mod:`jrnn.kernels.pallas_lstm`: the LSTM time loop in one Pallas
-        kernel launch; hidden size 16, 32, 64 or 128; no ``seq_lengths``,
+        (:mod:`jrnn.kernels.pallas_lstm`, :mod:`jrnn.kernels.pallas_gru`: the
+        LSTM or reset-after GRU time loop in one Pallas kernel launch; hidden
+        size 16, 32, 64 or 128; no ``seq_lengths``,
         ``reverse``, ``resets`` or recurrent dropout; interpreted off GPU).
         All compute the same function.
       checkpoint_every: memory option for long sequences: keep only every
@@ -187,13 +188,14 @@ def scan(
     if not time_major:  # move the (small) inputs, not the (G times wider) projections
         xs = jnp.moveaxis(xs, -2, 0)
     if implementation == "pallas":
-        if not pallas_lstm.supports(cell):
-            raise ValueError("implementation: 'pallas' needs a jrnn.lstm cell with hidden size 16, 32, 64 "
-                             f"or 128, got {cell}")
+        kernel = next((k for k in (pallas_lstm, pallas_gru) if k.supports(cell)), None)
+        if kernel is None:
+            raise ValueError("implementation: 'pallas' needs a jrnn.lstm or reset-after jrnn.gru cell with hidden "
+                             f"size 16, 32, 64 or 128, got {cell}")
         if seq_lengths is not None or reverse or resets is not None or recurrent_mask is not None:
             raise ValueError("implementation: 'pallas' supports no seq_lengths, reverse, resets or recurrent "
                              "dropout; use 'fused'")
-        carry, ys = pallas_lstm.pallas_scan(cell, params, cell.project_input(params, xs), carry)
+        carry, ys = kernel.pallas_scan(cell, params, cell.project_input(params, xs), carry)
         return carry, ys if time_major else jnp.moveaxis(ys, 0, -2)
     if implementation == "fused":
         loop, project = fused.fused_scan, lambda x: fused.project(x, params.w_x)  # bias added in the loop

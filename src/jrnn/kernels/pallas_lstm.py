@@ -26,19 +26,14 @@ import functools
 import jax
 import jax.numpy as jnp
 
-BLOCK_B = 16  # batch rows per program (Triton's dot needs at least 16)
-_NT = (((1,), (1,)), ((), ()))  # d @ wᵀ
+from jrnn.kernels._pallas import HIDDEN_SIZES, NT, call, interpret_default, sigmoid, tiled
 
 
 def supports(cell) -> bool:
     """Whether the kernel implements this cell (an LSTM with H in 16, 32, 64, 128)."""
     from jrnn.cells import LSTMCell
 
-    return isinstance(cell, LSTMCell) and cell.hidden_size in (16, 32, 64, 128)
-
-
-def _sigmoid(a):
-    return 1.0 / (1.0 + jnp.exp(-a))
+    return isinstance(cell, LSTMCell) and cell.hidden_size in HIDDEN_SIZES
 
 
 def _forward_kernel(px_ref, w_ref, h0_ref, c0_ref, hs_ref, cs_ref, gates_ref):
@@ -51,7 +46,7 @@ def _forward_kernel(px_ref, w_ref, h0_ref, c0_ref, hs_ref, cs_ref, gates_ref):
     def step(t, carry):
         h, c = carry
         pre = [px_ref[t, :, block(k)] + jnp.dot(h, w_ref[:, block(k)]) for k in range(4)]
-        i, f, o = _sigmoid(pre[0]), _sigmoid(pre[1]), _sigmoid(pre[3])
+        i, f, o = sigmoid(pre[0]), sigmoid(pre[1]), sigmoid(pre[3])
         g = jnp.tanh(pre[2])
         c = f * c + i * g
         h = o * jnp.tanh(c)
@@ -84,41 +79,12 @@ def _backward_kernel(gates_ref, cs_ref, c0_ref, dys_ref, dhT_ref, dcT_ref, w_ref
         dh_prev = jnp.zeros_like(dh)
         for k, d in enumerate(d_pre):
             dpre_ref[t, :, block(k)] = d
-            dh_prev = dh_prev + jax.lax.dot_general(d, w_ref[:, block(k)], _NT)
+            dh_prev = dh_prev + jax.lax.dot_general(d, w_ref[:, block(k)], NT)
         return dh_prev, dc * f
 
     dh0, dc0 = jax.lax.fori_loop(0, num_steps, step, (dhT_ref[...], dcT_ref[...]))
     dh0_ref[...] = dh0
     dc0_ref[...] = dc0
-
-
-def _specs(shapes_and_kinds):
-    """BlockSpecs: 'tb' arrays (T, B, N) and 'b' arrays (B, N) are tiled over batch; 'w' is whole."""
-    from jax.experimental import pallas as pl
-
-    specs = []
-    for shape, kind in shapes_and_kinds:
-        if kind == "tb":
-            specs.append(pl.BlockSpec((shape[0], BLOCK_B, shape[2]), lambda b: (0, b, 0)))
-        elif kind == "b":
-            specs.append(pl.BlockSpec((BLOCK_B, shape[1]), lambda b: (b, 0)))
-        else:
-            specs.append(pl.BlockSpec(shape, lambda b: (0, 0)))
-    return specs
-
-
-def _call(kernel, inputs, kinds, out_shapes, out_kinds, interpret):
-    from jax.experimental import pallas as pl
-
-    num_blocks = inputs[0].shape[1] // BLOCK_B if kinds[0] == "tb" else inputs[0].shape[0] // BLOCK_B
-    return pl.pallas_call(
-        kernel,
-        out_shape=[jax.ShapeDtypeStruct(s, inputs[0].dtype) for s in out_shapes],
-        grid=(num_blocks,),
-        in_specs=_specs([(x.shape, k) for x, k in zip(inputs, kinds)]),
-        out_specs=_specs(list(zip(out_shapes, out_kinds))),
-        interpret=interpret,
-    )(*inputs)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -131,7 +97,7 @@ def lstm_loop(projected, w_h, h0, c0, interpret=False):
 def _forward(projected, w_h, h0, c0, interpret):
     T, B, G = projected.shape
     H = G // 4
-    return _call(_forward_kernel, (projected, w_h, h0, c0), ("tb", "w", "b", "b"),
+    return call(_forward_kernel, (projected, w_h, h0, c0), ("tb", "w", "b", "b"),
                  [(T, B, H), (T, B, H), (T, B, G)], ["tb", "tb", "tb"], interpret)
 
 
@@ -144,7 +110,7 @@ def _lstm_loop_bwd(interpret, saved, cotangents):
     hs, cs, gates, w_h, h0, c0 = saved
     d_hs, (d_hT, d_cT) = cotangents
     T, B, G = gates.shape
-    dpre, dh0, dc0 = _call(_backward_kernel, (gates, cs, c0, d_hs, d_hT, d_cT, w_h),
+    dpre, dh0, dc0 = call(_backward_kernel, (gates, cs, c0, d_hs, d_hT, d_cT, w_h),
                            ("tb", "tb", "b", "tb", "b", "b", "w"),
                            [(T, B, G), (B, G // 4), (B, G // 4)], ["tb", "b", "b"], interpret)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
@@ -159,20 +125,9 @@ def pallas_scan(cell, params, projected, carry, *, interpret=None):
     """``jrnn.scan``'s time loop for an LSTM: ``projected (T, *batch, 4H)`` -> ``(LSTMState, ys)``."""
     from jrnn.cells import LSTMState
 
-    interpret = jax.default_backend() != "gpu" if interpret is None else interpret
-    T, batch_shape, G = projected.shape[0], projected.shape[1:-1], projected.shape[-1]
-    H = G // 4
-    size = 1
-    for d in batch_shape:
-        size *= d
-    padded = -(-max(size, 1) // BLOCK_B) * BLOCK_B
-    pad = lambda a: jnp.pad(a, [(0, 0)] * (a.ndim - 2) + [(0, padded - size), (0, 0)])
-    px = pad(projected.reshape(T, size, G))
-    h0, c0 = (pad(c.reshape(size, H)) for c in carry)
-    hs, (h_T, c_T) = lstm_loop(px, params.w_h.astype(px.dtype), h0, c0, interpret)
-    unpad = lambda a: a[..., :size, :]
-    final = LSTMState(unpad(h_T).reshape(*batch_shape, H), unpad(c_T).reshape(*batch_shape, H))
-    return final, unpad(hs).reshape(T, *batch_shape, H)
+    px, (h0, c0), untile = tiled(projected, carry)
+    hs, (h_T, c_T) = lstm_loop(px, params.w_h.astype(px.dtype), h0, c0, interpret_default(interpret))
+    return LSTMState(untile(h_T), untile(c_T)), untile(hs)
 
 
 def reference(projected, w_h, h0, c0):
