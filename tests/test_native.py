@@ -17,6 +17,7 @@ NATIVE_CELLS = [
     ("simple_rnn", jrnn.simple_rnn(5)),
     ("simple_rnn_relu", jrnn.simple_rnn(5, activation="relu")),
     ("lstm", jrnn.lstm(5)),
+    ("gru", jrnn.gru(5)),
     ("gru_reset_after", jrnn.gru(5, reset_after=True)),
 ]
 
@@ -36,7 +37,7 @@ def _compiled_text(cell, params, xs, **options):
 
 @needs_native
 def test_dispatch(key):
-    """float32 LSTM, reset-after GRU and SimpleRNN on CPU run the native loops; the rest do not."""
+    """float32 LSTM, GRU and SimpleRNN on CPU run the native loops; other dtypes and paths do not."""
     xs32 = jnp.ones((2, 4, 3), jnp.float32)
     for _, cell in NATIVE_CELLS:
         params = cell.init(key, 3)
@@ -46,7 +47,7 @@ def test_dispatch(key):
             assert "jrnn_" not in _compiled_text(cell, params, xs32)
         grad = jax.jit(jax.grad(lambda p: jrnn.scan(cell, p, xs32)[1].sum())).lower(params).compile().as_text()
         assert "_backward\"" in grad
-    for cell, dtype in ((jrnn.lstm(5), jnp.float64), (jrnn.lstm(5), jnp.bfloat16), (jrnn.gru(5), jnp.float32)):
+    for cell, dtype in ((jrnn.lstm(5), jnp.float64), (jrnn.lstm(5), jnp.bfloat16), (jrnn.gru(5), jnp.float64)):
         params = cell.init(key, 3, dtype)
         assert "jrnn_" not in _compiled_text(cell, params, xs32.astype(dtype))
 
@@ -106,7 +107,7 @@ def test_batch_split_over_threads(name, cell, key):
 def _wide(cell):
     if isinstance(cell, jrnn.SimpleRNNCell):
         return jrnn.simple_rnn(192, activation=cell.activation)
-    return jrnn.lstm(96) if isinstance(cell, jrnn.LSTMCell) else jrnn.gru(96, reset_after=True)
+    return jrnn.lstm(96) if isinstance(cell, jrnn.LSTMCell) else jrnn.gru(96, reset_after=cell.reset_after)
 
 
 @needs_native

@@ -1,8 +1,8 @@
 // Native CPU time loops for jrnn's fused path, as XLA FFI custom calls.
 //
 // One call runs a whole sequence: per step one BLAS GEMM for the recurrent
-// product (h_in @ W_h forward, dG @ W_hᵀ backward) and one vectorised pass
-// of gate math over each batch row. The weight gradient dW_h = Σ_t h_inᵀ dG
+// product (h_in @ W_h forward, dG @ W_hᵀ backward; two for the reset-before
+// GRU) and one vectorised pass of gate math over each batch row. The weight gradient dW_h = Σ_t h_inᵀ dG
 // and everything about the input projection stay in JAX (one large GEMM each).
 //
 // Layouts (row-major, time-major, one flattened batch axis):
@@ -39,13 +39,20 @@ using In = ffi::Buffer<ffi::F32>;
 using Out = ffi::ResultBuffer<ffi::F32>;
 using Valid = ffi::Buffer<ffi::PRED>;
 
-// C (M, N) = A (M, K) · B (K, N) + beta·C. The backward loops get W_hᵀ
-// ready-made: OpenBLAS runs these small-M products faster untransposed.
-void Gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B,
-          float beta, float* C) {
+// C (M, N) = A (M, K) · B (K, N) + beta·C, with leading dimensions lda, ldb,
+// ldc (for column blocks of W_h). The backward loops get W_hᵀ ready-made:
+// OpenBLAS runs these small-M products faster untransposed.
+void Gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
+          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
   if (M == 0 || N == 0) return;
   scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f,
-                    A, K, B, N, beta, C, N);
+                    A, lda, B, ldb, beta, C, ldc);
+}
+
+// The same for whole, contiguous matrices.
+void Gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B,
+          float beta, float* C) {
+  Gemm(M, N, K, A, K, B, N, beta, C, N);
 }
 
 inline float Sigmoid(float a) { return 0.5f * tanhf(0.5f * a) + 0.5f; }
@@ -387,6 +394,147 @@ ffi::Error GruBackwardImpl(In w_h_t, Valid valid, In mask, In r_h, In r_z,
   return ffi::Error::Success();
 }
 
+// ---------------------------------------------------- GRU, reset before ----
+// a_zr = h_in·W_zr; z, r = σ(px_zr + a_zr); n = tanh(px_n + (r ⊙ h_in)·W_n);
+// h_t = (1 − z) ⊙ h + z ⊙ n. Two products per step, the second needs r.
+
+ffi::Error GruBeforeForwardImpl(In px, In w_h, In bias, In h0, Valid valid,
+                                In mask, Out ys, Out h_out, Out r_h,
+                                Out r_h_in, Out r_z, Out r_r, Out r_n,
+                                bool reverse, bool batch_major, bool save) {
+  const auto d = px.dimensions();
+  const int64_t G = d[2], H = G / 3;
+  const Loop loop(d[0], d[1], H, reverse, batch_major, valid, mask);
+  Copy(h0, h_out);
+  float* h = h_out->typed_data();
+  const float* __restrict bx = bias.typed_data();
+  const float* w = w_h.typed_data();
+  ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    std::vector<float> h_scratch, zr(rows * 2 * H), rh(rows * H), a_n(rows * H);
+    Residual zs(r_z, save, H, rows), rs(r_r, save, H, rows), ns(r_n, save, H, rows);
+    for (int64_t k = 0; k < loop.T; ++k) {
+      const int64_t s = loop.Step(k);
+      const float* h_in = loop.Masked(h + b0 * H, b0, b1, h_scratch);
+      if (save) {
+        CopyRows(h + b0 * H, r_h->typed_data() + loop.At(s, b0, H), rows * H);
+        CopyRows(h_in, r_h_in->typed_data() + loop.At(s, b0, H), rows * H);
+      }
+      Gemm(rows, 2 * H, H, h_in, H, w, G, 0.0f, zr.data(), 2 * H);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = (b - b0) * H;
+        const float* __restrict x = px.typed_data() + loop.At(s, b, G);
+        const float* __restrict a = zr.data() + 2 * row;
+        const float* __restrict hi = h_in + row;
+        float* __restrict z = zs.At(loop, s, b0) + row;
+        float* __restrict r = rs.At(loop, s, b0) + row;
+        float* __restrict rhb = rh.data() + row;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          z[j] = Sigmoid(x[j] + bx[j] + a[j]);
+          r[j] = Sigmoid(x[H + j] + bx[H + j] + a[H + j]);
+          rhb[j] = r[j] * hi[j];
+        }
+      }
+      Gemm(rows, H, H, rh.data(), H, w + 2 * H, G, 0.0f, a_n.data(), H);
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = (b - b0) * H;
+        const float* __restrict x = px.typed_data() + loop.At(s, b, G) + 2 * H;
+        const float* __restrict a = a_n.data() + row;
+        const float* __restrict z = zs.At(loop, s, b0) + row;
+        float* __restrict n = ns.At(loop, s, b0) + row;
+        float* __restrict hb = h + b * H;
+        float* __restrict y = ys->typed_data() + loop.Y(s, b);
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) n[j] = tanhf(x[j] + bx[2 * H + j] + a[j]);
+        if (!loop.Ok(s, b)) {
+          std::memset(y, 0, H * sizeof(float));
+          continue;
+        }
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) hb[j] = y[j] = (1.0f - z[j]) * hb[j] + z[j] * n[j];
+      }
+    }
+  });
+  return ffi::Error::Success();
+}
+
+ffi::Error GruBeforeBackwardImpl(In w_h_t, Valid valid, In mask, In r_h,
+                                 In r_h_in, In r_z, In r_r, In r_n, In d_ys,
+                                 In dh_last, Out d_px, Out dh_out, bool reverse,
+                                 bool batch_major) {
+  const auto d = r_h.dimensions();
+  const int64_t H = d[2], G = 3 * H;
+  const Loop loop(d[0], d[1], H, reverse, batch_major, valid, mask);
+  Copy(dh_last, dh_out);
+  float* dh = dh_out->typed_data();
+  const float* w_t = w_h_t.typed_data();  // (3H, H): rows z, r, n of W_hᵀ
+  ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
+    const int64_t rows = b1 - b0;
+    std::vector<float> d_zr(rows * 2 * H), d_n(rows * H), d_rh(rows * H), d_h_in(rows * H);
+    for (int64_t k = loop.T - 1; k >= 0; --k) {
+      const int64_t s = loop.Step(k);
+      // 1. da_z, da_n; dh ⊙ (1 − z) kept in dh.
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = (b - b0) * H, o = loop.At(s, b, H);
+        float* __restrict dzr = d_zr.data() + 2 * row;
+        float* __restrict dn = d_n.data() + row;
+        if (!loop.Ok(s, b)) {
+          std::memset(dzr, 0, 2 * H * sizeof(float));
+          std::memset(dn, 0, H * sizeof(float));
+          continue;
+        }
+        const float* __restrict h = r_h.typed_data() + o;
+        const float* __restrict z = r_z.typed_data() + o;
+        const float* __restrict n = r_n.typed_data() + o;
+        const float* __restrict dy = d_ys.typed_data() + loop.Y(s, b);
+        float* __restrict dhb = dh + b * H;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          const float dh_j = dhb[j] + dy[j];
+          dzr[j] = dh_j * (n[j] - h[j]) * z[j] * (1.0f - z[j]);
+          dn[j] = dh_j * z[j] * (1.0f - n[j] * n[j]);
+          dhb[j] = dh_j * (1.0f - z[j]);
+        }
+      }
+      // 2. d(r ⊙ h_in) = da_n·W_nᵀ, then da_r.
+      Gemm(rows, H, H, d_n.data(), w_t + 2 * H * H, 0.0f, d_rh.data());
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = (b - b0) * H, o = loop.At(s, b, H);
+        float* __restrict dx = d_px->typed_data() + loop.At(s, b, G);
+        if (!loop.Ok(s, b)) {
+          std::memset(dx, 0, G * sizeof(float));
+          continue;
+        }
+        const float* __restrict h_in = r_h_in.typed_data() + o;
+        const float* __restrict r = r_r.typed_data() + o;
+        const float* __restrict drh = d_rh.data() + row;
+        float* __restrict dzr = d_zr.data() + 2 * row;
+        const float* __restrict dn = d_n.data() + row;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) {
+          dzr[H + j] = drh[j] * h_in[j] * r[j] * (1.0f - r[j]);
+          dx[j] = dzr[j];
+          dx[H + j] = dzr[H + j];
+          dx[2 * H + j] = dn[j];
+        }
+      }
+      // 3. dh_{t-1} = dh ⊙ (1 − z) + mask ⊙ (d(r ⊙ h_in) ⊙ r + (da_z, da_r)·W_zrᵀ).
+      Gemm(rows, H, 2 * H, d_zr.data(), w_t, 0.0f, d_h_in.data());
+      for (int64_t b = b0; b < b1; ++b) {
+        const int64_t row = (b - b0) * H;
+        const float* __restrict r = r_r.typed_data() + loop.At(s, b, H);
+        const float* __restrict drh = d_rh.data() + row;
+        float* __restrict g = d_h_in.data() + row;
+#pragma omp simd
+        for (int64_t j = 0; j < H; ++j) g[j] += drh[j] * r[j];
+      }
+      loop.AddRecurrentGrad(s, b0, b1, d_h_in.data(), dh, /*accumulate=*/true);
+    }
+  });
+  return ffi::Error::Success();
+}
+
 // ----------------------------------------------------------- SimpleRNN ----
 
 ffi::Error RnnForwardImpl(In px, In w_h, In bias, In h0, Valid valid, In mask,
@@ -505,3 +653,21 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
         .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("relu"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnGruBeforeForward, GruBeforeForwardImpl,
+    ffi::Ffi::Bind()
+        .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("save"));
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(
+    JrnnGruBeforeBackward, GruBeforeBackwardImpl,
+    ffi::Ffi::Bind()
+        .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+        .Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Attr<bool>("reverse").Attr<bool>("batch_major"));

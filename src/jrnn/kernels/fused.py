@@ -16,7 +16,7 @@ differences are only in how it is computed:
 
 On CPU, for float32 cells that :mod:`jrnn.kernels.native` covers, both time
 loops run as native code (XLA FFI calls) with the same residuals; the loops
-here serve everything else (GPU, TPU, other dtypes, reset-before GRU).
+here serve everything else (GPU, TPU, other dtypes).
 
 Inputs are time-major and flattened to one batch axis: ``projected (T, B, G*H)``,
 carry leaves ``(B, H)``, ``valid (T, B)`` booleans or ``None``, ``mask (B, H)``

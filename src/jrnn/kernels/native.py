@@ -1,12 +1,13 @@
 """Native CPU time loops: the fused path's loops as XLA FFI calls (``cpu_rnn.cc``).
 
-One call runs a whole sequence; each step is one BLAS GEMM (OpenBLAS from the
-``scipy-openblas32`` wheel) plus one vectorised pass of gate math, instead of
+One call runs a whole sequence; each step is one BLAS GEMM (two for the
+reset-before GRU; OpenBLAS from the ``scipy-openblas32`` wheel) plus one
+vectorised pass of gate math, instead of
 XLA:CPU's while loop, whose per-step product and gate fusions are slower
 (see ``benchmarks/RESULTS.md``). Same inputs, outputs and residuals as the
 loops in :mod:`jrnn.kernels.fused`, which picks these on CPU for float32
-LSTM, GRU (``reset_after=True``) and SimpleRNN cells and keeps its own loops
-everywhere else (GPU, TPU, other dtypes, reset-before GRU).
+LSTM, GRU (both reset placements) and SimpleRNN cells and keeps its own loops
+everywhere else (GPU, TPU, other dtypes).
 
 The extension is compiled when jrnn is installed (``pip install .``); without
 a C++ compiler the install still succeeds and :func:`available` is ``False``.
@@ -36,6 +37,8 @@ _SYMBOLS = {
     "jrnn_lstm_backward": "JrnnLstmBackward",
     "jrnn_gru_forward": "JrnnGruForward",
     "jrnn_gru_backward": "JrnnGruBackward",
+    "jrnn_gru_before_forward": "JrnnGruBeforeForward",
+    "jrnn_gru_before_backward": "JrnnGruBeforeBackward",
     "jrnn_rnn_forward": "JrnnRnnForward",
     "jrnn_rnn_backward": "JrnnRnnBackward",
 }
@@ -101,8 +104,6 @@ def applies(cell, *arrays) -> bool:
     """Whether the native loops compute this cell for these float32 arrays."""
     if not all(jnp.dtype(a.dtype) == jnp.float32 for a in arrays):
         return False
-    if isinstance(cell, GRUCell) and not cell.reset_after:
-        return False
     return type(cell) in _CELLS and not _disabled and available()
 
 
@@ -166,6 +167,25 @@ def _gru_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     return dh, d_px
 
 
+def _gru_before_forward(reverse, batch_major, p, projected, h0, valid, mask, save):
+    T, B, G = projected.shape
+    H = G // 3
+    res_shapes = [(T, B, H) if save else (0,)] * 5
+    ys, h, *res = _call("jrnn_gru_before_forward", [_ys_shape(T, B, H, batch_major), (B, H), *res_shapes],
+                        projected, p["w_h"], p["b"], h0, *_none_as_empty(valid, mask),
+                        reverse=reverse, batch_major=batch_major, save=save)
+    return (h, ys), ((*res, None) if save else None)
+
+
+def _gru_before_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
+    h, h_in, z, r, n, _ = res
+    T, B, H = h.shape
+    d_px, dh = _call("jrnn_gru_before_backward", [(T, B, 3 * H), (B, H)],
+                     p["w_h"].T, *_none_as_empty(valid, mask), h, h_in, z, r, n, d_ys, d_final,
+                     reverse=reverse, batch_major=batch_major)
+    return dh, d_px
+
+
 def _rnn_forward(relu, reverse, batch_major, p, projected, h0, valid, mask, save):
     T, B, H = projected.shape
     res_shape = (T, B, H) if save else (0,)
@@ -191,16 +211,21 @@ _CELLS = {
 }
 
 
-def _bind(cell, fn):
-    return functools.partial(fn, cell.activation == "relu") if isinstance(cell, SimpleRNNCell) else fn
+def _loops(cell):
+    """``(forward, backward)`` for this cell, with its options bound."""
+    if isinstance(cell, SimpleRNNCell):
+        return tuple(functools.partial(fn, cell.activation == "relu") for fn in _CELLS[SimpleRNNCell])
+    if isinstance(cell, GRUCell) and not cell.reset_after:
+        return _gru_before_forward, _gru_before_backward
+    return _CELLS[type(cell)]
 
 
 def forward(cell, reverse, batch_major, p, projected, carry, valid, mask, *, save):
     """The whole forward loop: ``((final_carry, ys), residuals or None)`` as in ``fused``;
     ``ys`` is ``(B, T, H)`` with ``batch_major``, else ``(T, B, H)``."""
-    return _bind(cell, _CELLS[type(cell)][0])(reverse, batch_major, p, projected, carry, valid, mask, save)
+    return _loops(cell)[0](reverse, batch_major, p, projected, carry, valid, mask, save)
 
 
 def backward(cell, reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     """The whole reverse loop: ``(d_initial_carry, d_projected (T, B, G·H))``; ``d_ys`` laid out as ``ys``."""
-    return _bind(cell, _CELLS[type(cell)][1])(reverse, batch_major, p, res, d_final, d_ys, valid, mask)
+    return _loops(cell)[1](reverse, batch_major, p, res, d_final, d_ys, valid, mask)
