@@ -304,6 +304,19 @@ ffi::Error LstmBackwardImpl(In w_h_t, Valid valid, In mask, In r_c, In r_t,
   return ffi::Error::Success();
 }
 
+// The GRU state update of one row: h ← (1 − z) ⊙ h + z ⊙ n, also written to y;
+// a padded row keeps h and gets y = 0.
+inline void GruUpdate(bool ok, int64_t H, const float* __restrict z,
+                      const float* __restrict n, float* __restrict h,
+                      float* __restrict y) {
+  if (!ok) {
+    std::memset(y, 0, H * sizeof(float));
+    return;
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < H; ++j) h[j] = y[j] = (1.0f - z[j]) * h[j] + z[j] * n[j];
+}
+
 // ----------------------------------------------------- GRU, reset after ----
 
 ffi::Error GruForwardImpl(In px, In w_h, In bias, In b_hn, In h0, Valid valid,
@@ -347,12 +360,7 @@ ffi::Error GruForwardImpl(In px, In w_h, In bias, In b_hn, In h0, Valid valid,
           hn[j] = a[2 * H + j] + bn[j];
           n[j] = tanhf(x[2 * H + j] + bx[2 * H + j] + r[j] * hn[j]);
         }
-        if (!loop.Ok(s, b)) {
-          std::memset(y, 0, H * sizeof(float));
-          continue;
-        }
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) hb[j] = y[j] = (1.0f - z[j]) * hb[j] + z[j] * n[j];
+        GruUpdate(loop.Ok(s, b), H, z, n, hb, y);
       }
     }
   });
@@ -447,12 +455,7 @@ ffi::Error GruBeforeForwardImpl(In px, In w_h, In bias, In h0, Valid valid,
         float* __restrict y = ys->typed_data() + loop.Y(s, b);
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) n[j] = tanhf(x[j] + bx[2 * H + j] + a[j]);
-        if (!loop.Ok(s, b)) {
-          std::memset(y, 0, H * sizeof(float));
-          continue;
-        }
-#pragma omp simd
-        for (int64_t j = 0; j < H; ++j) hb[j] = y[j] = (1.0f - z[j]) * hb[j] + z[j] * n[j];
+        GruUpdate(loop.Ok(s, b), H, z, n, hb, y);
       }
     }
   });
