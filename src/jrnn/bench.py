@@ -47,10 +47,6 @@ class Contender:
     temp_bytes: int | None = None
 
 
-def _block(out):
-    return jax.block_until_ready(out) if not hasattr(out, "detach") else out
-
-
 def _jax_contender(name, loss_of_params, params, xs):
     """A JAX contender from ``loss_of_params(params, xs) -> (loss, ys)``."""
     fwd = jax.jit(lambda p, x: loss_of_params(p, x)[1]).lower(params, xs).compile()

@@ -35,7 +35,8 @@ extern "C" __attribute__((simd("notinbranch"))) float tanhf(float) noexcept;
 
 namespace {
 
-using In = ffi::Buffer<ffi::F32>;
+using Buf = ffi::Buffer<ffi::F32>;  // float32 operand or result, any shape
+using In = Buf;
 using Out = ffi::ResultBuffer<ffi::F32>;
 using Valid = ffi::Buffer<ffi::PRED>;
 
@@ -609,10 +610,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JrnnLstmForward, LstmForwardImpl,
     ffi::Ffi::Bind()
         .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("save"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -620,18 +618,14 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     ffi::Ffi::Bind()
         .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
         .Arg<In>().Arg<In>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JrnnGruForward, GruForwardImpl,
     ffi::Ffi::Bind()
         .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("save"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -639,32 +633,28 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     ffi::Ffi::Bind()
         .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
         .Arg<In>().Arg<In>().Arg<In>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JrnnRnnForward, RnnForwardImpl,
     ffi::Ffi::Bind()
         .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("save").Attr<bool>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JrnnRnnBackward, RnnBackwardImpl,
     ffi::Ffi::Bind()
         .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("relu"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JrnnGruBeforeForward, GruBeforeForwardImpl,
     ffi::Ffi::Bind()
         .Arg<In>().Arg<In>().Arg<In>().Arg<In>().Arg<Valid>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
-        .Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("save"));
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
@@ -672,5 +662,5 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
     ffi::Ffi::Bind()
         .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
         .Arg<In>().Arg<In>().Arg<In>().Arg<In>()
-        .Ret<ffi::Buffer<ffi::F32>>().Ret<ffi::Buffer<ffi::F32>>()
+        .Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major"));

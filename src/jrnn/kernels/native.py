@@ -148,41 +148,27 @@ def _lstm_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     return (dh, dc), d_pre
 
 
-def _gru_forward(reverse, batch_major, p, projected, h0, valid, mask, save):
+def _gru_forward(reset_after, reverse, batch_major, p, projected, h0, valid, mask, save):
+    """Residuals ``(h, h_in, z, r, n, hn)``; ``hn = h·W_hn + b_hn`` exists only with ``reset_after``."""
     T, B, G = projected.shape
     H = G // 3
-    res_shapes = [(T, B, H) if save else (0,)] * 6
-    ys, h, *res = _call("jrnn_gru_forward", [_ys_shape(T, B, H, batch_major), (B, H), *res_shapes],
-                        projected, p["w_h"], p["b"], p["b_hn"], h0, *_none_as_empty(valid, mask),
+    target, biases = ("jrnn_gru_forward", (p["b"], p["b_hn"])) if reset_after else ("jrnn_gru_before_forward", (p["b"],))
+    res_shapes = [(T, B, H) if save else (0,)] * (6 if reset_after else 5)
+    ys, h, *res = _call(target, [_ys_shape(T, B, H, batch_major), (B, H), *res_shapes],
+                        projected, p["w_h"], *biases, h0, *_none_as_empty(valid, mask),
                         reverse=reverse, batch_major=batch_major, save=save)
-    return (h, ys), (tuple(res) if save else None)
+    if not save:
+        return (h, ys), None
+    return (h, ys), tuple(res) if reset_after else (*res, None)
 
 
-def _gru_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
-    h, _, z, r, n, hn = res
+def _gru_backward(reset_after, reverse, batch_major, p, res, d_final, d_ys, valid, mask):
+    h, h_in, z, r, n, hn = res
     T, B, H = h.shape
-    d_px, dh = _call("jrnn_gru_backward", [(T, B, 3 * H), (B, H)],
-                     p["w_h"].T, *_none_as_empty(valid, mask), h, z, r, n, hn, d_ys, d_final,
-                     reverse=reverse, batch_major=batch_major)
-    return dh, d_px
-
-
-def _gru_before_forward(reverse, batch_major, p, projected, h0, valid, mask, save):
-    T, B, G = projected.shape
-    H = G // 3
-    res_shapes = [(T, B, H) if save else (0,)] * 5
-    ys, h, *res = _call("jrnn_gru_before_forward", [_ys_shape(T, B, H, batch_major), (B, H), *res_shapes],
-                        projected, p["w_h"], p["b"], h0, *_none_as_empty(valid, mask),
-                        reverse=reverse, batch_major=batch_major, save=save)
-    return (h, ys), ((*res, None) if save else None)
-
-
-def _gru_before_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
-    h, h_in, z, r, n, _ = res
-    T, B, H = h.shape
-    d_px, dh = _call("jrnn_gru_before_backward", [(T, B, 3 * H), (B, H)],
-                     p["w_h"].T, *_none_as_empty(valid, mask), h, h_in, z, r, n, d_ys, d_final,
-                     reverse=reverse, batch_major=batch_major)
+    target, saved = (("jrnn_gru_backward", (h, z, r, n, hn)) if reset_after
+                     else ("jrnn_gru_before_backward", (h, h_in, z, r, n)))
+    d_px, dh = _call(target, [(T, B, 3 * H), (B, H)], p["w_h"].T, *_none_as_empty(valid, mask), *saved, d_ys,
+                     d_final, reverse=reverse, batch_major=batch_major)
     return dh, d_px
 
 
@@ -213,11 +199,12 @@ _CELLS = {
 
 def _loops(cell):
     """``(forward, backward)`` for this cell, with its options bound."""
+    loops = _CELLS[type(cell)]
     if isinstance(cell, SimpleRNNCell):
-        return tuple(functools.partial(fn, cell.activation == "relu") for fn in _CELLS[SimpleRNNCell])
-    if isinstance(cell, GRUCell) and not cell.reset_after:
-        return _gru_before_forward, _gru_before_backward
-    return _CELLS[type(cell)]
+        return tuple(functools.partial(fn, cell.activation == "relu") for fn in loops)
+    if isinstance(cell, GRUCell):
+        return tuple(functools.partial(fn, cell.reset_after) for fn in loops)
+    return loops
 
 
 def forward(cell, reverse, batch_major, p, projected, carry, valid, mask, *, save):

@@ -28,7 +28,15 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jrnn.kernels._pallas import BLOCK_B, HIDDEN_SIZES, NT, call, interpret_default, sigmoid, tiled
+from jrnn.kernels._pallas import (
+    BLOCK_B,
+    HIDDEN_SIZES,
+    NT,
+    call,
+    interpret_default,
+    sigmoid,
+    tiled,
+)
 
 
 def supports(cell) -> bool:
