@@ -1,7 +1,7 @@
 """Builds jrnn's optional native CPU loops (``src/jrnn/kernels/cpu_rnn.cc``).
 
 Everything else about the package is in ``pyproject.toml``. The extension is
-an XLA FFI library (headers from jaxlib, GEMM from scipy-openblas32), compiled
+an XLA FFI library (headers from jaxlib, its own packed GEMM), compiled
 for the installing machine's CPU; if it cannot be built the install still
 succeeds and jrnn uses its XLA loops.
 """
@@ -17,15 +17,15 @@ def _package_dir(name):
 
 
 def native_extension():
-    blas = _package_dir("scipy_openblas32")
     return Extension(
         "jrnn.kernels._cpu_rnn",
         sources=["src/jrnn/kernels/cpu_rnn.cc"],
-        include_dirs=[str(_package_dir("jaxlib") / "include"), str(blas / "include")],
-        library_dirs=[str(blas / "lib")],
-        libraries=["scipy_openblas", "mvec"],
+        depends=["src/jrnn/kernels/packed_gemm.h"],
+        include_dirs=[str(_package_dir("jaxlib") / "include")],
+        libraries=["mvec"],
         extra_compile_args=["-std=c++17", "-O3", "-march=native", "-mprefer-vector-width=512",
-                            "-fopenmp-simd", "-fno-math-errno", "-Wno-attributes", "-Wno-return-type"],
+                            "-ffp-contract=fast", "-fopenmp-simd", "-fno-math-errno", "-Wno-attributes",
+                            "-Wno-return-type"],
         extra_link_args=["-Wl,--no-undefined"],
         language="c++",
         optional=True,

@@ -1,9 +1,11 @@
 // Native CPU time loops for jrnn's fused path, as XLA FFI custom calls.
 //
-// One call runs a whole sequence: per step one BLAS GEMM for the recurrent
-// product (h_in @ W_h forward, dG @ W_hᵀ backward; two for the reset-before
-// GRU) and one vectorised pass of gate math over each batch row. The weight gradient dW_h = Σ_t h_inᵀ dG
-// and everything about the input projection stay in JAX (one large GEMM each).
+// One call runs a whole sequence: per step one GEMM for the recurrent product
+// (h_in @ W_h forward, dG @ W_hᵀ backward; two for the reset-before GRU)
+// against weights packed once per call (packed_gemm.h), and one vectorised
+// pass of gate math over each batch row. The weight gradient
+// dW_h = Σ_t h_inᵀ dG and everything about the input projection stay in JAX
+// (one large GEMM each).
 //
 // Layouts (row-major, time-major, one flattened batch axis):
 //   px (T, B, G·H) input projection without bias; w_h (H, G·H); b (G·H);
@@ -25,10 +27,11 @@
 #include <thread>
 #include <vector>
 
-#include "cblas.h"  // scipy-openblas32: scipy_cblas_sgemm
+#include "packed_gemm.h"
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+using jrnn::PackedMatrix;
 
 // The vector variants of tanhf come from glibc's libmvec.
 extern "C" __attribute__((simd("notinbranch"))) float tanhf(float) noexcept;
@@ -40,20 +43,16 @@ using In = Buf;
 using Out = ffi::ResultBuffer<ffi::F32>;
 using Valid = ffi::Buffer<ffi::PRED>;
 
-// C (M, N) = A (M, K) · B (K, N) + beta·C, with leading dimensions lda, ldb,
-// ldc (for column blocks of W_h). The backward loops get W_hᵀ ready-made:
-// OpenBLAS runs these small-M products faster untransposed.
-void Gemm(int64_t M, int64_t N, int64_t K, const float* A, int64_t lda,
-          const float* B, int64_t ldb, float beta, float* C, int64_t ldc) {
-  if (M == 0 || N == 0) return;
-  scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, M, N, K, 1.0f,
-                    A, lda, B, ldb, beta, C, ldc);
+// Columns n0..n0+N of the row-major (H, G) matrix W_h, packed.
+PackedMatrix Columns(const In& w_h, int64_t n0, int64_t N) {
+  const int64_t H = w_h.dimensions()[0], G = w_h.dimensions()[1];
+  return PackedMatrix(w_h.typed_data() + n0, H, N, /*k_stride=*/G, /*n_stride=*/1);
 }
 
-// The same for whole, contiguous matrices.
-void Gemm(int64_t M, int64_t N, int64_t K, const float* A, const float* B,
-          float beta, float* C) {
-  Gemm(M, N, K, A, K, B, N, beta, C, N);
+// Rows k0..k0+K of W_hᵀ (G, H), packed from W_h (H, G).
+PackedMatrix TransposedRows(const In& w_h, int64_t k0, int64_t K) {
+  const int64_t H = w_h.dimensions()[0], G = w_h.dimensions()[1];
+  return PackedMatrix(w_h.typed_data() + k0, K, H, /*k_stride=*/1, /*n_stride=*/G);
 }
 
 inline float Sigmoid(float a) { return 0.5f * tanhf(0.5f * a) + 0.5f; }
@@ -186,9 +185,10 @@ void AddBias(const float* x, const float* bias, int64_t rows, int64_t width,
 // rows get zeros and keep their carry gradient. Then dh (+)= mask ⊙ (gemm_in · W_hᵀ).
 template <class RowGrad>
 void ReverseLoop(const Loop& loop, int64_t G,
-                 const In& w_h_t, float* out, float* dh, bool own_gemm_input,
+                 const In& w_h, float* out, float* dh, bool own_gemm_input,
                  bool accumulate, RowGrad&& row_grad) {
   const int64_t H = loop.H;
+  const PackedMatrix w_t = TransposedRows(w_h, 0, G);
   ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
     std::vector<float> gemm_scratch(own_gemm_input ? (b1 - b0) * G : 0), dh_prev((b1 - b0) * H);
     for (int64_t k = loop.T - 1; k >= 0; --k) {
@@ -205,7 +205,7 @@ void ReverseLoop(const Loop& loop, int64_t G,
           std::memset(g, 0, G * sizeof(float));
         }
       }
-      Gemm(b1 - b0, H, G, gemm_rows, w_h_t.typed_data(), 0.0f, dh_prev.data());
+      w_t.Multiply(b1 - b0, gemm_rows, G, dh_prev.data(), H, /*accumulate=*/false);
       loop.AddRecurrentGrad(s, b0, b1, dh_prev.data(), dh, accumulate);
     }
   });
@@ -224,6 +224,7 @@ ffi::Error LstmForwardImpl(In px, In w_h, In bias, In h0, In c0, Valid valid,
   Copy(c0, c_out);
   float* h = h_out->typed_data();
   float* c = c_out->typed_data();
+  const PackedMatrix w = Columns(w_h, 0, G);
   ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
     const int64_t rows = b1 - b0;
     std::vector<float> h_scratch;
@@ -237,7 +238,7 @@ ffi::Error LstmForwardImpl(In px, In w_h, In bias, In h0, In c0, Valid valid,
       }
       float* g = gates.At(loop, s, b0);
       AddBias(px.typed_data() + loop.At(s, b0, G), bias.typed_data(), rows, G, g);
-      Gemm(rows, G, H, h_in, w_h.typed_data(), 1.0f, g);
+      w.Multiply(rows, h_in, H, g, G, /*accumulate=*/true);
       for (int64_t b = b0; b < b1; ++b) {
         float* __restrict t = g + (b - b0) * G;  // pre-activations in, gate tanh out
         for (int64_t q = 0; q < 4; ++q) {
@@ -270,7 +271,7 @@ ffi::Error LstmForwardImpl(In px, In w_h, In bias, In h0, In c0, Valid valid,
   return ffi::Error::Success();
 }
 
-ffi::Error LstmBackwardImpl(In w_h_t, Valid valid, In mask, In r_c, In r_t,
+ffi::Error LstmBackwardImpl(In w_h, Valid valid, In mask, In r_c, In r_t,
                             In r_tc, In d_ys, In dh_last, In dc_last,
                             Out d_pre, Out dh_out, Out dc_out, bool reverse, bool batch_major) {
   const auto d = r_t.dimensions();
@@ -280,7 +281,7 @@ ffi::Error LstmBackwardImpl(In w_h_t, Valid valid, In mask, In r_c, In r_t,
   Copy(dc_last, dc_out);
   float* dh = dh_out->typed_data();
   float* dc = dc_out->typed_data();
-  ReverseLoop(loop, G, w_h_t, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
+  ReverseLoop(loop, G, w_h, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
               /*accumulate=*/false, [&](int64_t s, int64_t b, float* __restrict dp, float*) {
     const float* __restrict t = r_t.typed_data() + loop.At(s, b, G);
     const float* __restrict c_prev = r_c.typed_data() + loop.At(s, b, H);
@@ -331,6 +332,7 @@ ffi::Error GruForwardImpl(In px, In w_h, In bias, In b_hn, In h0, Valid valid,
   float* h = h_out->typed_data();
   const float* __restrict bx = bias.typed_data();
   const float* __restrict bn = b_hn.typed_data();
+  const PackedMatrix w = Columns(w_h, 0, G);
   ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
     const int64_t rows = b1 - b0;
     std::vector<float> h_scratch, hw(rows * G);
@@ -343,7 +345,7 @@ ffi::Error GruForwardImpl(In px, In w_h, In bias, In b_hn, In h0, Valid valid,
         CopyRows(h + b0 * H, r_h->typed_data() + loop.At(s, b0, H), rows * H);
         CopyRows(h_in, r_h_in->typed_data() + loop.At(s, b0, H), rows * H);
       }
-      Gemm(rows, G, H, h_in, w_h.typed_data(), 0.0f, hw.data());
+      w.Multiply(rows, h_in, H, hw.data(), G, /*accumulate=*/false);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = (b - b0) * H;
         const float* __restrict x = px.typed_data() + loop.At(s, b, G);
@@ -368,7 +370,7 @@ ffi::Error GruForwardImpl(In px, In w_h, In bias, In b_hn, In h0, Valid valid,
   return ffi::Error::Success();
 }
 
-ffi::Error GruBackwardImpl(In w_h_t, Valid valid, In mask, In r_h, In r_z,
+ffi::Error GruBackwardImpl(In w_h, Valid valid, In mask, In r_h, In r_z,
                            In r_r, In r_n, In r_hn, In d_ys, In dh_last,
                            Out d_px, Out dh_out, bool reverse, bool batch_major) {
   const auto d = r_h.dimensions();
@@ -377,7 +379,7 @@ ffi::Error GruBackwardImpl(In w_h_t, Valid valid, In mask, In r_h, In r_z,
   Copy(dh_last, dh_out);
   float* dh = dh_out->typed_data();
   // The n block of h·W_h sits inside r ⊙ (...), so W_h meets (da_z, da_r, da_n ⊙ r).
-  ReverseLoop(loop, G, w_h_t, d_px->typed_data(), dh, /*own_gemm_input=*/true,
+  ReverseLoop(loop, G, w_h, d_px->typed_data(), dh, /*own_gemm_input=*/true,
               /*accumulate=*/true, [&](int64_t s, int64_t b, float* __restrict dx, float* __restrict dw) {
     const int64_t o = loop.At(s, b, H);
     const float* __restrict h = r_h.typed_data() + o;
@@ -417,7 +419,7 @@ ffi::Error GruBeforeForwardImpl(In px, In w_h, In bias, In h0, Valid valid,
   Copy(h0, h_out);
   float* h = h_out->typed_data();
   const float* __restrict bx = bias.typed_data();
-  const float* w = w_h.typed_data();
+  const PackedMatrix w_zr = Columns(w_h, 0, 2 * H), w_n = Columns(w_h, 2 * H, H);
   ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
     const int64_t rows = b1 - b0;
     std::vector<float> h_scratch, zr(rows * 2 * H), rh(rows * H), a_n(rows * H);
@@ -429,7 +431,7 @@ ffi::Error GruBeforeForwardImpl(In px, In w_h, In bias, In h0, Valid valid,
         CopyRows(h + b0 * H, r_h->typed_data() + loop.At(s, b0, H), rows * H);
         CopyRows(h_in, r_h_in->typed_data() + loop.At(s, b0, H), rows * H);
       }
-      Gemm(rows, 2 * H, H, h_in, H, w, G, 0.0f, zr.data(), 2 * H);
+      w_zr.Multiply(rows, h_in, H, zr.data(), 2 * H, /*accumulate=*/false);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = (b - b0) * H;
         const float* __restrict x = px.typed_data() + loop.At(s, b, G);
@@ -445,7 +447,7 @@ ffi::Error GruBeforeForwardImpl(In px, In w_h, In bias, In h0, Valid valid,
           rhb[j] = r[j] * hi[j];
         }
       }
-      Gemm(rows, H, H, rh.data(), H, w + 2 * H, G, 0.0f, a_n.data(), H);
+      w_n.Multiply(rows, rh.data(), H, a_n.data(), H, /*accumulate=*/false);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = (b - b0) * H;
         const float* __restrict x = px.typed_data() + loop.At(s, b, G) + 2 * H;
@@ -463,7 +465,7 @@ ffi::Error GruBeforeForwardImpl(In px, In w_h, In bias, In h0, Valid valid,
   return ffi::Error::Success();
 }
 
-ffi::Error GruBeforeBackwardImpl(In w_h_t, Valid valid, In mask, In r_h,
+ffi::Error GruBeforeBackwardImpl(In w_h, Valid valid, In mask, In r_h,
                                  In r_h_in, In r_z, In r_r, In r_n, In d_ys,
                                  In dh_last, Out d_px, Out dh_out, bool reverse,
                                  bool batch_major) {
@@ -472,7 +474,8 @@ ffi::Error GruBeforeBackwardImpl(In w_h_t, Valid valid, In mask, In r_h,
   const Loop loop(d[0], d[1], H, reverse, batch_major, valid, mask);
   Copy(dh_last, dh_out);
   float* dh = dh_out->typed_data();
-  const float* w_t = w_h_t.typed_data();  // (3H, H): rows z, r, n of W_hᵀ
+  // Rows z, r and n of W_hᵀ (3H, H).
+  const PackedMatrix w_zr_t = TransposedRows(w_h, 0, 2 * H), w_n_t = TransposedRows(w_h, 2 * H, H);
   ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * G * H, [&](int64_t b0, int64_t b1) {
     const int64_t rows = b1 - b0;
     std::vector<float> d_zr(rows * 2 * H), d_n(rows * H), d_rh(rows * H), d_h_in(rows * H);
@@ -502,7 +505,7 @@ ffi::Error GruBeforeBackwardImpl(In w_h_t, Valid valid, In mask, In r_h,
         }
       }
       // 2. d(r ⊙ h_in) = da_n·W_nᵀ, then da_r.
-      Gemm(rows, H, H, d_n.data(), w_t + 2 * H * H, 0.0f, d_rh.data());
+      w_n_t.Multiply(rows, d_n.data(), H, d_rh.data(), H, /*accumulate=*/false);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = (b - b0) * H, o = loop.At(s, b, H);
         float* __restrict dx = d_px->typed_data() + loop.At(s, b, G);
@@ -524,7 +527,7 @@ ffi::Error GruBeforeBackwardImpl(In w_h_t, Valid valid, In mask, In r_h,
         }
       }
       // 3. dh_{t-1} = dh ⊙ (1 − z) + mask ⊙ (d(r ⊙ h_in) ⊙ r + (da_z, da_r)·W_zrᵀ).
-      Gemm(rows, H, 2 * H, d_zr.data(), w_t, 0.0f, d_h_in.data());
+      w_zr_t.Multiply(rows, d_zr.data(), 2 * H, d_h_in.data(), H, /*accumulate=*/false);
       for (int64_t b = b0; b < b1; ++b) {
         const int64_t row = (b - b0) * H;
         const float* __restrict r = r_r.typed_data() + loop.At(s, b, H);
@@ -549,6 +552,7 @@ ffi::Error RnnForwardImpl(In px, In w_h, In bias, In h0, Valid valid, In mask,
   const Loop loop(d[0], d[1], H, reverse, batch_major, valid, mask);
   Copy(h0, h_out);
   float* h = h_out->typed_data();
+  const PackedMatrix w = Columns(w_h, 0, H);
   ForRowBlocks(loop.B, 2.0 * loop.T * loop.B * H * H, [&](int64_t b0, int64_t b1) {
     const int64_t rows = b1 - b0;
     std::vector<float> h_scratch;
@@ -559,7 +563,7 @@ ffi::Error RnnForwardImpl(In px, In w_h, In bias, In h0, Valid valid, In mask,
       if (save) CopyRows(h_in, r_h_in->typed_data() + loop.At(s, b0, H), rows * H);
       float* a = pre.At(loop, s, b0);
       AddBias(px.typed_data() + loop.At(s, b0, H), bias.typed_data(), rows, H, a);
-      Gemm(rows, H, H, h_in, w_h.typed_data(), 1.0f, a);
+      w.Multiply(rows, h_in, H, a, H, /*accumulate=*/true);
       for (int64_t b = b0; b < b1; ++b) {
         float* __restrict ab = a + (b - b0) * H;
         if (relu) {
@@ -581,7 +585,7 @@ ffi::Error RnnForwardImpl(In px, In w_h, In bias, In h0, Valid valid, In mask,
   return ffi::Error::Success();
 }
 
-ffi::Error RnnBackwardImpl(In w_h_t, Valid valid, In mask, In r_h_new, In d_ys,
+ffi::Error RnnBackwardImpl(In w_h, Valid valid, In mask, In r_h_new, In d_ys,
                            In dh_last, Out d_pre, Out dh_out, bool reverse, bool batch_major,
                            bool relu) {
   const auto d = r_h_new.dimensions();
@@ -589,7 +593,7 @@ ffi::Error RnnBackwardImpl(In w_h_t, Valid valid, In mask, In r_h_new, In d_ys,
   const Loop loop(d[0], d[1], H, reverse, batch_major, valid, mask);
   Copy(dh_last, dh_out);
   float* dh = dh_out->typed_data();
-  ReverseLoop(loop, H, w_h_t, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
+  ReverseLoop(loop, H, w_h, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
               /*accumulate=*/false, [&](int64_t s, int64_t b, float* __restrict dp, float*) {
     const float* __restrict hn = r_h_new.typed_data() + loop.At(s, b, H);
     const float* __restrict dy = d_ys.typed_data() + loop.Y(s, b);

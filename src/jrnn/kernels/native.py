@@ -1,7 +1,7 @@
 """Native CPU time loops: the fused path's loops as XLA FFI calls (``cpu_rnn.cc``).
 
-One call runs a whole sequence; each step is one BLAS GEMM (two for the
-reset-before GRU; OpenBLAS from the ``scipy-openblas32`` wheel) plus one
+One call runs a whole sequence; each step is one GEMM (two for the
+reset-before GRU) against recurrent weights packed once per call, plus one
 vectorised pass of gate math, instead of
 XLA:CPU's while loop, whose per-step product and gate fusions are slower
 (see ``benchmarks/RESULTS.md``). Same inputs, outputs and residuals as the
@@ -76,11 +76,6 @@ def available() -> bool:
     if path is None:
         return False
     try:
-        import scipy_openblas32
-
-        blas_path = Path(scipy_openblas32.get_lib_dir()) / scipy_openblas32.get_library(fullname=True)
-        blas = ctypes.CDLL(str(blas_path), mode=ctypes.RTLD_GLOBAL)  # resolves the library's BLAS symbols
-        blas.scipy_openblas_set_num_threads(1)  # the loops split the batch over threads themselves
         library = ctypes.CDLL(str(path))
         for target, symbol in _SYMBOLS.items():
             jax.ffi.register_ffi_target(target, jax.ffi.pycapsule(getattr(library, symbol)), platform="cpu")
@@ -143,7 +138,7 @@ def _lstm_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     T, B, _, H = t.shape
     d_pre, dh, dc = _call(
         "jrnn_lstm_backward", [(T, B, 4 * H), (B, H), (B, H)],
-        p["w_h"].T, *_none_as_empty(valid, mask), c_prev, t.reshape(T, B, 4 * H), tc, d_ys, *d_final,
+        p["w_h"], *_none_as_empty(valid, mask), c_prev, t.reshape(T, B, 4 * H), tc, d_ys, *d_final,
         reverse=reverse, batch_major=batch_major)
     return (dh, dc), d_pre
 
@@ -167,7 +162,7 @@ def _gru_backward(reset_after, reverse, batch_major, p, res, d_final, d_ys, vali
     T, B, H = h.shape
     target, saved = (("jrnn_gru_backward", (h, z, r, n, hn)) if reset_after
                      else ("jrnn_gru_before_backward", (h, h_in, z, r, n)))
-    d_px, dh = _call(target, [(T, B, 3 * H), (B, H)], p["w_h"].T, *_none_as_empty(valid, mask), *saved, d_ys,
+    d_px, dh = _call(target, [(T, B, 3 * H), (B, H)], p["w_h"], *_none_as_empty(valid, mask), *saved, d_ys,
                      d_final, reverse=reverse, batch_major=batch_major)
     return dh, d_px
 
@@ -185,7 +180,7 @@ def _rnn_backward(relu, reverse, batch_major, p, res, d_final, d_ys, valid, mask
     _, h_new = res
     T, B, H = h_new.shape
     d_pre, dh = _call("jrnn_rnn_backward", [(T, B, H), (B, H)],
-                      p["w_h"].T, *_none_as_empty(valid, mask), h_new, d_ys, d_final,
+                      p["w_h"], *_none_as_empty(valid, mask), h_new, d_ys, d_final,
                       reverse=reverse, batch_major=batch_major, relu=relu)
     return dh, d_pre
 
