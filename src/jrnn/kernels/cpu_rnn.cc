@@ -167,12 +167,12 @@ void CopyRows(const float* from, float* to, int64_t count) {
   std::memcpy(to, from, count * sizeof(float));
 }
 
-// rows × width block: out[r, j] = x[r, j] + bias[j].
+// rows × width block: out[r, j] = x[r, j] + bias[j]; out may be x itself.
 void AddBias(const float* x, const float* bias, int64_t rows, int64_t width,
              float* out) {
   for (int64_t r = 0; r < rows; ++r) {
-    const float* __restrict xr = x + r * width;
-    float* __restrict o = out + r * width;
+    const float* xr = x + r * width;
+    float* o = out + r * width;
 #pragma omp simd
     for (int64_t j = 0; j < width; ++j) o[j] = xr[j] + bias[j];
   }
@@ -282,8 +282,8 @@ ffi::Error LstmBackwardImpl(In w_h, Valid valid, In mask, In r_c, In r_t,
   float* dh = dh_out->typed_data();
   float* dc = dc_out->typed_data();
   ReverseLoop(loop, G, w_h, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
-              /*accumulate=*/false, [&](int64_t s, int64_t b, float* __restrict dp, float*) {
-    const float* __restrict t = r_t.typed_data() + loop.At(s, b, G);
+              /*accumulate=*/false, [&](int64_t s, int64_t b, float* dp, float*) {
+    const float* t = r_t.typed_data() + loop.At(s, b, G);  // dp may overwrite t
     const float* __restrict c_prev = r_c.typed_data() + loop.At(s, b, H);
     const float* __restrict tc = r_tc.typed_data() + loop.At(s, b, H);
     const float* __restrict dy = d_ys.typed_data() + loop.Y(s, b);
@@ -594,8 +594,8 @@ ffi::Error RnnBackwardImpl(In w_h, Valid valid, In mask, In r_h_new, In d_ys,
   Copy(dh_last, dh_out);
   float* dh = dh_out->typed_data();
   ReverseLoop(loop, H, w_h, d_pre->typed_data(), dh, /*own_gemm_input=*/false,
-              /*accumulate=*/false, [&](int64_t s, int64_t b, float* __restrict dp, float*) {
-    const float* __restrict hn = r_h_new.typed_data() + loop.At(s, b, H);
+              /*accumulate=*/false, [&](int64_t s, int64_t b, float* dp, float*) {
+    const float* hn = r_h_new.typed_data() + loop.At(s, b, H);  // dp may overwrite hn
     const float* __restrict dy = d_ys.typed_data() + loop.Y(s, b);
     const float* __restrict dhb = dh + b * H;
     if (relu) {

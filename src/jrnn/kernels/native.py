@@ -108,10 +108,14 @@ def _none_as_empty(valid, mask):
     return valid, mask
 
 
-def _call(target, shapes, *args, **attrs):
+def _call(target, shapes, *args, aliases=None, **attrs):
+    """``aliases {input: output}``: the output reuses the (dead) input's buffer.
+    Fresh buffers of tens of MB cost XLA:CPU a page fault per 4 KiB on every
+    call, which took as long as the loop that fills them."""
     out_types = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
     attrs = {k: np.bool_(v) for k, v in attrs.items()}
-    return jax.ffi.ffi_call(target, out_types, vmap_method="sequential")(*args, **attrs)
+    return jax.ffi.ffi_call(target, out_types, vmap_method="sequential",
+                            input_output_aliases=aliases)(*args, **attrs)
 
 
 def _ys_shape(T, B, H, batch_major):
@@ -128,6 +132,7 @@ def _lstm_forward(reverse, batch_major, p, projected, carry, valid, mask, save):
         [_ys_shape(T, B, H, batch_major), state, state, res_shape(seq), res_shape(seq), res_shape((T, B, G)),
          res_shape(seq)],
         projected, p["w_h"], p["b"], *carry, *_none_as_empty(valid, mask),
+        aliases={0: 5} if save else None,  # the gate values overwrite the projection
         reverse=reverse, batch_major=batch_major, save=save)
     res = (h_in, c_prev, t.reshape(T, B, 4, H), tc) if save else None
     return ((h, c), ys), res
@@ -139,6 +144,7 @@ def _lstm_backward(reverse, batch_major, p, res, d_final, d_ys, valid, mask):
     d_pre, dh, dc = _call(
         "jrnn_lstm_backward", [(T, B, 4 * H), (B, H), (B, H)],
         p["w_h"], *_none_as_empty(valid, mask), c_prev, t.reshape(T, B, 4 * H), tc, d_ys, *d_final,
+        aliases={4: 0},  # the gradients overwrite the gate values
         reverse=reverse, batch_major=batch_major)
     return (dh, dc), d_pre
 
@@ -172,6 +178,7 @@ def _rnn_forward(relu, reverse, batch_major, p, projected, h0, valid, mask, save
     res_shape = (T, B, H) if save else (0,)
     ys, h, h_in, h_new = _call("jrnn_rnn_forward", [_ys_shape(T, B, H, batch_major), (B, H), res_shape, res_shape],
                                projected, p["w_h"], p["b"], h0, *_none_as_empty(valid, mask),
+                               aliases={0: 3} if save else None,  # the states overwrite the projection
                                reverse=reverse, batch_major=batch_major, save=save, relu=relu)
     return (h, ys), ((h_in, h_new) if save else None)
 
@@ -181,6 +188,7 @@ def _rnn_backward(relu, reverse, batch_major, p, res, d_final, d_ys, valid, mask
     T, B, H = h_new.shape
     d_pre, dh = _call("jrnn_rnn_backward", [(T, B, H), (B, H)],
                       p["w_h"], *_none_as_empty(valid, mask), h_new, d_ys, d_final,
+                      aliases={3: 0},  # the gradients overwrite the states
                       reverse=reverse, batch_major=batch_major, relu=relu)
     return dh, d_pre
 
