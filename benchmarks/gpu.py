@@ -1,19 +1,23 @@
-"""GPU benchmark: correctness on the device first, then LSTM timings.
+"""GPU benchmark: correctness on the device first, then LSTM and GRU timings.
 
-Contenders: jrnn's plain ``lax.scan`` path and fused path, jrnn's cuDNN option
-(``implementation="cudnn"``, float32), ``torch.nn.LSTM`` (cuDNN), and Flax
-``nn.RNN(OptimizedLSTMCell)``; shapes (B, I = H, T) = (16, 768, 1024),
+Contenders: jrnn's plain ``lax.scan`` path, fused path and Pallas kernel
+(H ≤ 128), jrnn's cuDNN option (``implementation="cudnn"``, which is
+``jax.experimental.rnn``; LSTM, float32), ``torch.nn.LSTM`` / ``torch.nn.GRU``
+(cuDNN), and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``; the GRU
+is the reset-after variant that cuDNN computes; shapes (B, I = H, T) = (16, 768, 1024),
 (64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and forward+backward;
 float32 and bfloat16 (jrnn with a float32 carry). Medians of interleaved runs
 after warm-up, with ``block_until_ready`` / ``torch.cuda.synchronize``.
 
-    python benchmarks/gpu.py --json results.json     # on a GPU machine, under 4 minutes
+    python benchmarks/gpu.py --json results.json     # on a GPU machine
+    python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
     python benchmarks/gpu.py --quick                 # tiny shapes; runs on CPU too
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import statistics
 import sys
@@ -70,14 +74,15 @@ def _jax_fns(loss_and_out, params, xs):
             lambda: jax.block_until_ready(grad(params, xs)), compile_s)
 
 
-def contenders(B, H, T, dtype, on_gpu):
+def contenders(kind, B, H, T, dtype, on_gpu):
+    """``{name: (forward, forward_backward, compile_s)}`` for ``kind`` "lstm" or "gru"."""
     I = H
     xs = jax.random.normal(jax.random.key(1), (B, T, I)).astype(dtype)
-    cell = jrnn.lstm(H)
+    cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), I))
     out = {}
-    impls = ["plain", "fused"] + (["cudnn"] if on_gpu and dtype == jnp.float32 else [])
-    if H in (16, 32, 64, 128):  # pallas_lstm.supports
+    impls = ["plain", "fused"] + (["cudnn"] if on_gpu and dtype == jnp.float32 and kind == "lstm" else [])
+    if H in (16, 32, 64, 128):  # the Pallas kernels' hidden sizes
         impls.append("pallas")
     for impl in impls:
         def loss(p, x, impl=impl):
@@ -90,14 +95,15 @@ def contenders(B, H, T, dtype, on_gpu):
 
         # Flax's usual mixed precision: float32 params (its orthogonal init has no
         # bfloat16 QR), computation in ``dtype``
-        model = nn.RNN(nn.OptimizedLSTMCell(H, dtype=dtype, param_dtype=jnp.float32))
+        flax_cell = nn.OptimizedLSTMCell if kind == "lstm" else nn.GRUCell
+        model = nn.RNN(flax_cell(H, dtype=dtype, param_dtype=jnp.float32))
         variables = model.init(jax.random.key(0), xs)
 
         def flax_loss(p, x):
             ys = model.apply(p, x)
             return jnp.sum(ys.astype(jnp.float32)), ys
 
-        out["flax OptimizedLSTMCell"] = _jax_fns(flax_loss, variables, xs)
+        out[f"flax {flax_cell.__name__}"] = _jax_fns(flax_loss, variables, xs)
     except ImportError:
         pass
     try:
@@ -105,7 +111,8 @@ def contenders(B, H, T, dtype, on_gpu):
 
         if on_gpu and torch.cuda.is_available():
             t_dtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
-            module = torch.nn.LSTM(I, H, batch_first=True).cuda().to(t_dtype)
+            torch_cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
+            module = torch_cls(I, H, batch_first=True).cuda().to(t_dtype)
             x = torch.randn(B, T, I, device="cuda", dtype=t_dtype, requires_grad=True)
 
             def t_fwd():
@@ -119,7 +126,7 @@ def contenders(B, H, T, dtype, on_gpu):
                 module(x)[0].float().sum().backward()
                 torch.cuda.synchronize()
 
-            out["torch.nn.LSTM (cuDNN)"] = (t_fwd, t_bwd, None)
+            out[f"torch.nn.{torch_cls.__name__} (cuDNN)"] = (t_fwd, t_bwd, None)
     except ImportError:
         pass
     return out
@@ -144,6 +151,7 @@ def main(argv=None) -> int:
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--shapes", help="indices into SHAPES to run, e.g. 1,2,3 (default all)")
+    parser.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm, gru (default both)")
     args = parser.parse_args(argv)
     on_gpu = jax.default_backend() == "gpu"
     device = str(jax.devices()[0])
@@ -162,23 +170,22 @@ def main(argv=None) -> int:
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
     results = []
-    print("| B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax | compile s |")
-    print("|---|---|---|---:|---:|---:|---:|---:|")
-    for B, H, T in shapes:
-        for dtype in (jnp.float32, jnp.bfloat16):
-            fns = contenders(B, H, T, dtype, on_gpu)
-            medians = time_all(fns, 3 if args.quick else args.repeats)
-            torch_fb = medians.get("torch.nn.LSTM (cuDNN)", (None, None))[1]
-            flax_fb = medians.get("flax OptimizedLSTMCell", (None, None))[1]
-            for name, (fwd, fb) in medians.items():
-                row = {"shape": [B, H, T], "dtype": jnp.dtype(dtype).name, "contender": name, "fwd_ms": fwd,
-                       "fwd_bwd_ms": fb, "compile_s": fns[name][2],
-                       "vs_torch": None if torch_fb is None else fb / torch_fb,
-                       "vs_flax": None if flax_fb is None else fb / flax_fb}
-                results.append(row)
-                fmt = lambda v: "" if v is None else f"{v:.2f}"
-                print(f"| {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | {fmt(row['vs_torch'])} | "
-                      f"{fmt(row['vs_flax'])} | {fmt(row['compile_s'])} |", flush=True)
+    print("| cell | B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax | compile s |")
+    print("|---|---|---|---|---:|---:|---:|---:|---:|")
+    for kind, (B, H, T), dtype in itertools.product(args.cells.split(","), shapes, (jnp.float32, jnp.bfloat16)):
+        fns = contenders(kind, B, H, T, dtype, on_gpu)
+        medians = time_all(fns, 3 if args.quick else args.repeats)
+        torch_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("torch")), None)
+        flax_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("flax")), None)
+        for name, (fwd, fb) in medians.items():
+            row = {"cell": kind, "shape": [B, H, T], "dtype": jnp.dtype(dtype).name, "contender": name, "fwd_ms": fwd,
+                   "fwd_bwd_ms": fb, "compile_s": fns[name][2],
+                   "vs_torch": None if torch_fb is None else fb / torch_fb,
+                   "vs_flax": None if flax_fb is None else fb / flax_fb}
+            results.append(row)
+            fmt = lambda v: "" if v is None else f"{v:.2f}"
+            print(f"| {kind} | {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | {fmt(row['vs_torch'])} | "
+                  f"{fmt(row['vs_flax'])} | {fmt(row['compile_s'])} |", flush=True)
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"device": device, "jax": jax.__version__, "checks": checks, "results": results}, f, indent=1)

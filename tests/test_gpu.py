@@ -37,3 +37,23 @@ def test_cudnn_refused_without_gpu(key):
     cell = jrnn.lstm(4)
     with pytest.raises(ValueError, match="'cudnn' needs a GPU backend"):
         jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), implementation="cudnn")
+
+
+def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
+    """``benchmarks/gpu.py --quick`` (the script a GPU run uses, on tiny shapes) runs
+    its device checks and times both cells here too; a failed check exits 1."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
+    out = subprocess.run([sys.executable, script, "--quick", "--json", tmp_path / "r.json"],
+                         capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stdout + out.stderr
+    result = json.loads((tmp_path / "r.json").read_text())
+    assert result["checks"] and all(c["ok"] for c in result["checks"])
+    assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas"}
+    timed = {(r["cell"], r["contender"]) for r in result["results"]}
+    assert {("lstm", "jrnn fused"), ("gru", "jrnn fused"), ("gru", "jrnn pallas")} <= timed
+    assert all(r["fwd_bwd_ms"] > 0 for r in result["results"])
