@@ -122,3 +122,20 @@ def test_native_under_vmap(key):
 
     got = jax.value_and_grad(loss)(params, xs, "fused")
     _assert_close(got, jax.value_and_grad(loss)(params, xs, "plain"))
+
+
+@needs_native
+def test_native_in_stacked_bidirectional_layers_under_jit_and_vmap(key):
+    """float32 stacked and bidirectional layers with lengths: native loops == plain path."""
+    net = jrnn.stacked([jrnn.bidirectional(jrnn.lstm(6)), jrnn.gru(5), jrnn.simple_rnn(4)])
+    params = jax.tree.map(lambda a: 0.5 * a, net.init(key, 3))
+    xs = jax.random.normal(key, (2, 3, 7, 3), jnp.float32)  # the vmapped axis first
+    lengths = jnp.array([7, 1, 4])
+
+    def loss(params, xs, impl):
+        run = lambda x: net(params, x, seq_lengths=lengths, implementation=impl)[1]
+        return jnp.sum(jnp.sin(jax.vmap(run)(xs)))
+
+    grad = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)), static_argnums=2)
+    assert "jrnn_lstm_backward" in grad.lower(params, xs, "auto").compile().as_text()
+    _assert_close(grad(params, xs, "auto"), grad(params, xs, "plain"))
