@@ -49,7 +49,7 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
 
     script = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
     out = subprocess.run([sys.executable, script, "--quick", "--json", tmp_path / "r.json"],
-                         capture_output=True, text=True, timeout=600)
+                         capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["checks"] and all(c["ok"] for c in result["checks"])
