@@ -24,6 +24,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <memory>
+#include <new>
 
 namespace jrnn {
 
@@ -42,6 +43,7 @@ class PackedMatrix {
   PackedMatrix(const float* w, int64_t K, int64_t N, int64_t k_stride, int64_t n_stride)
       : K_(K), N_(N), panels_((N + kPanel - 1) / kPanel),
         data_(static_cast<float*>(std::aligned_alloc(64, Bytes(K, panels_)))) {
+    if (!data_) throw std::bad_alloc();
     std::memset(data_.get(), 0, Bytes(K, panels_));
     for (int64_t p = 0; p < panels_; ++p) {
       float* panel = data_.get() + p * K * kPanel;
