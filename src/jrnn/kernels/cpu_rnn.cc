@@ -632,13 +632,16 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("save"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JrnnGruBackward, GruBackwardImpl,
-    ffi::Ffi::Bind()
-        .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
-        .Arg<In>().Arg<In>().Arg<In>().Arg<In>()
-        .Ret<Buf>().Ret<Buf>()
-        .Attr<bool>("reverse").Attr<bool>("batch_major"));
+// Both GRU backward loops take W_h, valid, mask, five residuals, d_ys and dh.
+static auto GruBackwardBinding() {
+  return ffi::Ffi::Bind()
+      .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+      .Arg<In>().Arg<In>().Arg<In>().Arg<In>()
+      .Ret<Buf>().Ret<Buf>()
+      .Attr<bool>("reverse").Attr<bool>("batch_major");
+}
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnGruBackward, GruBackwardImpl, GruBackwardBinding());
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(
     JrnnRnnForward, RnnForwardImpl,
@@ -661,10 +664,4 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(
         .Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>().Ret<Buf>()
         .Attr<bool>("reverse").Attr<bool>("batch_major").Attr<bool>("save"));
 
-XLA_FFI_DEFINE_HANDLER_SYMBOL(
-    JrnnGruBeforeBackward, GruBeforeBackwardImpl,
-    ffi::Ffi::Bind()
-        .Arg<In>().Arg<Valid>().Arg<In>().Arg<In>().Arg<In>().Arg<In>()
-        .Arg<In>().Arg<In>().Arg<In>().Arg<In>()
-        .Ret<Buf>().Ret<Buf>()
-        .Attr<bool>("reverse").Attr<bool>("batch_major"));
+XLA_FFI_DEFINE_HANDLER_SYMBOL(JrnnGruBeforeBackward, GruBeforeBackwardImpl, GruBackwardBinding());
