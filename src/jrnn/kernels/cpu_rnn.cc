@@ -319,6 +319,18 @@ inline void GruUpdate(bool ok, int64_t H, const float* __restrict z,
   for (int64_t j = 0; j < H; ++j) h[j] = y[j] = (1.0f - z[j]) * h[j] + z[j] * n[j];
 }
 
+// Its reverse, one element: with dh_j = dh + dy, the pre-activation gradients
+// da_z = dh_j (n − h) z (1 − z) and da_n = dh_j z (1 − n²) (n = tanh(a_n)),
+// and dh ← dh_j (1 − z), the part of dh_{t−1} that bypasses W_h.
+struct GruGateGrads {
+  float da_z, da_n;
+};
+inline GruGateGrads GruUpdateGrad(float& dh, float dy, float h, float z, float n) {
+  const float dh_j = dh + dy;
+  dh = dh_j * (1.0f - z);
+  return {dh_j * (n - h) * z * (1.0f - z), dh_j * z * (1.0f - n * n)};
+}
+
 // ----------------------------------------------------- GRU, reset after ----
 
 ffi::Error GruForwardImpl(In px, In w_h, In bias, In b_hn, In h0, Valid valid,
@@ -391,15 +403,12 @@ ffi::Error GruBackwardImpl(In w_h, Valid valid, In mask, In r_h, In r_z,
     float* __restrict dhb = dh + b * H;
 #pragma omp simd
     for (int64_t j = 0; j < H; ++j) {
-      const float dh_j = dhb[j] + dy[j];
-      const float da_z = dh_j * (n[j] - h[j]) * z[j] * (1.0f - z[j]);
-      const float da_n = dh_j * z[j] * (1.0f - n[j] * n[j]);
+      const auto [da_z, da_n] = GruUpdateGrad(dhb[j], dy[j], h[j], z[j], n[j]);
       const float da_r = da_n * hn[j] * r[j] * (1.0f - r[j]);
       dx[j] = dw[j] = da_z;
       dx[H + j] = dw[H + j] = da_r;
       dx[2 * H + j] = da_n;
       dw[2 * H + j] = da_n * r[j];
-      dhb[j] = dh_j * (1.0f - z[j]);
     }
   });
   return ffi::Error::Success();
@@ -498,10 +507,9 @@ ffi::Error GruBeforeBackwardImpl(In w_h, Valid valid, In mask, In r_h,
         float* __restrict dhb = dh + b * H;
 #pragma omp simd
         for (int64_t j = 0; j < H; ++j) {
-          const float dh_j = dhb[j] + dy[j];
-          dzr[j] = dh_j * (n[j] - h[j]) * z[j] * (1.0f - z[j]);
-          dn[j] = dh_j * z[j] * (1.0f - n[j] * n[j]);
-          dhb[j] = dh_j * (1.0f - z[j]);
+          const auto [da_z, da_n] = GruUpdateGrad(dhb[j], dy[j], h[j], z[j], n[j]);
+          dzr[j] = da_z;
+          dn[j] = da_n;
         }
       }
       // 2. d(r ⊙ h_in) = da_n·W_nᵀ, then da_r.
