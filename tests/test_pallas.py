@@ -6,47 +6,54 @@ import numpy as np
 import pytest
 
 import jrnn
-from jrnn.kernels import pallas_gru, pallas_lstm
+from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
 
 pytest.importorskip("jax.experimental.pallas")
 
 
-@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 16), (4, 16, 32)])
-def test_kernel_equals_reference(T, B, H):
+@pytest.fixture(params=[True, False], ids=["on-chip", "streamed"])
+def on_chip(request):
+    """Run a test with the recurrent weights loaded once before the time loop, and
+    again with them re-read at every step (as for weights over ``ON_CHIP_BYTES``)."""
+    return request.param
+
+
+@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 48), (3, 16, 128)])  # 1, 3 and 2 chunks
+def test_kernel_equals_reference(T, B, H, on_chip):
     k = jax.random.split(jax.random.key(T * B + H), 4)
     px = jax.random.normal(k[0], (T, B, 4 * H), jnp.float32)
-    w = 0.3 * jax.random.normal(k[1], (H, 4 * H), jnp.float32)
+    w = jax.random.normal(k[1], (H, 4 * H), jnp.float32) * H**-0.5
     h0, c0 = (jax.random.normal(kk, (B, H), jnp.float32) for kk in k[2:])
-    hs, (h, c) = pallas_lstm.lstm_loop(px, w, h0, c0, True)
+    hs, (h, c) = pallas_lstm.lstm_loop(px, w, h0, c0, True, on_chip)
     want_hs, (want_h, want_c) = pallas_lstm.reference(px, w, h0, c0)
-    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-5)
 
     def loss(f):
         return lambda *a: jnp.sum(jnp.sin(f(*a)[0])) + jnp.sum(f(*a)[1][1] ** 2) + jnp.sum(f(*a)[1][0])
 
-    got = jax.grad(loss(lambda *a: pallas_lstm.lstm_loop(*a, True)), argnums=(0, 1, 2, 3))(px, w, h0, c0)
+    got = jax.grad(loss(lambda *a: pallas_lstm.lstm_loop(*a, True, on_chip)), argnums=(0, 1, 2, 3))(px, w, h0, c0)
     want = jax.grad(loss(pallas_lstm.reference), argnums=(0, 1, 2, 3))(px, w, h0, c0)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 16), (4, 16, 32)])
-def test_gru_kernel_equals_reference(T, B, H):
+@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 48), (3, 16, 128)])  # 1, 3 and 2 chunks
+def test_gru_kernel_equals_reference(T, B, H, on_chip):
     k = jax.random.split(jax.random.key(T * B + H), 4)
     px = jax.random.normal(k[0], (T, B, 3 * H), jnp.float32)
-    w = 0.3 * jax.random.normal(k[1], (H, 3 * H), jnp.float32)
+    w = jax.random.normal(k[1], (H, 3 * H), jnp.float32) * H**-0.5
     b_hn = jax.random.normal(k[2], (H,), jnp.float32)
     h0 = jax.random.normal(k[3], (B, H), jnp.float32)
-    hs, h = pallas_gru.gru_loop(px, w, b_hn, h0, True)
+    hs, h = pallas_gru.gru_loop(px, w, b_hn, h0, True, on_chip)
     want_hs, want_h = pallas_gru.reference(px, w, b_hn, h0)
-    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-5)
 
     def loss(f):
         return lambda *a: jnp.sum(jnp.sin(f(*a)[0])) + jnp.sum(f(*a)[1] ** 2)
 
-    got = jax.grad(loss(lambda *a: pallas_gru.gru_loop(*a, True)), argnums=(0, 1, 2, 3))(px, w, b_hn, h0)
+    got = jax.grad(loss(lambda *a: pallas_gru.gru_loop(*a, True, on_chip)), argnums=(0, 1, 2, 3))(px, w, b_hn, h0)
     want = jax.grad(loss(pallas_gru.reference), argnums=(0, 1, 2, 3))(px, w, b_hn, h0)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
@@ -72,10 +79,54 @@ def test_scan_pallas_equals_plain(cell, batch, key):
 
 
 def test_pallas_refusals(key):
-    with pytest.raises(ValueError, match="size 16, 32, 64 or 128"):
+    with pytest.raises(ValueError, match=r"size in \(16, 32, 48, 64, 96, 128, 192, 256\), got"):
         jrnn.scan(jrnn.lstm(12), jrnn.lstm(12).init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
     with pytest.raises(ValueError, match="reset-after jrnn.gru"):
         jrnn.scan(jrnn.gru(16), jrnn.gru(16).init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
     cell = jrnn.lstm(16)
     with pytest.raises(ValueError, match="supports no seq_lengths"):
         jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), seq_lengths=jnp.array([2]), implementation="pallas")
+
+
+@pytest.mark.parametrize("cell", [jrnn.lstm(16), jrnn.gru(16, reset_after=True)], ids=["lstm", "gru"])
+def test_scan_pallas_bfloat16(cell, key):
+    """bfloat16 params and inputs with a float32 carry: the kernel computes in
+    float32 from the bfloat16 operands, as the plain path does with that carry."""
+    params = jax.tree.map(lambda a: (a + 0.1).astype(jnp.bfloat16), cell.init(key, 3))
+    xs = jax.random.normal(key, (5, 7, 3)).astype(jnp.bfloat16)
+
+    def loss(p, impl):
+        final, ys = jrnn.scan(cell, p, xs, implementation=impl, carry_dtype=jnp.float32)
+        return jnp.sum(ys**2) + sum(jnp.sum(c) for c in jax.tree.leaves(final)), ys
+
+    (_, ys_k), g_k = jax.value_and_grad(loss, has_aux=True)(params, "pallas")
+    (_, ys_p), g_p = jax.value_and_grad(loss, has_aux=True)(params, "plain")
+    assert ys_k.dtype == ys_p.dtype == jnp.float32
+    np.testing.assert_allclose(ys_k, ys_p, rtol=2e-2, atol=2e-2)
+    for a, b in zip(jax.tree.leaves(g_k), jax.tree.leaves(g_p)):
+        assert a.dtype == b.dtype == jnp.bfloat16
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=5e-2, atol=5e-2)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+@pytest.mark.parametrize("H,dtype,on_chip", [(64, jnp.float32, True), (192, jnp.float32, False),
+                                             (96, jnp.bfloat16, True), (256, jnp.float32, False),
+                                             (256, jnp.bfloat16, False)])
+def test_kernels_lower_to_triton_for_a_gpu(kind, H, dtype, on_chip):
+    """Without a GPU, lower forward and backward for CUDA: the kernels must pass
+    Pallas' Triton lowering (shapes, dtypes, ops) at the benchmark's T = 1000,
+    with weights both on chip and streamed, with 1 to 4 chunks."""
+    cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
+    params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), 8))
+    assert _pallas.weights_on_chip(params.w_h) == on_chip
+    xs = jnp.ones((3, 1000, 8), dtype)
+
+    def loss(p, x):
+        carry = cell.initial_carry((3,), jnp.float32)
+        projected = cell.project_input(p, jnp.swapaxes(x, 0, 1))
+        module = pallas_lstm if kind == "lstm" else pallas_gru
+        _, ys = module.pallas_scan(cell, p, projected, carry, interpret=False)
+        return jnp.sum(ys)
+
+    text = jax.jit(jax.grad(loss)).trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.kernels import cudnn, fused, pallas_gru, pallas_lstm, parallel
+from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm, parallel
 from jrnn.min_cells import _MinCell
 from jrnn._checks import (
     as_array,
@@ -93,7 +93,7 @@ def scan(
         float32, no ``reverse``, ``resets`` or dropout) or ``"pallas"``
         (:mod:`jrnn.kernels.pallas_lstm`, :mod:`jrnn.kernels.pallas_gru`: the
         LSTM or reset-after GRU time loop in one Pallas kernel launch; hidden
-        size 16, 32, 64 or 128; no ``seq_lengths``,
+        size 16, 32, 48, 64, 96, 128, 192 or 256; no ``seq_lengths``,
         ``reverse``, ``resets`` or recurrent dropout; interpreted off GPU).
         All compute the same function.
       checkpoint_every: memory option for long sequences: keep only every
@@ -191,7 +191,7 @@ def scan(
         kernel = next((k for k in (pallas_lstm, pallas_gru) if k.supports(cell)), None)
         if kernel is None:
             raise ValueError("implementation: 'pallas' needs a jrnn.lstm or reset-after jrnn.gru cell with hidden "
-                             f"size 16, 32, 64 or 128, got {cell}")
+                             f"size in {_pallas.HIDDEN_SIZES}, got {cell}")
         if seq_lengths is not None or reverse or resets is not None or recurrent_mask is not None:
             raise ValueError("implementation: 'pallas' supports no seq_lengths, reverse, resets or recurrent "
                              "dropout; use 'fused'")

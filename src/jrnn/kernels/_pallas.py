@@ -1,18 +1,142 @@
 """What the Pallas recurrent kernels share: batch tiling, the ``pallas_call``
-wrapper, and padding the batch to whole tiles."""
+wrapper (pinned to the Triton backend), the split of the hidden state into
+chunks, the recurrent weights' blocks (kept on chip across the time loop
+where they fit), the in-kernel products, and padding the batch to whole tiles.
+
+The state ``h (B, H)`` is held as ``n`` chunks of ``C`` columns and each gate's
+``(H, H)`` weight block as ``n × n`` blocks of ``(C, C)``, so that every
+Triton dot is small, ``(16, C) × (C, C)``, whatever H is (an earlier version
+with one ``(H, H)`` dot operand per gate asked an H100 for 8.9 MB of shared
+memory at H = 512).
+
+Inside a kernel everything is computed in float32; the products take their
+operands in the weights' dtype (bfloat16 or float32) and accumulate in
+float32. A float32 product follows ``jax.default_matmul_precision`` as XLA's
+own products do: TF32 by default, IEEE float32 under ``"highest"``.
+"""
 
 from __future__ import annotations
+
+import functools
+import math
+import operator
 
 import jax
 import jax.numpy as jnp
 
 BLOCK_B = 16  # batch rows per program (Triton's dot needs at least 16)
 NT = (((1,), (1,)), ((), ()))  # dot_general dimension numbers of d @ wᵀ
-HIDDEN_SIZES = (16, 32, 64, 128)  # each gate's (H, H) block is staged in shared memory
+MAX_CHUNK, MAX_CHUNKS = 64, 4  # the state is split into at most 4 chunks of at most 64 columns
+# The recurrent weights are loaded once, before the time loop, into shared
+# memory, when they take at most this many bytes (an H100 has 227 KiB per
+# block; the kernels need up to 20 KiB more): LSTM float32 up to H = 96,
+# bfloat16 up to H = 128, GRU float32 and bfloat16 up to H = 128.
+# Larger weights are re-read (from L2) at every step.
+ON_CHIP_BYTES = 200 * 1024
+# 8 warps: with 4, Triton's sm_90 code for H ≥ 128 spilled registers to the stack
+NUM_WARPS = 8
+# one stage: the time loop is a true recurrence, so Triton's software
+# pipelining of its loads would only multiply the shared memory they take
+NUM_STAGES = 1
+
+
+def chunking(hidden_size):
+    """``(C, n)`` with ``hidden_size = n·C``: C the largest power of two that divides
+    it, at most 64 (Triton's tensors have power-of-two sizes), and n ≤ 4; ``None``
+    for the sizes the kernels do not take."""
+    chunk = min(hidden_size & -hidden_size, MAX_CHUNK)
+    if hidden_size <= 0 or chunk < 16 or hidden_size // chunk > MAX_CHUNKS:
+        return None
+    return chunk, hidden_size // chunk
+
+
+HIDDEN_SIZES = tuple(h for h in range(16, MAX_CHUNK * MAX_CHUNKS + 1, 16) if chunking(h))  # 16, 32, 48, …, 256
 
 
 def sigmoid(a):
     return 1.0 / (1.0 + jnp.exp(-a))
+
+
+def weights_on_chip(w_h) -> bool:
+    """Whether the kernels keep ``w_h (H, G)`` (an array or a ref) on chip for the
+    whole loop (see ``ON_CHIP_BYTES``)."""
+    return math.prod(w_h.shape) * jnp.dtype(w_h.dtype).itemsize <= ON_CHIP_BYTES
+
+
+def columns(j, C, gate=0, H=0):
+    """Column chunk ``j`` (width ``C``) of gate ``gate`` in a gate-blocked ``(…, G·H)`` axis."""
+    from jax.experimental import pallas as pl
+
+    return pl.ds(gate * H + j * C, C)
+
+
+def weight_blocks(w_ref, num_gates, on_chip):
+    """``block(k, g, j)`` -> the ``(C, C)`` block of ``w_h (H, num_gates·H)`` that maps
+    chunk k of ``h_{t-1}`` to chunk j of gate g (see :func:`chunking`).
+
+    ``on_chip``: the blocks are loaded here, once, and stay in registers or
+    shared memory for the whole time loop (call this outside the loop);
+    otherwise each ``block(k, g, j)`` inside the loop loads the block again.
+    ``None``: as :func:`weights_on_chip` says.
+    """
+    on_chip = weights_on_chip(w_ref) if on_chip is None else on_chip
+    H = w_ref.shape[0]
+    C, n = chunking(H)
+    load_block = lambda k, g, j: w_ref[columns(k, C), columns(j, C, g, H)]
+    if not on_chip:
+        return load_block
+    blocks = {(k, g, j): load_block(k, g, j) for k in range(n) for g in range(num_gates) for j in range(n)}
+    return lambda k, g, j: blocks[k, g, j]
+
+
+def total(values):
+    """The sum of a non-empty iterable of arrays."""
+    return functools.reduce(operator.add, values)
+
+
+def recurrent_product(h, w, g, j):
+    """Chunk j of gate g of ``h_{t-1} W_h``: ``Σ_k h_k W[k, g, j]``, with ``h`` the
+    state's chunks and ``w`` from :func:`weight_blocks`."""
+    return total(matmul(h_k, w(k, g, j)) for k, h_k in enumerate(h))
+
+
+def add_recurrent_product_t(acc, d, w, j):
+    """``acc[k] + Σ_g d[g] W[k, g, j]ᵀ`` for every chunk k: chunk j's share of
+    ``d W_hᵀ``, with ``d[g]`` chunk j of the gradient of gate g's recurrent
+    product. Adding each chunk's share as soon as it is known keeps few chunks
+    alive (registers) at once."""
+    return [a_k + total(matmul_t(d_g, w(k, g, j)) for g, d_g in enumerate(d)) for k, a_k in enumerate(acc)]
+
+
+def load_chunks(ref, C, num_chunks):
+    """The ``num_chunks`` column chunks of a ``(B, H)`` ref, as float32."""
+    return tuple(load(ref, (slice(None), columns(j, C))) for j in range(num_chunks))
+
+
+def store_chunks(ref, chunks):
+    """Write column chunks into a ``(B, H)`` ref."""
+    for j, chunk in enumerate(chunks):
+        store(ref, (slice(None), columns(j, chunk.shape[-1])), chunk)
+
+
+def matmul(a, w):
+    """``a @ w`` in float32, the operands in ``w``'s dtype."""
+    return jnp.dot(a.astype(w.dtype), w, preferred_element_type=jnp.float32)
+
+
+def matmul_t(a, w):
+    """``a @ wᵀ`` in float32, the operands in ``w``'s dtype."""
+    return jax.lax.dot_general(a.astype(w.dtype), w, NT, preferred_element_type=jnp.float32)
+
+
+def load(ref, index=...):
+    """``ref[index]`` as float32."""
+    return ref[index].astype(jnp.float32)
+
+
+def store(ref, index, value):
+    """``ref[index] = value`` in the ref's dtype."""
+    ref[index] = value.astype(ref.dtype)
 
 
 def _specs(shapes_and_kinds):
@@ -30,18 +154,26 @@ def _specs(shapes_and_kinds):
     return specs
 
 
-def call(kernel, inputs, kinds, out_shapes, out_kinds, interpret):
-    """One program per batch tile of ``BLOCK_B`` rows; ``kinds`` as in :func:`_specs`."""
+def call(kernel, inputs, kinds, outputs, interpret):
+    """One program per batch tile of ``BLOCK_B`` rows.
+
+    ``kinds`` as in :func:`_specs`; ``outputs`` is a list of ``(shape, dtype, kind)``.
+    The Triton backend is named explicitly: the kernels read their blocks through
+    pointers at each step, which Mosaic GPU (JAX's default Pallas GPU backend
+    since 0.7) would instead stage whole into shared memory.
+    """
     from jax.experimental import pallas as pl
+    from jax.experimental.pallas import triton as pltriton
 
     num_blocks = inputs[0].shape[1] // BLOCK_B if kinds[0] == "tb" else inputs[0].shape[0] // BLOCK_B
     return pl.pallas_call(
         kernel,
-        out_shape=[jax.ShapeDtypeStruct(s, inputs[0].dtype) for s in out_shapes],
+        out_shape=[jax.ShapeDtypeStruct(shape, dtype) for shape, dtype, _ in outputs],
         grid=(num_blocks,),
         in_specs=_specs([(x.shape, k) for x, k in zip(inputs, kinds)]),
-        out_specs=_specs(list(zip(out_shapes, out_kinds))),
+        out_specs=_specs([(shape, kind) for shape, _, kind in outputs]),
         interpret=interpret,
+        compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
     )(*inputs)
 
 
