@@ -13,7 +13,8 @@ after warm-up, with ``block_until_ready`` / ``torch.cuda.synchronize``.
 The cases run in order of importance (the issue's targets first: LSTM at
 (16, 768, 1024), then at (1, 128, 1000)); a case whose estimated time would
 pass ``--budget-s`` (default 210 s from the start) is skipped and listed, so
-one run fits a short device lease.
+one run fits a short device lease. A jrnn contender that fails to compile is
+reported and left out; ``--json`` is rewritten after every case.
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
@@ -224,6 +225,15 @@ def main(argv=None) -> int:
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
     results, skipped, durations, failures = [], [], [], []
+
+    def save():  # after every case, so that a run cut off by a time limit keeps what it measured
+        if args.json:
+            with open(args.json, "w") as f:
+                json.dump({"device": device, "jax": jax.__version__, "checks": checks, "results": results,
+                           "skipped": skipped, "failures": failures, "total_s": time.perf_counter() - started},
+                          f, indent=1)
+
+    save()
     print("| cell | B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax | compile s |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
     for kind, (B, H, T), dtype in ranked_cases(args.cells.split(","), shapes):
@@ -247,15 +257,13 @@ def main(argv=None) -> int:
             fmt = lambda v: "" if v is None else f"{v:.2f}"
             print(f"| {kind} | {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | {fmt(row['vs_torch'])} | "
                   f"{fmt(row['vs_flax'])} | {fmt(row['compile_s'])} |", flush=True)
+        save()
     total_s = time.perf_counter() - started
     print(f"# {len(durations)} cases in {total_s:.0f} s" + (f"; skipped (over --budget-s): {'; '.join(skipped)}"
                                                           if skipped else ""), flush=True)
     for failure in failures:
         print(f"# failed: {failure}", flush=True)
-    if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"device": device, "jax": jax.__version__, "checks": checks, "results": results,
-                       "skipped": skipped, "failures": failures, "total_s": total_s}, f, indent=1)
+    save()
     return 0 if all(r["ok"] for r in checks) and not failures else 1
 
 

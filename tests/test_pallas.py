@@ -1,4 +1,5 @@
-"""The Pallas LSTM and GRU kernels (interpret mode on CPU) against their references and the plain driver."""
+"""The Pallas LSTM and GRU kernels (interpret mode on CPU) against their references and the plain driver,
+and their lowering to Triton for a GPU."""
 
 import jax
 import jax.numpy as jnp
