@@ -57,3 +57,20 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     timed = {(r["cell"], r["contender"]) for r in result["results"]}
     assert {("lstm", "jrnn fused"), ("gru", "jrnn fused"), ("gru", "jrnn pallas")} <= timed
     assert all(r["fwd_bwd_ms"] > 0 for r in result["results"])
+
+
+def test_gpu_benchmark_runs_the_targets_first():
+    """A short device lease must measure the issue's targets before anything else:
+    the LSTM at (16, 768, 1024), then at (1, 128, 1000), float32 before bfloat16."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("gpu_benchmark", Path(__file__).parent.parent / "benchmarks" / "gpu.py")
+    gpu_benchmark = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_benchmark)
+    cases = gpu_benchmark.ranked_cases(["gru", "lstm"], gpu_benchmark.SHAPES)
+    assert len(cases) == 16
+    assert [(kind, shape) for kind, shape, _ in cases[:4]] == [
+        ("lstm", (16, 768, 1024)), ("lstm", (16, 768, 1024)), ("lstm", (1, 128, 1000)), ("lstm", (1, 128, 1000))]
+    assert [jnp.dtype(dtype).name for _, _, dtype in cases[:2]] == ["float32", "bfloat16"]
+    assert {kind for kind, _, _ in cases[8:]} == {"gru"}

@@ -5,9 +5,10 @@ where they fit), the in-kernel products, and padding the batch to whole tiles.
 
 The state ``h (B, H)`` is held as ``n`` chunks of ``C`` columns and each gate's
 ``(H, H)`` weight block as ``n × n`` blocks of ``(C, C)``, so that every
-Triton dot is small, ``(16, C) × (C, C)``, whatever H is (an earlier version
-with one ``(H, H)`` dot operand per gate asked an H100 for 8.9 MB of shared
-memory at H = 512).
+Triton dot is small, ``(16, C) × (C, C)``, whatever H is (an earlier version,
+with one ``(H, H)`` dot operand per gate and no backend named, asked an H100
+for 8.9 MB of shared memory at H = 512). ``benchmarks/triton_resources.py``
+compiles every configuration for an H100 without one.
 
 Inside a kernel everything is computed in float32; the products take their
 operands in the weights' dtype (bfloat16 or float32) and accumulate in
