@@ -67,8 +67,8 @@ def check(on_gpu: bool) -> list[dict]:
         params = jax.tree.map(lambda a, dtype=dtype: a.astype(dtype), cell.init(jax.random.fold_in(key, 1), 32))
         xs = jax.random.normal(key, (8, 64, 32)).astype(dtype)
         options = {} if impl == "pallas" else {"seq_lengths": lengths}
-        run = lambda p, i, xs=xs, options=options: jrnn.scan(cell, p, xs, implementation=i, carry_dtype=f32,
-                                                             **options)
+        run = lambda p, i, cell=cell, xs=xs, options=options: jrnn.scan(cell, p, xs, implementation=i,
+                                                                        carry_dtype=f32, **options)
         loss = lambda p, i, run=run: jnp.sum(jnp.sin(run(p, i)[1]))
         row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl}
         tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
