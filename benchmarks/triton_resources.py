@@ -58,7 +58,7 @@ def triton_ir(kind, hidden_size, dtype):
 
     lowering.lower_jaxpr_to_triton_module = capture
     try:
-        jax.jit(jax.grad(loss)).trace(params, jnp.ones((16, 100, 8), dtype)).lower(lowering_platforms=("cuda",))
+        _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, jnp.ones((16, 100, 8), dtype))
     finally:
         lowering.lower_jaxpr_to_triton_module = lower
     return captured

@@ -89,6 +89,15 @@ def test_pallas_refusals(key):
         jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), seq_lengths=jnp.array([2]), implementation="pallas")
 
 
+def test_pallas_refused_without_the_triton_backend(key, monkeypatch):
+    """A jax that has dropped Pallas' Triton backend (deprecated from 0.11) gets
+    a clear error, not an ImportError from inside the kernel wrapper."""
+    monkeypatch.setattr(_pallas, "available", lambda: False)
+    cell = jrnn.lstm(16)
+    with pytest.raises(ValueError, match=r"needs Pallas' Triton backend, which jax \S+ no longer has; use 'fused'"):
+        jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
+
+
 @pytest.mark.parametrize("cell", [jrnn.lstm(16), jrnn.gru(16, reset_after=True)], ids=["lstm", "gru"])
 def test_scan_pallas_bfloat16(cell, key):
     """bfloat16 params and inputs with a float32 carry: the kernel computes in
@@ -129,5 +138,5 @@ def test_kernels_lower_to_triton_for_a_gpu(kind, H, dtype, on_chip):
         _, ys = module.pallas_scan(cell, p, projected, carry, interpret=False)
         return jnp.sum(ys)
 
-    text = jax.jit(jax.grad(loss)).trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
+    text = _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, xs).as_text()
     assert text.count("custom_call @__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel

@@ -192,6 +192,9 @@ def scan(
         if kernel is None:
             raise ValueError("implementation: 'pallas' needs a jrnn.lstm or reset-after jrnn.gru cell with hidden "
                              f"size in {_pallas.HIDDEN_SIZES}, got {cell}")
+        if not _pallas.available():
+            raise ValueError(f"implementation: 'pallas' needs Pallas' Triton backend, which jax {jax.__version__} "
+                             "no longer has; use 'fused'")
         if seq_lengths is not None or reverse or resets is not None or recurrent_mask is not None:
             raise ValueError("implementation: 'pallas' supports no seq_lengths, reverse, resets or recurrent "
                              "dropout; use 'fused'")

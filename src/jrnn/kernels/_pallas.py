@@ -14,6 +14,9 @@ Inside a kernel everything is computed in float32; the products take their
 operands in the weights' dtype (bfloat16 or float32) and accumulate in
 float32. A float32 product follows ``jax.default_matmul_precision`` as XLA's
 own products do: TF32 by default, IEEE float32 under ``"highest"``.
+
+JAX deprecates Pallas' Triton backend from jax 0.11 (a warning at each
+lowering); :func:`available` tells whether this jax still has it.
 """
 
 from __future__ import annotations
@@ -161,7 +164,7 @@ def call(kernel, inputs, kinds, outputs, interpret):
     ``kinds`` as in :func:`_specs`; ``outputs`` is a list of ``(shape, dtype, kind)``.
     The Triton backend is named explicitly: the kernels read their blocks through
     pointers at each step, which Mosaic GPU (JAX's default Pallas GPU backend
-    since 0.7) would instead stage whole into shared memory.
+    in jax 0.10) would instead stage whole into shared memory.
     """
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pltriton
@@ -197,6 +200,27 @@ def tiled(projected, carry_leaves):
     return px, leaves, untile
 
 
+def available() -> bool:
+    """Whether this jax has Pallas' Triton backend, which the kernels are
+    written for (JAX deprecates it from 0.11, with a warning at each lowering)."""
+    try:
+        from jax.experimental.pallas import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
 def interpret_default(interpret):
     """Compiled on a GPU, interpreted elsewhere, unless the caller says."""
     return jax.default_backend() != "gpu" if interpret is None else interpret
+
+
+def lower_for_gpu(jitted, *args, device_kind="NVIDIA H100 80GB HBM3"):
+    """Lower ``jitted(*args)`` for CUDA on any machine, a CPU-only one included:
+    the compiler's input for a GPU of ``device_kind``, without one (tests, and
+    ``benchmarks/triton_resources.py``). From jax 0.11 the Triton lowering asks
+    the mesh for the GPU's kind; earlier versions assume sm_90 without a GPU."""
+    device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
+    mesh = jax.sharding.AbstractMesh((1,), ("batch",), abstract_device=device)
+    with jax.sharding.use_abstract_mesh(mesh):
+        return jitted.trace(*args).lower(lowering_platforms=("cuda",))
