@@ -39,7 +39,7 @@ def test_linen_equals_scan(layer, key):
 def test_nnx_equals_scan(layer, key):
     xs = jax.random.normal(key, (3, 6, 2), jnp.float32)
     module = jrnn.nnx.RNN(layer, 2, rngs=nnx.Rngs(0))
-    named = jax.tree.map(lambda p: p[...], nnx.state(module, nnx.Param).to_pure_dict())["params"]
+    named = jax.tree.map(lambda p: p[...], nnx.to_pure_dict(nnx.state(module, nnx.Param)))["params"]
     params = from_named(_template(layer, 2), named)
     np.testing.assert_array_equal(module(xs), layer(params, xs)[1])
 
