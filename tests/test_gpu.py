@@ -1,4 +1,5 @@
-"""GPU-only checks (skipped without a GPU): the cuDNN option equals the plain path."""
+"""The cuDNN option (its weight layout on any backend; values and gradients on a GPU only) and the GPU
+benchmark script."""
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +30,30 @@ def test_cudnn_lstm_equals_plain(lengths, key):
     np.testing.assert_allclose(ys_c, ys_p, rtol=1e-4, atol=1e-5)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), f_c, f_p)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), g_c, g_p)
+
+
+def test_cudnn_weight_layout_is_exact(key):
+    """On any backend: the flat cuDNN weight vector jrnn packs, unpacked by
+    ``jax.experimental.rnn`` and run through its reference LSTM (the equations
+    cuDNN computes, in PyTorch's layout), gives jrnn's plain path."""
+    from jax.experimental import rnn
+
+    from jrnn.kernels import cudnn
+
+    I, H, B, T = 3, 5, 2, 6
+    cell = jrnn.lstm(H)
+    k_p, k_b, k_x, k_h, k_c = jax.random.split(key, 5)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(k_p, I))
+    params = params._replace(b=jax.random.normal(k_b, params.b.shape, jnp.float64))  # every gate's bias matters
+    xs = jax.random.normal(k_x, (B, T, I), jnp.float64)
+    carry = jrnn.LSTMState(jax.random.normal(k_h, (B, H), jnp.float64), jax.random.normal(k_c, (B, H), jnp.float64))
+    w_ih, w_hh, b_ih, b_hh = rnn.unpack_lstm_weights(cudnn.pack_weights(params), I, H, 1, False)
+    ys, h_n, c_n = rnn.lstm_ref(xs, carry.h[None], carry.c[None], w_ih, w_hh, b_ih, b_hh,
+                                jnp.full((B,), T, jnp.int32), I, H, 1, 0.0, False)
+    final, ys_plain = jrnn.scan(cell, params, xs, carry, implementation="plain")
+    np.testing.assert_allclose(ys, ys_plain, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n[0], final.h, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(c_n[0], final.c, rtol=1e-12, atol=1e-12)
 
 
 def test_cudnn_refused_without_gpu(key):
