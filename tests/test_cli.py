@@ -81,6 +81,8 @@ def _bad_inputs(tmp_path, weather_csv):
         (["predict", "--checkpoint", tmp_path / "foreign", "--csv", weather_csv], "damaged or not a jrnn checkpoint"),
         (["compare", "--cells", "lstm,transformer"], "cell: expected one of"),
         (["frobnicate"], "argument COMMAND: invalid choice"),
+        (["bench", "--sizes", "C3,Z9"], "argument --sizes: expected names from C1, C3, C4, C5, got 'C3,Z9'"),
+        (["bench", "--cells", "lstm,rnn"], "argument --cells: expected names from lstm, gru, simple_rnn, got 'lstm,rnn'"),
     ]
 
 

@@ -36,6 +36,7 @@ SIZES = {  # (B, T, I, H)
     "C5": (64, 25, 512, 512),
 }
 QUICK_SIZES = {"Q": (4, 12, 8, 16)}
+CELLS = ("lstm", "gru", "simple_rnn")
 
 
 @dataclasses.dataclass
@@ -208,7 +209,7 @@ def machine_info() -> dict:
     return info
 
 
-def run(kinds=("lstm", "gru", "simple_rnn"), sizes=None, repeats: int = 10, peers: bool = True,
+def run(kinds=CELLS, sizes=None, repeats: int = 10, peers: bool = True,
         jsonl: str | None = None) -> list[dict]:
     sizes = SIZES if sizes is None else sizes
     rows = []
@@ -253,7 +254,7 @@ def markdown(rows: list[dict]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="jrnn bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cells", default="lstm,gru,simple_rnn", help="comma-separated: lstm, gru, simple_rnn")
+    parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated from {', '.join(CELLS)}")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated from {', '.join(SIZES)}")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per contender (median reported)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats: a smoke run")
@@ -261,10 +262,12 @@ def main(argv=None) -> int:
     parser.add_argument("--jsonl", help="append one JSON line per result to this file")
     args = parser.parse_args(argv)
     kinds = [k for k in args.cells.split(",") if k]
-    unknown = [k for k in kinds if k not in ("lstm", "gru", "simple_rnn")]
+    unknown = [k for k in kinds if k not in CELLS]
     bad_sizes = [s for s in args.sizes.split(",") if s not in SIZES]
-    if unknown or (bad_sizes and not args.quick):
-        parser.exit(2, f"jrnn: error: unknown cells {unknown} or sizes {bad_sizes}\n")
+    if unknown or not kinds:
+        parser.exit(2, f"jrnn: error: argument --cells: expected names from {', '.join(CELLS)}, got {args.cells!r}\n")
+    if bad_sizes and not args.quick:
+        parser.exit(2, f"jrnn: error: argument --sizes: expected names from {', '.join(SIZES)}, got {args.sizes!r}\n")
     sizes = QUICK_SIZES if args.quick else {s: SIZES[s] for s in args.sizes.split(",")}
     run(kinds, sizes, 3 if args.quick else args.repeats, not args.no_peers, args.jsonl)
     return 0
