@@ -220,6 +220,8 @@ def lower_for_gpu(jitted, *args, device_kind="NVIDIA H100 80GB HBM3"):
     the compiler's input for a GPU of ``device_kind``, without one (tests, and
     ``benchmarks/triton_resources.py``). From jax 0.11 the Triton lowering asks
     the mesh for the GPU's kind; earlier versions assume sm_90 without a GPU."""
+    if not hasattr(jax.sharding, "AbstractDevice"):  # older jax: no abstract devices, none needed
+        return jitted.trace(*args).lower(lowering_platforms=("cuda",))
     device = jax.sharding.AbstractDevice(device_kind=device_kind, num_cores=None, platform="gpu")
     mesh = jax.sharding.AbstractMesh((1,), ("batch",), abstract_device=device)
     with jax.sharding.use_abstract_mesh(mesh):
