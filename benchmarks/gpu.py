@@ -1,8 +1,9 @@
 """GPU benchmark: correctness on the device first, then LSTM and GRU timings.
 
 Contenders: jrnn's plain ``lax.scan`` path, fused path (also with the
-scan unrolled 8 steps), Pallas kernel (H ≤ 256; where its weights stay on chip,
-also with them re-read each step), jrnn's cuDNN option (``implementation="cudnn"``, which is
+scan unrolled 8 steps), Pallas kernels (H ≤ 256: one program per 16 batch
+rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid barrier per
+step; where the weights stay on chip, also with them re-read each step), jrnn's cuDNN option (``implementation="cudnn"``, which is
 ``jax.experimental.rnn``; LSTM, float32), ``torch.nn.LSTM`` / ``torch.nn.GRU``
 (cuDNN), and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``; the GRU
 is the reset-after variant that cuDNN computes; shapes (B, I = H, T) = (16, 768, 1024),
@@ -35,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from jrnn.kernels import _pallas
+from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
 UNROLL = 8  # steps per iteration of the unrolled fused contender
@@ -63,6 +64,8 @@ def check(on_gpu: bool) -> list[dict]:
     if on_gpu:  # 2 and 4 chunks, float32 weights re-read at each step (over the on-chip budget)
         cases += [(jrnn.lstm(128), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", f32),
                   (jrnn.lstm(256), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
+        # the cooperative kernels (32 and 48 programs meeting at a grid barrier every step)
+        cases += [(jrnn.lstm(512), "pallas", f32), (jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16)]
     for cell, impl, dtype in cases:
         params = jax.tree.map(lambda a, dtype=dtype: a.astype(dtype), cell.init(jax.random.fold_in(key, 1), 32))
         xs = jax.random.normal(key, (8, 64, 32)).astype(dtype)
@@ -121,9 +124,10 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures):
     variants = [("plain", {}), ("fused", {}), (f"fused unroll={UNROLL}", {"unroll": UNROLL})]
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
-    if H in _pallas.HIDDEN_SIZES:
+    if pallas_lstm.supports(cell) or pallas_gru.supports(cell):
         variants.append(("pallas", {}))
-        if _pallas.weights_on_chip(params.w_h):
+        wide = H not in _pallas.HIDDEN_SIZES
+        if (pallas_lstm.wide_weights_on_chip if wide else _pallas.weights_on_chip)(params.w_h):
             variants.append(("pallas streamed", {"on_chip_bytes": 0}))
     for name, options in variants:
         impl = name.split()[0]

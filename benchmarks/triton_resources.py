@@ -33,6 +33,7 @@ import jrnn
 from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
 
 H100_SHARED_BYTES = 227 * 1024
+WIDE_SIZES = (512, 768, 1024)  # LSTM only: the cooperative kernels (H/16 programs per batch tile)
 
 
 def triton_ir(kind, hidden_size, dtype):
@@ -95,7 +96,7 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
     os.environ.setdefault("TRITON_DEFAULT_FP_FUSION", "1")
-    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else list(_pallas.HIDDEN_SIZES)
+    sizes = [int(s) for s in args.sizes.split(",")] if args.sizes else [*_pallas.HIDDEN_SIZES, *WIDE_SIZES]
     rows = []
     print(f"# Triton for sm_90, num_warps={_pallas.NUM_WARPS}, num_stages={_pallas.NUM_STAGES}, "
           f"ON_CHIP_BYTES={_pallas.ON_CHIP_BYTES}")
@@ -103,10 +104,14 @@ def main(argv=None) -> int:
     print("|---|---:|---|---|---|---:|---:|---:|---|")
     for kind in args.cells.split(","):
         for hidden_size in sizes:
+            wide = kind == "lstm" and pallas_lstm.is_wide(hidden_size)
+            if hidden_size not in _pallas.HIDDEN_SIZES and not wide:
+                continue
             for dtype in (jnp.float32, jnp.bfloat16):
                 num_gates = 4 if kind == "lstm" else 3
                 w_h = jax.ShapeDtypeStruct((hidden_size, num_gates * hidden_size), dtype)
-                weights = "on chip" if _pallas.weights_on_chip(w_h) else "streamed"
+                on_chip = pallas_lstm.wide_weights_on_chip(w_h) if wide else _pallas.weights_on_chip(w_h)
+                weights = ("on chip" if on_chip else "streamed") + (", wide" if wide else "")
                 for name, ir in zip(("forward", "backward"), triton_ir(kind, hidden_size, dtype)):
                     row = {"cell": kind, "hidden_size": hidden_size, "dtype": jnp.dtype(dtype).name,
                            "weights": weights, "kernel": name, **sm90_resources(ir)}

@@ -19,13 +19,13 @@ def on_chip(request):
     return request.param
 
 
-@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 48), (3, 16, 128)])  # 1, 3 and 2 chunks
-def test_kernel_equals_reference(T, B, H, on_chip):
+def _check_lstm_loop(T, B, H, loop):
+    """``loop(px, w, h0, c0)`` equals the plain-JAX reference, values and gradients."""
     k = jax.random.split(jax.random.key(T * B + H), 4)
     px = jax.random.normal(k[0], (T, B, 4 * H), jnp.float32)
     w = jax.random.normal(k[1], (H, 4 * H), jnp.float32) * H**-0.5
     h0, c0 = (jax.random.normal(kk, (B, H), jnp.float32) for kk in k[2:])
-    hs, (h, c) = pallas_lstm.lstm_loop(px, w, h0, c0, True, on_chip)
+    hs, (h, c) = loop(px, w, h0, c0)
     want_hs, (want_h, want_c) = pallas_lstm.reference(px, w, h0, c0)
     np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-5)
@@ -33,10 +33,37 @@ def test_kernel_equals_reference(T, B, H, on_chip):
     def loss(f):
         return lambda *a: jnp.sum(jnp.sin(f(*a)[0])) + jnp.sum(f(*a)[1][1] ** 2) + jnp.sum(f(*a)[1][0])
 
-    got = jax.grad(loss(lambda *a: pallas_lstm.lstm_loop(*a, True, on_chip)), argnums=(0, 1, 2, 3))(px, w, h0, c0)
+    got = jax.grad(loss(loop), argnums=(0, 1, 2, 3))(px, w, h0, c0)
     want = jax.grad(loss(pallas_lstm.reference), argnums=(0, 1, 2, 3))(px, w, h0, c0)
     for a, b in zip(got, want):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 48), (3, 16, 128)])  # 1, 3 and 2 chunks
+def test_kernel_equals_reference(T, B, H, on_chip):
+    _check_lstm_loop(T, B, H, lambda *a: pallas_lstm.lstm_loop(*a, True, on_chip))
+
+
+@pytest.mark.parametrize("T,B,H", [(1, 16, 64), (4, 32, 128)])  # 4 tiles, 1 chunk; 8 tiles, 2 chunks, 2 batch tiles
+def test_wide_kernel_equals_reference(T, B, H, on_chip):
+    """The cooperative kernels as interpret mode runs them: one program per batch
+    tile doing every column tile, through the same grid barrier (reached at once)."""
+    _check_lstm_loop(T, B, H, lambda *a: pallas_lstm.lstm_loop(*a, True, on_chip, 1))
+
+
+def test_wide_kernel_is_nan_when_its_programs_cannot_all_run(monkeypatch):
+    """Interpret mode runs programs one after another, so two cooperating programs
+    never meet at a barrier: each gives up after ``MAX_SPINS`` polls (instead of
+    hanging) and the outputs and gradients are NaN (instead of silently wrong)."""
+    monkeypatch.setattr(pallas_lstm, "MAX_SPINS", 3)
+    T, B, H = 2, 16, 64
+    px, w = jnp.ones((T, B, 4 * H)), jnp.full((H, 4 * H), 0.01)
+    h0 = c0 = jnp.zeros((B, H))
+    loop = lambda *a: pallas_lstm.lstm_loop(*a, True, None, 2)
+    hs, (h, c) = loop(px, w, h0, c0)
+    assert np.isnan(hs).all() and np.isnan(c).all()
+    grads = jax.grad(lambda *a: jnp.sum(loop(*a)[0]), argnums=(0, 1))(px, w, h0, c0)
+    assert all(np.isnan(g).all() for g in grads)
 
 
 @pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 48), (3, 16, 128)])  # 1, 3 and 2 chunks
@@ -60,8 +87,13 @@ def test_gru_kernel_equals_reference(T, B, H, on_chip):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("cell", [jrnn.lstm(16), jrnn.gru(16, reset_after=True)], ids=["lstm", "gru"])
-@pytest.mark.parametrize("batch", [(3,), (2, 3), ()], ids=["pad-3", "two-dims", "no-batch"])
+_CELLS = {"lstm": jrnn.lstm(16), "gru": jrnn.gru(16, reset_after=True), "wide-lstm": jrnn.lstm(320)}
+_BATCHES = {"pad-3": (3,), "two-dims": (2, 3), "no-batch": ()}
+
+
+@pytest.mark.parametrize("cell,batch", [
+    pytest.param(_CELLS[c], _BATCHES[b], id=f"{c}-{b}")
+    for c, b in [(c, b) for c in ("lstm", "gru") for b in _BATCHES] + [("wide-lstm", "pad-3")]])
 def test_scan_pallas_equals_plain(cell, batch, key):
     params = cell.init(key, 3)
     params = jax.tree.map(lambda a: a + 0.1, params)  # non-zero biases (b_hn too)
@@ -80,13 +112,29 @@ def test_scan_pallas_equals_plain(cell, batch, key):
 
 
 def test_pallas_refusals(key):
-    with pytest.raises(ValueError, match=r"size in \(16, 32, 48, 64, 96, 128, 192, 256\), got"):
+    with pytest.raises(ValueError, match=r"size in \(16, 32, 48, 64, 96, 128, 192, 256\) \(LSTM: or a multiple of 64 "
+                                         r"from 320 to 2048\), got"):
         jrnn.scan(jrnn.lstm(12), jrnn.lstm(12).init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
     with pytest.raises(ValueError, match="reset-after jrnn.gru"):
         jrnn.scan(jrnn.gru(16), jrnn.gru(16).init(key, 2), jnp.ones((1, 3, 2)), implementation="pallas")
     cell = jrnn.lstm(16)
     with pytest.raises(ValueError, match="supports no seq_lengths"):
         jrnn.scan(cell, cell.init(key, 2), jnp.ones((1, 3, 2)), seq_lengths=jnp.array([2]), implementation="pallas")
+
+
+def test_wide_lstm_refused_where_its_programs_cannot_all_run(key, monkeypatch):
+    """On a GPU, the cooperative kernels need every program resident at once (one
+    per multiprocessor): H/16 per 16 batch rows, here 20 × 2 > 30."""
+
+    class SmallGPU:
+        core_count = 30
+
+    monkeypatch.setattr(jax, "devices", lambda *a: [SmallGPU()])
+    cell = jrnn.lstm(320)
+    params = cell.init(key, 2)
+    projected = cell.project_input(params, jnp.ones((3, 20, 2)))
+    with pytest.raises(ValueError, match="needs 40 programs running at once .* more than the GPU's 30 multiprocessors"):
+        pallas_lstm.pallas_scan(cell, params, projected, cell.initial_carry((20,)), interpret=False)
 
 
 def test_pallas_refused_without_the_triton_backend(key, monkeypatch):
@@ -126,9 +174,25 @@ def test_kernels_lower_to_triton_for_a_gpu(kind, H, dtype, on_chip):
     """Without a GPU, lower forward and backward for CUDA: the kernels must pass
     Pallas' Triton lowering (shapes, dtypes, ops) at the benchmark's T = 1000,
     with weights both on chip and streamed, with 1 to 4 chunks."""
+    assert _pallas.weights_on_chip(jnp.zeros((H, (4 if kind == "lstm" else 3) * H), dtype)) == on_chip
+    assert _lowered_for_a_gpu(kind, H, dtype).count("custom_call @__gpu$xla.gpu.triton") == 2  # forward, backward
+
+
+@pytest.mark.parametrize("H,dtype,on_chip", [(768, jnp.float32, True), (768, jnp.bfloat16, True),
+                                             (1024, jnp.float32, False)])
+def test_wide_kernels_lower_to_triton_for_a_gpu(H, dtype, on_chip):
+    """The cooperative kernels as a GPU runs them (H/16 programs, grid barriers),
+    lowered for CUDA: 48 programs at the benchmark's H = 768."""
+    assert pallas_lstm.wide_weights_on_chip(jnp.zeros((H, 4 * H), dtype)) == on_chip
+    text = _lowered_for_a_gpu("lstm", H, dtype)
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
+    assert text.count(f"grid_x = {H // pallas_lstm.WIDE_TILE} : i32, grid_y = 1 : i32") == 2  # batch 3: one tile
+
+
+def _lowered_for_a_gpu(kind, H, dtype):
+    """StableHLO text of the jitted gradient through the kernels, lowered for CUDA, at T = 1000."""
     cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), 8))
-    assert _pallas.weights_on_chip(params.w_h) == on_chip
     xs = jnp.ones((3, 1000, 8), dtype)
 
     def loss(p, x):
@@ -138,5 +202,4 @@ def test_kernels_lower_to_triton_for_a_gpu(kind, H, dtype, on_chip):
         _, ys = module.pallas_scan(cell, p, projected, carry, interpret=False)
         return jnp.sum(ys)
 
-    text = _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, xs).as_text()
-    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2  # the forward and the backward kernel
+    return _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, xs).as_text()

@@ -191,7 +191,8 @@ def scan(
         kernel = next((k for k in (pallas_lstm, pallas_gru) if k.supports(cell)), None)
         if kernel is None:
             raise ValueError("implementation: 'pallas' needs a jrnn.lstm or reset-after jrnn.gru cell with hidden "
-                             f"size in {_pallas.HIDDEN_SIZES}, got {cell}")
+                             f"size in {_pallas.HIDDEN_SIZES} (LSTM: or a multiple of 64 from "
+                             f"{_pallas.HIDDEN_SIZES[-1] + 64} to {pallas_lstm.MAX_WIDE}), got {cell}")
         if not _pallas.available():
             raise ValueError(f"implementation: 'pallas' needs Pallas' Triton backend, which jax {jax.__version__} "
                              "no longer has; use 'fused'")

@@ -143,25 +143,35 @@ def store(ref, index, value):
     ref[index] = value.astype(ref.dtype)
 
 
-def _specs(shapes_and_kinds):
-    """BlockSpecs: 'tb' arrays (T, B, N) and 'b' arrays (B, N) are tiled over batch; 'w' is whole."""
+def _specs(shapes_and_kinds, cooperative):
+    """BlockSpecs: 'tb' arrays (T, B, N) and 'b' arrays (B, N) are tiled over batch;
+    'w' arrays are whole. The grid is ``(batch tiles,)``, or ``(programs, batch
+    tiles)`` when ``cooperative``, where all programs of a batch tile see its whole block."""
     from jax.experimental import pallas as pl
+
+    def index(f):
+        return (lambda p, b: f(b)) if cooperative else f
 
     specs = []
     for shape, kind in shapes_and_kinds:
         if kind == "tb":
-            specs.append(pl.BlockSpec((shape[0], BLOCK_B, shape[2]), lambda b: (0, b, 0)))
+            specs.append(pl.BlockSpec((shape[0], BLOCK_B, shape[2]), index(lambda b: (0, b, 0))))
         elif kind == "b":
-            specs.append(pl.BlockSpec((BLOCK_B, shape[1]), lambda b: (b, 0)))
+            specs.append(pl.BlockSpec((BLOCK_B, shape[1]), index(lambda b: (b, 0))))
         else:
-            specs.append(pl.BlockSpec(shape, lambda b: (0, 0)))
+            specs.append(pl.BlockSpec(shape, index(lambda b, n=len(shape): (0,) * n)))
     return specs
 
 
-def call(kernel, inputs, kinds, outputs, interpret):
-    """One program per batch tile of ``BLOCK_B`` rows.
+def call(kernel, inputs, kinds, outputs, interpret, programs=None):
+    """One program per batch tile of ``BLOCK_B`` rows; or, with ``programs``, that
+    many cooperating programs per batch tile (see :func:`grid_barrier`).
 
     ``kinds`` as in :func:`_specs`; ``outputs`` is a list of ``(shape, dtype, kind)``.
+    Cooperating programs get two more refs after the outputs: the barrier
+    counters ``(batch tiles,)`` (int32, zero at the start) and a ``(batch tiles,
+    programs)`` int32 output where each program writes 1 if it gave up waiting
+    at a barrier; the call returns the outputs, then that array.
     The Triton backend is named explicitly: the kernels read their blocks through
     pointers at each step, which Mosaic GPU (JAX's default Pallas GPU backend
     in jax 0.10) would instead stage whole into shared memory.
@@ -170,15 +180,55 @@ def call(kernel, inputs, kinds, outputs, interpret):
     from jax.experimental.pallas import triton as pltriton
 
     num_blocks = inputs[0].shape[1] // BLOCK_B if kinds[0] == "tb" else inputs[0].shape[0] // BLOCK_B
-    return pl.pallas_call(
+    grid, aliases = (num_blocks,), {}
+    if programs is not None:
+        grid = (programs, num_blocks)
+        inputs, kinds = (*inputs, jnp.zeros((num_blocks,), jnp.int32)), (*kinds, "w")
+        outputs = [*outputs, ((num_blocks,), jnp.int32, "w"), ((num_blocks, programs), jnp.int32, "w")]
+        aliases = {len(inputs) - 1: len(outputs) - 2}
+    results = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct(shape, dtype) for shape, dtype, _ in outputs],
-        grid=(num_blocks,),
-        in_specs=_specs([(x.shape, k) for x, k in zip(inputs, kinds)]),
-        out_specs=_specs([(shape, kind) for shape, _, kind in outputs]),
+        grid=grid,
+        in_specs=_specs([(x.shape, k) for x, k in zip(inputs, kinds)], programs is not None),
+        out_specs=_specs([(shape, kind) for shape, _, kind in outputs], programs is not None),
+        input_output_aliases=aliases,
         interpret=interpret,
         compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
     )(*inputs)
+    if programs is None:
+        return results
+    *results, _counters, stalled = results
+    return (*results, stalled)
+
+
+def grid_barrier(counter_ref, index, target, stalled, *, max_spins, compiled):
+    """Wait until every cooperating program of batch tile ``index`` has reached
+    this barrier (``counter[index]`` reaches ``target``, which is the number of
+    programs times the number of barriers passed so far, this one included).
+
+    The program's threads first finish their stores (a block-wide barrier); one
+    atomic add (acquire-release, GPU scope) announces the program, and atomic
+    reads poll the counter. Returns the new ``stalled`` flag: a program that has
+    polled ``max_spins`` times gives up, and never waits again, so a grid whose
+    programs cannot all run at once ends instead of hanging (its outputs are then
+    wrong, and the callers turn them into NaN). ``compiled``: False in interpret
+    mode, which has no block-wide barrier (and runs one thread).
+    """
+    from jax.experimental.pallas import triton as pltriton
+
+    zero = index * 0  # a traced 0: constants inside the polling loop break interpret mode
+    if compiled:
+        pltriton.debug_barrier()
+    pltriton.atomic_add(counter_ref, (index,), zero + 1)
+    count, _ = jax.lax.while_loop(
+        lambda state: (state[0] < target) & (state[1] < max_spins) & ~stalled,
+        lambda state: (pltriton.atomic_add(counter_ref, (index,), zero), state[1] + 1),
+        (pltriton.atomic_add(counter_ref, (index,), zero), zero),
+    )
+    if compiled:
+        pltriton.debug_barrier()
+    return stalled | (count < target)
 
 
 def tiled(projected, carry_leaves):

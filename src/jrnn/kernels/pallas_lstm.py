@@ -12,16 +12,27 @@ is then one matrix product, as in :mod:`jrnn.kernels.fused`. Layout as JAX's
 own Pallas ops: kernels, a wrapper with ``interpret=`` (so CPU tests run the
 same kernel), a custom VJP, and the plain reference (:func:`reference`).
 
+Wider states (H a multiple of 64 from 320 to 2048; the (16, 768, 1024) case
+of the GPU benchmark) take the cooperative kernels: H/16 programs per batch
+tile, each owning 16 columns of the state and the matching weights (on chip up
+to H = 800 in float32, 1600 in bfloat16), all resident at once (one per
+multiprocessor, as cuDNN's persistent kernels), reading the whole ``h_{t-1}``
+from L2 and meeting at a grid barrier (atomic counters) at every step. A
+program that cannot meet the others gives up after ``MAX_SPINS`` polls, and
+the outputs are then NaN: never a hang, never silently wrong. Interpret mode
+runs one program per batch tile that does every column tile.
+
 Supported: LSTM with hidden size 16, 32, 48, 64, 96, 128, 192 or 256 (the
 state is split into at most 4 chunks of 16, 32 or 64 columns, see
-:func:`jrnn.kernels._pallas.chunking`), no ``seq_lengths``, ``reverse``,
-resets or recurrent dropout (``jrnn.scan`` refuses those with
-``implementation="pallas"``).
+:func:`jrnn.kernels._pallas.chunking`) or a wide one as above, no
+``seq_lengths``, ``reverse``, resets or recurrent dropout (``jrnn.scan``
+refuses those with ``implementation="pallas"``).
 
 Status (2026-11-26): values and gradients equal the reference and the plain
 path in interpret mode on CPU, and forward and backward pass the Triton
-lowering for CUDA there (tests); an earlier version equalled the plain path on
-an H100 at H = 64; not yet timed on a GPU.
+lowering for CUDA there, for both kinds of kernel (tests); an earlier version
+of the one-program kernel equalled the plain path on an H100 at H = 64;
+neither has been timed on a GPU, and the grid barrier has not run on one.
 """
 
 from __future__ import annotations
@@ -31,15 +42,21 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jrnn.kernels import _pallas
 from jrnn.kernels._pallas import (
+    BLOCK_B,
     HIDDEN_SIZES,
+    MAX_CHUNK,
     add_recurrent_product_t,
     call,
     chunking,
     columns,
+    grid_barrier,
     interpret_default,
     load,
     load_chunks,
+    matmul,
+    matmul_t,
     recurrent_product,
     sigmoid,
     store,
@@ -49,12 +66,61 @@ from jrnn.kernels._pallas import (
     weights_on_chip,
 )
 
+# The wide kernels (hidden sizes above HIDDEN_SIZES): cooperating programs of
+# WIDE_TILE columns each, H / WIDE_TILE per batch tile, all resident at once
+# (one per multiprocessor), synchronised by a grid barrier at every step.
+WIDE_TILE = 16
+MAX_WIDE = 2048
+# polls of a grid barrier before a program gives up (about a second on an H100)
+MAX_SPINS = 1 << 20
+
 
 def supports(cell) -> bool:
-    """Whether the kernel implements this cell (an LSTM with H in ``HIDDEN_SIZES``)."""
+    """Whether the kernels implement this cell: an LSTM with H in ``HIDDEN_SIZES``,
+    or a wide one (:func:`is_wide`)."""
     from jrnn.cells import LSTMCell
 
-    return isinstance(cell, LSTMCell) and cell.hidden_size in HIDDEN_SIZES
+    return isinstance(cell, LSTMCell) and (cell.hidden_size in HIDDEN_SIZES or is_wide(cell.hidden_size))
+
+
+def _cell_update(pre, c):
+    """The LSTM cell on one column block: pre-activations ``pre = [a_i, a_f, a_g, a_o]``
+    and ``c_{t-1}`` -> ``((i, f, g, o), c_t, h_t)``, all ``(B, n)`` float32."""
+    i, f, o = sigmoid(pre[0]), sigmoid(pre[1]), sigmoid(pre[3])
+    g = jnp.tanh(pre[2])
+    c_new = f * c + i * g
+    return (i, f, g, o), c_new, o * jnp.tanh(c_new)
+
+
+def _store_step(hs_ref, residual_refs, t, cols, acts, c, h):
+    """Store ``h_t`` of one column block (``cols(gate)``: its columns in a gate-blocked
+    axis, ``cols()`` in ``(…, H)``), and with ``residual_refs = (cs_ref, gates_ref)`` also
+    ``c_t`` and the activated gates."""
+    rows = slice(None)
+    store(hs_ref, (t, rows, cols()), h)
+    if residual_refs:
+        cs_ref, gates_ref = residual_refs
+        store(cs_ref, (t, rows, cols()), c)
+        for k, act in enumerate(acts):
+            store(gates_ref, (t, rows, cols(k)), act)
+
+
+def _cell_grads(gates_ref, cs_ref, c0_ref, dys_ref, dpre_ref, t, cols, dh, dc):
+    """Step t of the reverse loop on one column block (``cols`` as in
+    :func:`_store_step`): from ``dh``/``dc`` (gradients of ``h_t``, ``c_t`` from later
+    steps), store the pre-activation gradients ``dpre[t]`` and return them with
+    ``dc_{t-1}``'s share that flows through the forget gate."""
+    rows = slice(None)
+    i, f, g, o = (load(gates_ref, (t, rows, cols(k))) for k in range(4))
+    c = load(cs_ref, (t, rows, cols()))
+    c_prev = jnp.where(t > 0, load(cs_ref, (jnp.maximum(t - 1, 0), rows, cols())), load(c0_ref, (rows, cols())))
+    dh = dh + load(dys_ref, (t, rows, cols()))
+    tc = jnp.tanh(c)
+    dc = dc + dh * o * (1 - tc * tc)
+    grads = (dc * g * i * (1 - i), dc * c_prev * f * (1 - f), dc * i * (1 - g * g), dh * tc * o * (1 - o))
+    for k, d in enumerate(grads):
+        store(dpre_ref, (t, rows, cols(k)), d)
+    return grads, dc * f
 
 
 def _forward_kernel(px_ref, w_ref, h0_ref, c0_ref, hs_ref, c_T_ref, *residual_refs, on_chip):
@@ -70,16 +136,10 @@ def _forward_kernel(px_ref, w_ref, h0_ref, c0_ref, hs_ref, c_T_ref, *residual_re
         h_new, c_new = [], []
         for j in range(n_chunks):
             pre = [load(px_ref, (t, rows, columns(j, C, g, H))) + recurrent_product(h, w, g, j) for g in range(4)]
-            i, f, o = sigmoid(pre[0]), sigmoid(pre[1]), sigmoid(pre[3])
-            g = jnp.tanh(pre[2])
-            c_new.append(f * c[j] + i * g)
-            h_new.append(o * jnp.tanh(c_new[j]))
-            store(hs_ref, (t, rows, columns(j, C)), h_new[j])
-            if residual_refs:
-                cs_ref, gates_ref = residual_refs
-                store(cs_ref, (t, rows, columns(j, C)), c_new[j])
-                for k, act in enumerate((i, f, g, o)):
-                    store(gates_ref, (t, rows, columns(j, C, k, H)), act)
+            acts, c_j, h_j = _cell_update(pre, c[j])
+            c_new.append(c_j)
+            h_new.append(h_j)
+            _store_step(hs_ref, residual_refs, t, lambda gate=0, j=j: columns(j, C, gate, H), acts, c_j, h_j)
         return tuple(h_new), tuple(c_new)
 
     initial = (load_chunks(h0_ref, C, n_chunks), load_chunks(c0_ref, C, n_chunks))
@@ -93,7 +153,6 @@ def _backward_kernel(gates_ref, cs_ref, c0_ref, dys_ref, dhT_ref, dcT_ref, w_ref
     num_steps = gates_ref.shape[0]
     H = c0_ref.shape[-1]
     C, n_chunks = chunking(H)
-    rows = slice(None)
     w = weight_blocks(w_ref, 4, on_chip)
 
     def step(s, carry):
@@ -101,19 +160,10 @@ def _backward_kernel(gates_ref, cs_ref, c0_ref, dys_ref, dhT_ref, dcT_ref, w_ref
         t = num_steps - 1 - s
         dh_prev, dc_prev = [jnp.zeros_like(dh[0])] * n_chunks, []
         for j in range(n_chunks):
-            i, f, g, o = (load(gates_ref, (t, rows, columns(j, C, k, H))) for k in range(4))
-            c = load(cs_ref, (t, rows, columns(j, C)))
-            c_prev = jnp.where(t > 0, load(cs_ref, (jnp.maximum(t - 1, 0), rows, columns(j, C))),
-                               load(c0_ref, (rows, columns(j, C))))
-            dh_j = dh[j] + load(dys_ref, (t, rows, columns(j, C)))
-            tc = jnp.tanh(c)
-            dc_j = dc[j] + dh_j * o * (1 - tc * tc)
-            grads = (dc_j * g * i * (1 - i), dc_j * c_prev * f * (1 - f), dc_j * i * (1 - g * g),
-                     dh_j * tc * o * (1 - o))
-            for k, d in enumerate(grads):
-                store(dpre_ref, (t, rows, columns(j, C, k, H)), d)
+            grads, dc_prev_j = _cell_grads(gates_ref, cs_ref, c0_ref, dys_ref, dpre_ref, t,
+                                           lambda gate=0, j=j: columns(j, C, gate, H), dh[j], dc[j])
             dh_prev = add_recurrent_product_t(dh_prev, grads, w, j)
-            dc_prev.append(dc_j * f)
+            dc_prev.append(dc_prev_j)
         return tuple(dh_prev), tuple(dc_prev)
 
     final = (load_chunks(dhT_ref, C, n_chunks), load_chunks(dcT_ref, C, n_chunks))
@@ -122,40 +172,151 @@ def _backward_kernel(gates_ref, cs_ref, c0_ref, dys_ref, dhT_ref, dcT_ref, w_ref
     store_chunks(dc0_ref, dc0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
-def lstm_loop(projected, w_h, h0, c0, interpret=False, on_chip=None):
+def _wide_forward_kernel(px_ref, w_ref, h0_ref, c0_ref, _counters_in, hs_ref, c_T_ref, *refs,
+                         tiles, programs, on_chip, compiled):
+    """Cooperative forward loop for wide states: program (p, b) computes the
+    ``tiles`` column tiles ``p·tiles …`` (``WIDE_TILE`` columns each) of batch
+    tile b, reading the whole ``h_{t-1}`` that all programs wrote at step t − 1;
+    a grid barrier ends each step. ``refs``: the residual refs (as in
+    :func:`_forward_kernel`), then the barrier counters and the stalled flags."""
+    from jax.experimental import pallas as pl
+
+    *residual_refs, counters_ref, stalled_ref = refs
+    H, N, K = h0_ref.shape[-1], WIDE_TILE, MAX_CHUNK
+    p, b = pl.program_id(0), pl.program_id(1)
+    rows = slice(None)
+    cols = lambda tile, gate=0: pl.ds(gate * H + tile * N, N)
+    mine = [p * tiles + i for i in range(tiles)]
+    w = wide_weight_blocks(lambda i, g, k: w_ref[pl.ds(k * K, K), cols(mine[i], g)], tiles, H // K, on_chip)
+
+    def step(t, carry):
+        c, stalled = carry  # c: tiles blocks of (B, N)
+        pre = [[load(px_ref, (t, rows, cols(tile, g))) for g in range(4)] for tile in mine]
+        for k in range(H // K):  # one chunk of h_{t-1} at a time: few registers live
+            h_k = jnp.where(t > 0, load(hs_ref, (jnp.maximum(t - 1, 0), rows, pl.ds(k * K, K))),
+                            load(h0_ref, (rows, pl.ds(k * K, K))))
+            pre = [[a + matmul(h_k, w(i, g, k)) for g, a in enumerate(pre_i)] for i, pre_i in enumerate(pre)]
+        c_new = []
+        for i, tile in enumerate(mine):
+            acts, c_i, h_i = _cell_update(pre[i], c[i])
+            c_new.append(c_i)
+            _store_step(hs_ref, residual_refs, t, functools.partial(cols, tile), acts, c_i, h_i)
+        stalled = grid_barrier(counters_ref, b, (t + 1) * programs, stalled, max_spins=MAX_SPINS, compiled=compiled)
+        return tuple(c_new), stalled
+
+    initial = tuple(load(c0_ref, (rows, cols(tile))) for tile in mine), b < 0
+    c_T, stalled = jax.lax.fori_loop(0, px_ref.shape[0], step, initial)
+    for tile, c_i in zip(mine, c_T):
+        store(c_T_ref, (rows, cols(tile)), c_i)
+    stalled_ref[b, p] = stalled.astype(jnp.int32)
+
+
+def _wide_backward_kernel(gates_ref, cs_ref, c0_ref, dys_ref, dhT_ref, dcT_ref, w_ref, _counters_in,
+                          dpre_ref, dh0_ref, dc0_ref, counters_ref, stalled_ref, *, tiles, programs, on_chip, compiled):
+    """Cooperative reverse loop (layout as :func:`_wide_forward_kernel`): each
+    program writes its tiles' share of ``dpre[t]``, waits at the grid barrier,
+    then reads all of ``dpre[t]`` for its tiles of ``dh_{t-1} = dpre[t] W_hᵀ``."""
+    from jax.experimental import pallas as pl
+
+    num_steps, H, N, K = gates_ref.shape[0], c0_ref.shape[-1], WIDE_TILE, MAX_CHUNK
+    p, b = pl.program_id(0), pl.program_id(1)
+    rows = slice(None)
+    cols = lambda tile, gate=0: pl.ds(gate * H + tile * N, N)
+    mine = [p * tiles + i for i in range(tiles)]
+    # rows of W_h for this program's tiles: block (i, g, k) is (N, K)
+    w = wide_weight_blocks(lambda i, g, k: w_ref[cols(mine[i]), pl.ds(g * H + k * K, K)], tiles, H // K, on_chip)
+
+    def step(s, carry):
+        dh, dc, stalled = carry  # tiles blocks of (B, N) each
+        t = num_steps - 1 - s
+        dc_prev = []
+        for i, tile in enumerate(mine):
+            _, dc_i = _cell_grads(gates_ref, cs_ref, c0_ref, dys_ref, dpre_ref, t, functools.partial(cols, tile),
+                                  dh[i], dc[i])
+            dc_prev.append(dc_i)
+        stalled = grid_barrier(counters_ref, b, (s + 1) * programs, stalled, max_spins=MAX_SPINS, compiled=compiled)
+        dh_prev = [jnp.zeros_like(dh_i) for dh_i in dh]
+        for g in range(4):
+            for k in range(H // K):  # one chunk of dpre[t] at a time
+                d = load(dpre_ref, (t, rows, pl.ds(g * H + k * K, K)))
+                dh_prev = [a + matmul_t(d, w(i, g, k)) for i, a in enumerate(dh_prev)]
+        return tuple(dh_prev), tuple(dc_prev), stalled
+
+    initial = (tuple(load(dhT_ref, (rows, cols(tile))) for tile in mine),
+               tuple(load(dcT_ref, (rows, cols(tile))) for tile in mine), b < 0)
+    dh0, dc0, stalled = jax.lax.fori_loop(0, num_steps, step, initial)
+    for tile, dh_i, dc_i in zip(mine, dh0, dc0):
+        store(dh0_ref, (rows, cols(tile)), dh_i)
+        store(dc0_ref, (rows, cols(tile)), dc_i)
+    stalled_ref[b, p] = stalled.astype(jnp.int32)
+
+
+def wide_weight_blocks(load_block, tiles, num_chunks, on_chip):
+    """``block(i, g, k)`` (tile i, gate g, chunk k of ``MAX_CHUNK`` rows or columns)
+    for the wide kernels, from ``load_block(i, g, k)``: loaded here, once, when
+    ``on_chip`` (call this outside the time loop), else at each use."""
+    if not on_chip:
+        return load_block
+    blocks = {(i, g, k): load_block(i, g, k) for i in range(tiles) for g in range(4) for k in range(num_chunks)}
+    return lambda i, g, k: blocks[i, g, k]
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+def lstm_loop(projected, w_h, h0, c0, interpret=False, on_chip=None, programs=None):
     """``projected (T, B, 4H)`` (bias included), ``w_h (H, 4H)``, ``h0``/``c0 (B, H)``,
     ``B`` a multiple of 16 -> ``(hs (T, B, H), (h_T, c_T))`` in the carry's dtype.
-    ``on_chip``: keep ``w_h`` on chip for the whole loop (``None``: if it fits; see
-    :func:`jrnn.kernels._pallas.weight_blocks`)."""
-    hs, c_T = _forward(projected, w_h, h0, c0, interpret, on_chip, save=False)
+    ``on_chip``: keep ``w_h`` (or, with ``programs``, each program's share) on chip
+    for the whole loop (``None``: if it fits; see :func:`jrnn.kernels._pallas.weight_blocks`).
+    ``programs``: None for one program per batch tile (H in ``HIDDEN_SIZES``);
+    else the wide kernels, with that many cooperating programs per batch tile
+    (H a multiple of 64; ``H / WIDE_TILE`` on a GPU, 1 in interpret mode)."""
+    hs, c_T = _forward(projected, w_h, h0, c0, interpret, on_chip, programs, save=False)
     return hs, (hs[-1], c_T.astype(c0.dtype))
 
 
-def _forward(projected, w_h, h0, c0, interpret, on_chip, *, save):
+def _forward(projected, w_h, h0, c0, interpret, on_chip, programs, *, save):
     T, B, G = projected.shape
     H = G // 4
     outputs = [((T, B, H), h0.dtype, "tb"), ((B, H), jnp.float32, "b")]
     if save:
         outputs += [((T, B, H), jnp.float32, "tb"), ((T, B, G), jnp.float32, "tb")]
-    kernel = functools.partial(_forward_kernel, on_chip=on_chip)
-    return call(kernel, (projected, w_h, h0, c0), ("tb", "w", "b", "b"), outputs, interpret)
+    if programs is None:
+        kernel = functools.partial(_forward_kernel, on_chip=on_chip)
+    else:
+        kernel = functools.partial(_wide_forward_kernel, tiles=H // WIDE_TILE // programs, programs=programs,
+                                   on_chip=on_chip, compiled=not interpret)
+    return _unless_stalled(call(kernel, (projected, w_h, h0, c0), ("tb", "w", "b", "b"), outputs, interpret,
+                                programs), programs)
 
 
-def _lstm_loop_fwd(projected, w_h, h0, c0, interpret, on_chip):
-    hs, c_T, cs, gates = _forward(projected, w_h, h0, c0, interpret, on_chip, save=True)
+def _unless_stalled(results, programs):
+    """The wide kernels' outputs, all NaN where a program gave up at a grid barrier
+    (its programs could not all run at once): never silently wrong."""
+    if programs is None:
+        return results
+    *results, stalled = results
+    return [jnp.where(jnp.any(stalled > 0), jnp.nan, r).astype(r.dtype) for r in results]
+
+
+def _lstm_loop_fwd(projected, w_h, h0, c0, interpret, on_chip, programs):
+    hs, c_T, cs, gates = _forward(projected, w_h, h0, c0, interpret, on_chip, programs, save=True)
     return (hs, (hs[-1], c_T.astype(c0.dtype))), (jnp.zeros((0,), projected.dtype), hs, cs, gates, w_h, h0, c0)
 
 
-def _lstm_loop_bwd(interpret, on_chip, saved, cotangents):
+def _lstm_loop_bwd(interpret, on_chip, programs, saved, cotangents):
     px_like, hs, cs, gates, w_h, h0, c0 = saved  # px_like: an empty array of projected's dtype
     d_hs, (d_hT, d_cT) = cotangents
     T, B, G = gates.shape
     H = G // 4
-    kernel = functools.partial(_backward_kernel, on_chip=on_chip)
-    dpre, dh0, dc0 = call(kernel, (gates, cs, c0, d_hs, d_hT, d_cT, w_h), ("tb", "tb", "b", "tb", "b", "b", "w"),
-                          [((T, B, G), jnp.float32, "tb"), ((B, H), h0.dtype, "b"), ((B, H), c0.dtype, "b")],
-                          interpret)
+    if programs is None:
+        kernel = functools.partial(_backward_kernel, on_chip=on_chip)
+    else:
+        kernel = functools.partial(_wide_backward_kernel, tiles=H // WIDE_TILE // programs, programs=programs,
+                                   on_chip=on_chip, compiled=not interpret)
+    dpre, dh0, dc0 = _unless_stalled(
+        call(kernel, (gates, cs, c0, d_hs, d_hT, d_cT, w_h), ("tb", "tb", "b", "tb", "b", "b", "w"),
+             [((T, B, G), jnp.float32, "tb"), ((B, H), h0.dtype, "b"), ((B, H), c0.dtype, "b")], interpret,
+             programs), programs)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     d_w = jnp.dot(h_prev.reshape(-1, H).T, dpre.reshape(-1, G), preferred_element_type=jnp.float32)
     return dpre.astype(px_like.dtype), d_w.astype(w_h.dtype), dh0, dc0
@@ -164,13 +325,40 @@ def _lstm_loop_bwd(interpret, on_chip, saved, cotangents):
 lstm_loop.defvjp(_lstm_loop_fwd, _lstm_loop_bwd)
 
 
+def is_wide(hidden_size) -> bool:
+    """Whether the cooperative (wide) kernels take this hidden size: a multiple of
+    64 above the largest of ``HIDDEN_SIZES``, at most ``MAX_WIDE``."""
+    return HIDDEN_SIZES[-1] < hidden_size <= MAX_WIDE and hidden_size % MAX_CHUNK == 0
+
+
+def wide_weights_on_chip(w_h) -> bool:
+    """Whether one wide program's weights (4 gates × ``WIDE_TILE`` columns of ``w_h``)
+    fit on chip: float32 up to H = 800, bfloat16 up to H = 1600."""
+    return 4 * WIDE_TILE * w_h.shape[0] * jnp.dtype(w_h.dtype).itemsize <= _pallas.ON_CHIP_BYTES
+
+
 def pallas_scan(cell, params, projected, carry, *, interpret=None):
-    """``jrnn.scan``'s time loop for an LSTM: ``projected (T, *batch, 4H)`` -> ``(LSTMState, ys)``."""
+    """``jrnn.scan``'s time loop for an LSTM: ``projected (T, *batch, 4H)`` -> ``(LSTMState, ys)``.
+
+    Raises:
+      ValueError: a wide hidden size on a GPU with fewer multiprocessors than the
+        cooperating programs need (``H / WIDE_TILE`` per batch tile of 16 rows).
+    """
     from jrnn.cells import LSTMState
 
     px, (h0, c0), untile = tiled(projected, carry)
     w_h = params.w_h.astype(px.dtype)
-    hs, (h_T, c_T) = lstm_loop(px, w_h, h0, c0, interpret_default(interpret), weights_on_chip(w_h))
+    interpret = interpret_default(interpret)
+    if cell.hidden_size in HIDDEN_SIZES:
+        programs, on_chip = None, weights_on_chip(w_h)
+    else:
+        programs, on_chip = 1 if interpret else cell.hidden_size // WIDE_TILE, wide_weights_on_chip(w_h)
+        needed, available = programs * (px.shape[1] // BLOCK_B), getattr(jax.devices()[0], "core_count", None)
+        if not interpret and available is not None and needed > available:
+            raise ValueError(f"implementation: 'pallas' at hidden size {cell.hidden_size} needs {needed} programs "
+                             f"running at once (H/{WIDE_TILE} per 16 batch rows), more than the GPU's "
+                             f"{available} multiprocessors; use a smaller batch or 'fused'")
+    hs, (h_T, c_T) = lstm_loop(px, w_h, h0, c0, interpret, on_chip, programs)
     return LSTMState(untile(h_T), untile(c_T)), untile(hs)
 
 
