@@ -266,7 +266,8 @@ def lstm_loop(projected, w_h, h0, c0, interpret=False, on_chip=None, programs=No
     """``projected (T, B, 4H)`` (bias included), ``w_h (H, 4H)``, ``h0``/``c0 (B, H)``,
     ``B`` a multiple of 16 -> ``(hs (T, B, H), (h_T, c_T))`` in the carry's dtype.
     ``on_chip``: keep ``w_h`` (or, with ``programs``, each program's share) on chip
-    for the whole loop (``None``: if it fits; see :func:`jrnn.kernels._pallas.weight_blocks`).
+    for the whole loop (``None``: if it fits; see :func:`jrnn.kernels._pallas.weights_on_chip`
+    and :func:`wide_weights_on_chip`).
     ``programs``: None for one program per batch tile (H in ``HIDDEN_SIZES``);
     else the wide kernels, with that many cooperating programs per batch tile
     (H a multiple of 64; ``H / WIDE_TILE`` on a GPU, 1 in interpret mode)."""
@@ -283,6 +284,7 @@ def _forward(projected, w_h, h0, c0, interpret, on_chip, programs, *, save):
     if programs is None:
         kernel = functools.partial(_forward_kernel, on_chip=on_chip)
     else:
+        on_chip = wide_weights_on_chip(w_h) if on_chip is None else on_chip
         kernel = functools.partial(_wide_forward_kernel, tiles=H // WIDE_TILE // programs, programs=programs,
                                    on_chip=on_chip, compiled=not interpret)
     return _unless_stalled(call(kernel, (projected, w_h, h0, c0), ("tb", "w", "b", "b"), outputs, interpret,
@@ -311,6 +313,7 @@ def _lstm_loop_bwd(interpret, on_chip, programs, saved, cotangents):
     if programs is None:
         kernel = functools.partial(_backward_kernel, on_chip=on_chip)
     else:
+        on_chip = wide_weights_on_chip(w_h) if on_chip is None else on_chip
         kernel = functools.partial(_wide_backward_kernel, tiles=H // WIDE_TILE // programs, programs=programs,
                                    on_chip=on_chip, compiled=not interpret)
     dpre, dh0, dc0 = _unless_stalled(
