@@ -282,14 +282,18 @@ def _forward(projected, w_h, h0, c0, interpret, on_chip, programs, *, save):
     outputs = [((T, B, H), h0.dtype, "tb"), ((B, H), jnp.float32, "b")]
     if save:
         outputs += [((T, B, H), jnp.float32, "tb"), ((T, B, G), jnp.float32, "tb")]
-    if programs is None:
-        kernel = functools.partial(_forward_kernel, on_chip=on_chip)
-    else:
-        on_chip = wide_weights_on_chip(w_h) if on_chip is None else on_chip
-        kernel = functools.partial(_wide_forward_kernel, tiles=H // WIDE_TILE // programs, programs=programs,
-                                   on_chip=on_chip, compiled=not interpret)
+    kernel = _kernel(_forward_kernel, _wide_forward_kernel, w_h, interpret, on_chip, programs)
     return _unless_stalled(call(kernel, (projected, w_h, h0, c0), ("tb", "w", "b", "b"), outputs, interpret,
                                 programs), programs)
+
+
+def _kernel(one_program_kernel, wide_kernel, w_h, interpret, on_chip, programs):
+    """The kernel that ``programs`` asks for (see :func:`lstm_loop`), its options bound."""
+    if programs is None:
+        return functools.partial(one_program_kernel, on_chip=on_chip)
+    on_chip = wide_weights_on_chip(w_h) if on_chip is None else on_chip
+    return functools.partial(wide_kernel, tiles=w_h.shape[0] // WIDE_TILE // programs, programs=programs,
+                             on_chip=on_chip, compiled=not interpret)
 
 
 def _unless_stalled(results, programs):
@@ -311,12 +315,7 @@ def _lstm_loop_bwd(interpret, on_chip, programs, saved, cotangents):
     d_hs, (d_hT, d_cT) = cotangents
     T, B, G = gates.shape
     H = G // 4
-    if programs is None:
-        kernel = functools.partial(_backward_kernel, on_chip=on_chip)
-    else:
-        on_chip = wide_weights_on_chip(w_h) if on_chip is None else on_chip
-        kernel = functools.partial(_wide_backward_kernel, tiles=H // WIDE_TILE // programs, programs=programs,
-                                   on_chip=on_chip, compiled=not interpret)
+    kernel = _kernel(_backward_kernel, _wide_backward_kernel, w_h, interpret, on_chip, programs)
     dpre, dh0, dc0 = _unless_stalled(
         call(kernel, (gates, cs, c0, d_hs, d_hT, d_cT, w_h), ("tb", "tb", "b", "tb", "b", "b", "w"),
              [((T, B, G), jnp.float32, "tb"), ((B, H), h0.dtype, "b"), ((B, H), c0.dtype, "b")], interpret,
