@@ -3,8 +3,9 @@
 Contenders: jrnn's plain ``lax.scan`` path, fused path (also with the
 scan unrolled 8 steps), Pallas kernels (H ≤ 256: one program per 16 batch
 rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid barrier per
-step; where the weights stay on chip, also with them re-read each step), jrnn's cuDNN option (``implementation="cudnn"``, which is
-``jax.experimental.rnn``; LSTM, float32), ``torch.nn.LSTM`` / ``torch.nn.GRU``
+step; where the weights stay on chip, also with them re-read each step), jrnn's
+cuDNN option (``implementation="cudnn"``, which is ``jax.experimental.rnn``;
+LSTM, float32), ``torch.nn.LSTM`` / ``torch.nn.GRU``
 (cuDNN), and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``; the GRU
 is the reset-after variant that cuDNN computes; shapes (B, I = H, T) = (16, 768, 1024),
 (64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and forward+backward;
@@ -126,8 +127,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures):
         variants.append(("cudnn", {}))
     if pallas_lstm.supports(cell) or pallas_gru.supports(cell):
         variants.append(("pallas", {}))
-        wide = H not in _pallas.HIDDEN_SIZES
-        if (pallas_lstm.wide_weights_on_chip if wide else _pallas.weights_on_chip)(params.w_h):
+        if (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
             variants.append(("pallas streamed", {"on_chip_bytes": 0}))
     for name, options in variants:
         impl = name.split()[0]

@@ -110,7 +110,7 @@ def main(argv=None) -> int:
             for dtype in (jnp.float32, jnp.bfloat16):
                 num_gates = 4 if kind == "lstm" else 3
                 w_h = jax.ShapeDtypeStruct((hidden_size, num_gates * hidden_size), dtype)
-                on_chip = pallas_lstm.wide_weights_on_chip(w_h) if wide else _pallas.weights_on_chip(w_h)
+                on_chip = (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(w_h)
                 weights = ("on chip" if on_chip else "streamed") + (", wide" if wide else "")
                 for name, ir in zip(("forward", "backward"), triton_ir(kind, hidden_size, dtype)):
                     row = {"cell": kind, "hidden_size": hidden_size, "dtype": jnp.dtype(dtype).name,

@@ -42,7 +42,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from jrnn.kernels import _pallas
+from jrnn.kernels import _pallas  # _pallas.ON_CHIP_BYTES read at call time (benchmarks vary it)
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -340,6 +340,13 @@ def wide_weights_on_chip(w_h) -> bool:
     return 4 * WIDE_TILE * w_h.shape[0] * jnp.dtype(w_h.dtype).itemsize <= _pallas.ON_CHIP_BYTES
 
 
+def weights_stay_on_chip(w_h) -> bool:
+    """Whether the kernels :func:`pallas_scan` runs for ``w_h (H, 4H)`` keep the
+    recurrent weights on chip: :func:`wide_weights_on_chip` for wide states,
+    :func:`jrnn.kernels._pallas.weights_on_chip` otherwise."""
+    return wide_weights_on_chip(w_h) if is_wide(w_h.shape[0]) else weights_on_chip(w_h)
+
+
 def pallas_scan(cell, params, projected, carry, *, interpret=None):
     """``jrnn.scan``'s time loop for an LSTM: ``projected (T, *batch, 4H)`` -> ``(LSTMState, ys)``.
 
@@ -352,16 +359,15 @@ def pallas_scan(cell, params, projected, carry, *, interpret=None):
     px, (h0, c0), untile = tiled(projected, carry)
     w_h = params.w_h.astype(px.dtype)
     interpret = interpret_default(interpret)
-    if cell.hidden_size in HIDDEN_SIZES:
-        programs, on_chip = None, weights_on_chip(w_h)
-    else:
-        programs, on_chip = 1 if interpret else cell.hidden_size // WIDE_TILE, wide_weights_on_chip(w_h)
+    programs = None
+    if is_wide(cell.hidden_size):
+        programs = 1 if interpret else cell.hidden_size // WIDE_TILE
         needed, available = programs * (px.shape[1] // BLOCK_B), getattr(jax.devices()[0], "core_count", None)
         if not interpret and available is not None and needed > available:
             raise ValueError(f"implementation: 'pallas' at hidden size {cell.hidden_size} needs {needed} programs "
                              f"running at once (H/{WIDE_TILE} per 16 batch rows), more than the GPU's "
                              f"{available} multiprocessors; use a smaller batch or 'fused'")
-    hs, (h_T, c_T) = lstm_loop(px, w_h, h0, c0, interpret, on_chip, programs)
+    hs, (h_T, c_T) = lstm_loop(px, w_h, h0, c0, interpret, weights_stay_on_chip(w_h), programs)
     return LSTMState(untile(h_T), untile(c_T)), untile(hs)
 
 
