@@ -1,22 +1,29 @@
 """GPU benchmark: correctness on the device first, then LSTM and GRU timings.
 
-Contenders: jrnn's plain ``lax.scan`` path, fused path (also with the
-scan unrolled 8 steps), Pallas kernels (H ≤ 256: one program per 16 batch
-rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid barrier per
-step; where the weights stay on chip, also with them re-read each step), jrnn's
-cuDNN option (``implementation="cudnn"``, which is ``jax.experimental.rnn``;
-LSTM, float32), ``torch.nn.LSTM`` / ``torch.nn.GRU``
-(cuDNN), and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``; the GRU
-is the reset-after variant that cuDNN computes; shapes (B, I = H, T) = (16, 768, 1024),
-(64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and forward+backward;
-float32 and bfloat16 (jrnn with a float32 carry). Medians of interleaved runs
-after warm-up, with ``block_until_ready`` / ``torch.cuda.synchronize``.
+Contenders: jrnn's plain ``lax.scan`` path; its fused path with one time step
+per loop iteration ("jrnn fused") and with 8 ("jrnn fused unroll=8", what
+``jrnn.scan`` does by default on a GPU) and 16; Pallas kernels (H ≤ 256: one program
+per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
+barrier per step; where the weights stay on chip, also with them re-read each
+step); jrnn's cuDNN option (``implementation="cudnn"``, which is
+``jax.experimental.rnn``; LSTM, float32); ``torch.nn.LSTM`` / ``torch.nn.GRU``
+(cuDNN); and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU
+is the reset-after variant that cuDNN computes. Shapes (B, I = H, T) =
+(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and
+forward+backward; float32 and bfloat16 (jrnn with a float32 carry). Medians of
+interleaved runs after warm-up, with ``block_until_ready`` /
+``torch.cuda.synchronize``.
 
-The cases run in order of importance (the issue's targets first: LSTM at
-(16, 768, 1024), then at (1, 128, 1000)); a case whose estimated time would
-pass ``--budget-s`` (default 210 s from the start) is skipped and listed, so
-one run fits a short device lease. A jrnn contender that fails to compile is
-reported and left out; ``--json`` is rewritten after every case.
+The device checks run first (each fast path against the plain path, values and
+gradients), each in a child process with a time limit (``--check-timeout``):
+a check that hangs, or compiles for longer, is reported as timed out, with a
+Python traceback of where it was, and the Pallas contenders of its cell and
+hidden size are then not timed. Then the cases run in order of importance (the
+issue's targets first: LSTM at (16, 768, 1024), then at (1, 128, 1000)); a case
+whose estimated time would pass ``--budget-s`` (default 220 s from the start)
+is skipped and listed, so one run fits a short device lease. A jrnn contender
+that fails to compile is reported and left out; ``--json`` is rewritten after
+every case.
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
@@ -27,10 +34,15 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import faulthandler
 import json
+import os
+import selectors
 import statistics
+import subprocess
 import sys
 import time
+from math import nan
 
 import jax
 import jax.numpy as jnp
@@ -40,7 +52,8 @@ import jrnn
 from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
-UNROLL = 8  # steps per iteration of the unrolled fused contender
+UNROLLS = (8, 16)  # steps per loop iteration of the unrolled fused contenders (jrnn's GPU default: 8)
+START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
 def rel_err(a, b) -> float:
@@ -48,12 +61,8 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def check(on_gpu: bool) -> list[dict]:
-    """Each fast path against the plain path on this device: values and gradients
-    (bfloat16 params and inputs, with a float32 carry, to a looser tolerance)."""
-    rows = []
-    key = jax.random.key(0)
-    lengths = jnp.array([64, 50, 1, 0, 64, 33, 10, 64])
+def check_cases(on_gpu: bool) -> list[tuple]:
+    """``(cell, implementation, dtype)`` of every device check, in the order they run."""
     f32, bf16 = jnp.float32, jnp.bfloat16
     cases = [(jrnn.lstm(64), "fused", f32), (jrnn.gru(64, reset_after=True), "fused", f32),
              (jrnn.min_gru(64), "parallel", f32)]
@@ -62,34 +71,87 @@ def check(on_gpu: bool) -> list[dict]:
     # the Pallas kernels take no seq_lengths; H = 64: one chunk, weights on chip
     cases += [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
               (jrnn.lstm(64), "pallas", bf16)]
-    if on_gpu:  # 2 and 4 chunks, float32 weights re-read at each step (over the on-chip budget)
+    if on_gpu:  # the cooperative kernels (48 and 32 programs meeting at a grid barrier every step)
+        cases += [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
+        # 2 and 4 chunks, float32 weights re-read at each step (over the on-chip budget)
         cases += [(jrnn.lstm(128), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", f32),
                   (jrnn.lstm(256), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
-        # the cooperative kernels (32 and 48 programs meeting at a grid barrier every step)
-        cases += [(jrnn.lstm(512), "pallas", f32), (jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16)]
-    for cell, impl, dtype in cases:
-        params = jax.tree.map(lambda a, dtype=dtype: a.astype(dtype), cell.init(jax.random.fold_in(key, 1), 32))
-        xs = jax.random.normal(key, (8, 64, 32)).astype(dtype)
-        options = {} if impl == "pallas" else {"seq_lengths": lengths}
-        run = lambda p, i, cell=cell, xs=xs, options=options: jrnn.scan(cell, p, xs, implementation=i,
-                                                                        carry_dtype=f32, **options)
-        loss = lambda p, i, run=run: jnp.sum(jnp.sin(run(p, i)[1]))
-        row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl}
-        tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
-        try:
-            with jax.default_matmul_precision("highest"):
-                _, want = run(params, "plain")
-                g_want = jax.grad(loss)(params, "plain")
-                _, got = run(params, impl)
-                g_got = jax.grad(loss)(params, impl)
-        except Exception as error:  # noqa: BLE001 - a kernel that fails to compile is a result here
-            rows.append({**row, "value_rel_err": float("nan"), "grad_rel_err": float("nan"), "ok": False,
-                         "error": f"{type(error).__name__}: {str(error)[:300]}"})
-            continue
-        err = rel_err(got, want)
-        g_err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)))
-        rows.append({**row, "value_rel_err": err, "grad_rel_err": g_err,
-                     "ok": bool(err < tolerance[0] and g_err < tolerance[1])})
+    return cases
+
+
+def pallas_key(kind, hidden_size) -> str:
+    """A Pallas check that fails or hangs keeps the Pallas contenders of the same
+    cell and hidden size out of the timings."""
+    return f"{kind} H={hidden_size}"
+
+
+def run_check(cell, impl, dtype) -> dict:
+    """One fast path against the plain path on this device: values and gradients
+    (bfloat16 params and inputs, with a float32 carry, to a looser tolerance)."""
+    key = jax.random.key(0)
+    lengths = jnp.array([64, 50, 1, 0, 64, 33, 10, 64])
+    f32 = jnp.float32
+    params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.fold_in(key, 1), 32))
+    xs = jax.random.normal(key, (8, 64, 32)).astype(dtype)
+    options = {} if impl == "pallas" else {"seq_lengths": lengths}
+    # jitted: one compilation each, rather than one per operation
+    run = jax.jit(lambda p, i: jrnn.scan(cell, p, xs, implementation=i, carry_dtype=f32, **options),
+                  static_argnums=1)
+    loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
+    row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl}
+    if impl == "pallas":
+        row["pallas"] = pallas_key(cell.kind, cell.hidden_size)
+    tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
+    started = time.perf_counter()
+    try:
+        with jax.default_matmul_precision("highest"):
+            _, want = run(params, "plain")
+            g_want = jax.jit(jax.grad(loss), static_argnums=1)(params, "plain")
+            _, got = run(params, impl)
+            g_got = jax.jit(jax.grad(loss), static_argnums=1)(params, impl)
+            err = rel_err(got, want)
+            g_err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)))
+    except Exception as error:  # noqa: BLE001 - a kernel that fails to compile is a result here
+        return {**row, "value_rel_err": float("nan"), "grad_rel_err": float("nan"), "ok": False,
+                "seconds": time.perf_counter() - started, "error": f"{type(error).__name__}: {str(error)[:300]}"}
+    return {**row, "value_rel_err": err, "grad_rel_err": g_err, "seconds": time.perf_counter() - started,
+            "ok": bool(err < tolerance[0] and g_err < tolerance[1])}
+
+
+def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins: int) -> list[dict]:
+    """Every device check, run by child processes of this script: a check that takes
+    longer than ``timeout_s`` (a kernel that hangs, say) is reported as such, its
+    child is killed after printing where it was, and the next check starts in a new
+    child. Checks that would start after ``budget_s`` are reported as skipped."""
+    cases = check_cases(on_gpu)
+    rows, started = [], time.perf_counter()
+    while len(rows) < len(cases):
+        if time.perf_counter() - started > budget_s:
+            rows += [{"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl,
+                      "ok": False, "error": "skipped: over the checks' time budget"}
+                     for cell, impl, dtype in cases[len(rows):]]
+            break
+        child = subprocess.Popen([sys.executable, __file__, "--checks-only", "--first-check", str(len(rows)),
+                                  "--check-timeout", str(timeout_s), "--max-spins", str(max_spins)],
+                                 stdout=subprocess.PIPE, text=True,  # this process holds most of the GPU's memory
+                                 env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+        with selectors.DefaultSelector() as selector:
+            selector.register(child.stdout, selectors.EVENT_READ)
+            if selector.select(START_TIMEOUT_S):  # the child's first line says that its jax is up
+                child.stdout.readline()
+            while len(rows) < len(cases):
+                line = child.stdout.readline() if selector.select(timeout_s) else None
+                if not line:  # hung (or died): the check in hand is reported, the next gets a new child
+                    cell, impl, dtype = cases[len(rows)]
+                    rows.append({"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}",
+                                 "implementation": impl, "ok": False,
+                                 "error": "timed out" if line is None else f"child exited {child.poll()}"})
+                    if impl == "pallas":
+                        rows[-1]["pallas"] = pallas_key(cell.kind, cell.hidden_size)
+                    break
+                rows.append(json.loads(line))
+        child.kill()
+        child.wait()
     return rows
 
 
@@ -114,18 +176,21 @@ def on_chip_budget(num_bytes):
         _pallas.ON_CHIP_BYTES = saved
 
 
-def contenders(kind, B, H, T, dtype, on_gpu, failures):
+def contenders(kind, B, H, T, dtype, on_gpu, failures, broken=frozenset()):
     """``{name: (forward, forward_backward, compile_s)}`` for ``kind`` "lstm" or "gru";
-    a jrnn contender that fails to compile is left out and described in ``failures``."""
+    a jrnn contender that fails to compile, or a Pallas one whose :func:`pallas_key`
+    is in ``broken``, is left out and described in ``failures``."""
     I = H
     xs = jax.random.normal(jax.random.key(1), (B, T, I)).astype(dtype)
     cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), I))
     out = {}
-    variants = [("plain", {}), ("fused", {}), (f"fused unroll={UNROLL}", {"unroll": UNROLL})]
+    variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
-    if pallas_lstm.supports(cell) or pallas_gru.supports(cell):
+    if pallas_key(kind, H) in broken:
+        failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn pallas: not timed, its device check failed")
+    elif pallas_lstm.supports(cell) or pallas_gru.supports(cell):
         variants.append(("pallas", {}))
         if (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
             variants.append(("pallas streamed", {"on_chip_bytes": 0}))
@@ -214,10 +279,27 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--shapes", help="indices into SHAPES to run, e.g. 1,2,3 (default all)")
     parser.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm, gru (default both)")
-    parser.add_argument("--budget-s", type=float, default=210.0,
+    parser.add_argument("--budget-s", type=float, default=220.0,
                         help="skip the cases that would end later than this many seconds after the start")
+    parser.add_argument("--check-timeout", type=float, default=45.0,
+                        help="seconds one device check may take before it counts as hung (default 45)")
+    parser.add_argument("--checks-budget-s", type=float, default=120.0,
+                        help="start no device check later than this many seconds after the start")
+    parser.add_argument("--max-spins", type=int, default=pallas_lstm.MAX_SPINS,
+                        help="polls of a grid barrier before a cooperative kernel gives up (its results turn NaN)")
+    parser.add_argument("--checks-only", action="store_true", help=argparse.SUPPRESS)  # a child of check_in_children
+    parser.add_argument("--first-check", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
+    pallas_lstm.MAX_SPINS = args.max_spins
+    if args.checks_only:  # one JSON line per check; where a check hangs, the parent reads the traceback
+        print(json.dumps({"backend": jax.default_backend()}), flush=True)
+        for cell, impl, dtype in check_cases(jax.default_backend() == "gpu")[args.first_check:]:
+            faulthandler.dump_traceback_later(0.75 * args.check_timeout)
+            print(json.dumps(run_check(cell, impl, dtype)), flush=True)
+            faulthandler.cancel_dump_traceback_later()
+        return 0
+    checks = check_in_children(jax.default_backend() == "gpu", args.check_timeout, args.checks_budget_s, args.max_spins)
     on_gpu = jax.default_backend() == "gpu"
     device = str(jax.devices()[0])
     try:
@@ -227,11 +309,11 @@ def main(argv=None) -> int:
     except ImportError:
         pass
     print(f"# device: {device}; jax {jax.__version__} ({jax.default_backend()})", flush=True)
-    checks = check(on_gpu)
     for row in checks:
-        print(f"# check {row['cell']} {row['implementation']}: value rel err {row['value_rel_err']:.2e}, "
-              f"grad rel err {row['grad_rel_err']:.2e} -> {'ok' if row['ok'] else 'FAILED'} {row.get('error', '')}",
-              flush=True)
+        print(f"# check {row['cell']} {row['implementation']}: value rel err {row.get('value_rel_err', nan):.2e}, "
+              f"grad rel err {row.get('grad_rel_err', nan):.2e} in {row.get('seconds', nan):.1f} s -> "
+              f"{'ok' if row['ok'] else 'FAILED'} {row.get('error', '')}", flush=True)
+    broken = {row["pallas"] for row in checks if "pallas" in row and not row["ok"]}
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
@@ -254,7 +336,7 @@ def main(argv=None) -> int:
             skipped.append(case)
             continue
         case_started = time.perf_counter()
-        fns = contenders(kind, B, H, T, dtype, on_gpu, failures)
+        fns = contenders(kind, B, H, T, dtype, on_gpu, failures, broken)
         medians = time_all(fns, 3 if args.quick else args.repeats)
         durations.append(time.perf_counter() - case_started)
         torch_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("torch")), None)

@@ -35,7 +35,7 @@ def lstm_setup(key):
         (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), dropout=-0.1), ValueError,
          r"dropout: expected a rate in \[0, 1\), got -0.1"),
         (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), unroll=0), ValueError,
-         "unroll: expected a positive int or a bool, got 0"),
+         "unroll: expected a positive int, a bool or None, got 0"),
         (lambda c, p: jrnn.scan(c, p, jnp.ones((2, 5, 3)), reverse="yes"), TypeError,
          "reverse: expected a bool, got str"),
         (lambda c, p: jrnn.scan(c, p._replace(b=jnp.zeros(15)), jnp.ones((2, 5, 3))), ValueError,

@@ -84,6 +84,26 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     assert all(r["fwd_bwd_ms"] > 0 for r in result["results"])
 
 
+def test_gpu_benchmark_reports_a_check_that_hangs(tmp_path):
+    """A device check that takes longer than ``--check-timeout`` (here: any) is
+    killed with its child process and reported as timed out, the checks after the
+    checks' budget as skipped, and the script exits 1; nothing waits forever."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
+    out = subprocess.run([sys.executable, script, "--quick", "--check-timeout", "0.2", "--checks-budget-s", "1",
+                          "--budget-s", "0", "--json", tmp_path / "r.json"],
+                         capture_output=True, text=True, timeout=300, check=False)
+    assert out.returncode == 1, out.stdout + out.stderr
+    checks = json.loads((tmp_path / "r.json").read_text())["checks"]
+    assert checks[0]["error"] == "timed out" and not checks[0]["ok"]
+    assert checks[-1]["error"].startswith("skipped")
+    assert all(c["error"] == "timed out" or c["error"].startswith("skipped") for c in checks)
+
+
 def test_gpu_benchmark_runs_the_targets_first():
     """A short device lease must measure the issue's targets before anything else:
     the LSTM at (16, 768, 1024), then at (1, 128, 1000), float32 before bfloat16."""

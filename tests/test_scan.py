@@ -125,6 +125,30 @@ def test_unroll_does_not_change_values(unroll, key):
     )
 
 
+@pytest.mark.parametrize("backend,steps", [("gpu", 8), ("cpu", 1)])
+def test_default_unroll_is_eight_steps_on_a_gpu(backend, steps, key, monkeypatch):
+    """``unroll=None`` (the default) puts 8 time steps in each loop iteration on a
+    GPU, where each iteration costs kernel launches, and 1 elsewhere."""
+    import importlib
+
+    scan_module = importlib.import_module("jrnn.scan")
+    cell = jrnn.lstm(4)
+    params = random_params(cell, key, 3)
+    xs = jax.random.normal(key, (2, 11, 3), jnp.float64)
+    want = jrnn.scan(cell, params, xs, implementation="plain", unroll=1)[1]
+    seen, lax_scan = [], jax.lax.scan
+
+    def spy(*args, unroll=1, **kwargs):
+        seen.append(unroll)
+        return lax_scan(*args, unroll=unroll, **kwargs)
+
+    monkeypatch.setattr(scan_module.jax, "default_backend", lambda: backend)
+    monkeypatch.setattr(jax.lax, "scan", spy)
+    got = jrnn.scan(cell, params, xs, implementation="plain")[1]
+    assert seen == [steps]
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+
+
 def test_no_batch_dims(key):
     cell = jrnn.gru(4)
     params = random_params(cell, key, 3)

@@ -22,7 +22,7 @@ class RNN(nn.Module):
     Attributes:
       layer: e.g. ``jrnn.lstm(64)`` or ``jrnn.stacked([...])``.
       time_major: inputs are ``(T, *batch, I)``.
-      unroll: passed to ``lax.scan``.
+      unroll: as :func:`jrnn.scan` (``None``: 8 time steps per loop iteration on a GPU, else 1).
       dropout, recurrent_dropout: Keras-style variational rates, drawn from the
         ``'dropout'`` RNG stream unless deterministic.
       deterministic: default for ``__call__``'s ``deterministic``.
@@ -41,7 +41,7 @@ class RNN(nn.Module):
 
     layer: Any
     time_major: bool = False
-    unroll: int = 1
+    unroll: int | None = None
     dropout: float = 0.0
     recurrent_dropout: float = 0.0
     deterministic: bool | None = None

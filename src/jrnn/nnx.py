@@ -33,7 +33,7 @@ class RNN(nnx.Module):
       (2, 5, 8)
     """
 
-    def __init__(self, layer, input_size: int, *, rngs: nnx.Rngs, time_major: bool = False, unroll: int = 1,
+    def __init__(self, layer, input_size: int, *, rngs: nnx.Rngs, time_major: bool = False, unroll: int | None = None,
                  dropout: float = 0.0, recurrent_dropout: float = 0.0, deterministic: bool = False,
                  param_dtype: Any = jnp.float32):
         self.layer = layer

@@ -34,6 +34,14 @@ from jrnn._checks import (
 
 
 IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain", "cudnn", "pallas")
+GPU_UNROLL = 8  # default time steps per loop iteration on a GPU (benchmarks/RESULTS.md, "GPU")
+
+
+def default_unroll() -> int:
+    """``unroll`` when none is given: ``GPU_UNROLL`` on a GPU, where each loop
+    iteration costs kernel launches (on an H200 the LSTM's forward+backward ran
+    1.3–1.8× faster with 8 steps per iteration), else 1."""
+    return GPU_UNROLL if jax.default_backend() == "gpu" else 1
 
 
 def scan(
@@ -45,7 +53,7 @@ def scan(
     seq_lengths=None,
     reverse: bool = False,
     time_major: bool = False,
-    unroll: int | bool = 1,
+    unroll: int | bool | None = None,
     dropout: float = 0.0,
     recurrent_dropout: float = 0.0,
     dropout_key: jax.Array | None = None,
@@ -76,7 +84,8 @@ def scan(
       reverse: run each sequence's valid part from its last valid step to its
         first; outputs stay at their original positions.
       time_major: ``xs`` and ``ys`` are time-major.
-      unroll: loop unrolling passed to ``lax.scan``.
+      unroll: time steps per iteration of the loop, passed to ``lax.scan``;
+        ``None``: :func:`default_unroll` (8 on a GPU, 1 elsewhere).
       dropout: variational input dropout rate (one mask per sequence, shared by
         all steps, as Keras). Active only when ``dropout_key`` is given.
       recurrent_dropout: variational dropout rate on ``h_{t-1}`` where it enters
@@ -93,7 +102,8 @@ def scan(
         float32, no ``reverse``, ``resets`` or dropout) or ``"pallas"``
         (:mod:`jrnn.kernels.pallas_lstm`, :mod:`jrnn.kernels.pallas_gru`: the
         LSTM or reset-after GRU time loop in one Pallas kernel launch; hidden
-        size 16, 32, 48, 64, 96, 128, 192 or 256; no ``seq_lengths``,
+        size 16, 32, 48, 64, 96, 128, 192 or 256, and for the LSTM a multiple
+        of 64 from 320 to 2048; no ``seq_lengths``,
         ``reverse``, ``resets`` or recurrent dropout; interpreted off GPU).
         All compute the same function.
       checkpoint_every: memory option for long sequences: keep only every
@@ -139,8 +149,10 @@ def scan(
     check_bool("time_major", time_major)
     check_rate("dropout", dropout)
     check_rate("recurrent_dropout", recurrent_dropout)
+    if unroll is None:
+        unroll = default_unroll()
     if not isinstance(unroll, (bool, int)) or (not isinstance(unroll, bool) and unroll < 1):
-        raise ValueError(f"unroll: expected a positive int or a bool, got {unroll!r}")
+        raise ValueError(f"unroll: expected a positive int, a bool or None, got {unroll!r}")
     for name, value in (("checkpoint_every", checkpoint_every), ("truncate_every", truncate_every)):
         if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
             raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
