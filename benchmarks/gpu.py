@@ -85,6 +85,12 @@ def pallas_key(kind, hidden_size) -> str:
     return f"{kind} H={hidden_size}"
 
 
+def check_row(cell, impl, dtype) -> dict:
+    """What a check's row says about the check itself, before its results."""
+    row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl}
+    return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size)} if impl == "pallas" else row
+
+
 def run_check(cell, impl, dtype) -> dict:
     """One fast path against the plain path on this device: values and gradients
     (bfloat16 params and inputs, with a float32 carry, to a looser tolerance)."""
@@ -98,9 +104,7 @@ def run_check(cell, impl, dtype) -> dict:
     run = jax.jit(lambda p, i: jrnn.scan(cell, p, xs, implementation=i, carry_dtype=f32, **options),
                   static_argnums=1)
     loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
-    row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl}
-    if impl == "pallas":
-        row["pallas"] = pallas_key(cell.kind, cell.hidden_size)
+    row = check_row(cell, impl, dtype)
     tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
     started = time.perf_counter()
     try:
@@ -118,23 +122,32 @@ def run_check(cell, impl, dtype) -> dict:
             "ok": bool(err < tolerance[0] and g_err < tolerance[1])}
 
 
+def exit_code(child, wait_s=10.0):
+    """The exit code of a child whose output has ended (None if it has not exited)."""
+    try:
+        return child.wait(wait_s)
+    except subprocess.TimeoutExpired:
+        return None
+
+
 def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins: int) -> list[dict]:
     """Every device check, run by child processes of this script: a check that takes
     longer than ``timeout_s`` (a kernel that hangs, say) is reported as such, its
     child is killed after printing where it was, and the next check starts in a new
-    child. Checks that would start after ``budget_s`` are reported as skipped."""
+    child. Checks that would start after ``budget_s`` are reported as skipped.
+    (Printing the traceback from a watchdog thread can crash the child: that check
+    is then reported as "child exited -11", which ends the same way.)"""
     cases = check_cases(on_gpu)
     rows, started = [], time.perf_counter()
     while len(rows) < len(cases):
         if time.perf_counter() - started > budget_s:
-            rows += [{"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl,
-                      "ok": False, "error": "skipped: over the checks' time budget"}
-                     for cell, impl, dtype in cases[len(rows):]]
+            rows += [{**check_row(*case), "ok": False, "error": "skipped: over the checks' time budget"}
+                     for case in cases[len(rows):]]
             break
         child = subprocess.Popen([sys.executable, __file__, "--checks-only", "--first-check", str(len(rows)),
                                   "--check-timeout", str(timeout_s), "--max-spins", str(max_spins)],
-                                 stdout=subprocess.PIPE, text=True,  # this process holds most of the GPU's memory
-                                 env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
+                                 stdout=subprocess.PIPE, bufsize=0,  # unbuffered: select() sees every line
+                                 env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # we hold the GPU's memory
         with selectors.DefaultSelector() as selector:
             selector.register(child.stdout, selectors.EVENT_READ)
             if selector.select(START_TIMEOUT_S):  # the child's first line says that its jax is up
@@ -142,12 +155,8 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
             while len(rows) < len(cases):
                 line = child.stdout.readline() if selector.select(timeout_s) else None
                 if not line:  # hung (or died): the check in hand is reported, the next gets a new child
-                    cell, impl, dtype = cases[len(rows)]
-                    rows.append({"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}",
-                                 "implementation": impl, "ok": False,
-                                 "error": "timed out" if line is None else f"child exited {child.poll()}"})
-                    if impl == "pallas":
-                        rows[-1]["pallas"] = pallas_key(cell.kind, cell.hidden_size)
+                    rows.append({**check_row(*cases[len(rows)]), "ok": False,
+                                 "error": "timed out" if line is None else f"child exited {exit_code(child)}"})
                     break
                 rows.append(json.loads(line))
         child.kill()
