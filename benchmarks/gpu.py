@@ -104,19 +104,20 @@ def run_check(cell, impl, dtype) -> dict:
     run = jax.jit(lambda p, i: jrnn.scan(cell, p, xs, implementation=i, carry_dtype=f32, **options),
                   static_argnums=1)
     loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
+    grad = jax.jit(jax.grad(loss), static_argnums=1)
     row = check_row(cell, impl, dtype)
     tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
     started = time.perf_counter()
     try:
         with jax.default_matmul_precision("highest"):
             _, want = run(params, "plain")
-            g_want = jax.jit(jax.grad(loss), static_argnums=1)(params, "plain")
+            g_want = grad(params, "plain")
             _, got = run(params, impl)
-            g_got = jax.jit(jax.grad(loss), static_argnums=1)(params, impl)
+            g_got = grad(params, impl)
             err = rel_err(got, want)
             g_err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)))
     except Exception as error:  # noqa: BLE001 - a kernel that fails to compile is a result here
-        return {**row, "value_rel_err": float("nan"), "grad_rel_err": float("nan"), "ok": False,
+        return {**row, "value_rel_err": nan, "grad_rel_err": nan, "ok": False,
                 "seconds": time.perf_counter() - started, "error": f"{type(error).__name__}: {str(error)[:300]}"}
     return {**row, "value_rel_err": err, "grad_rel_err": g_err, "seconds": time.perf_counter() - started,
             "ok": bool(err < tolerance[0] and g_err < tolerance[1])}
@@ -301,15 +302,15 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     started = time.perf_counter()
     pallas_lstm.MAX_SPINS = args.max_spins
+    on_gpu = jax.default_backend() == "gpu"
     if args.checks_only:  # one JSON line per check; where a check hangs, the parent reads the traceback
         print(json.dumps({"backend": jax.default_backend()}), flush=True)
-        for cell, impl, dtype in check_cases(jax.default_backend() == "gpu")[args.first_check:]:
+        for cell, impl, dtype in check_cases(on_gpu)[args.first_check:]:
             faulthandler.dump_traceback_later(0.75 * args.check_timeout)
             print(json.dumps(run_check(cell, impl, dtype)), flush=True)
             faulthandler.cancel_dump_traceback_later()
         return 0
-    checks = check_in_children(jax.default_backend() == "gpu", args.check_timeout, args.checks_budget_s, args.max_spins)
-    on_gpu = jax.default_backend() == "gpu"
+    checks = check_in_children(on_gpu, args.check_timeout, args.checks_budget_s, args.max_spins)
     device = str(jax.devices()[0])
     try:
         import torch
