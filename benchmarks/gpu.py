@@ -1,11 +1,11 @@
 """GPU benchmark: correctness on the device first, then LSTM and GRU timings.
 
-Contenders: jrnn's plain ``lax.scan`` path; its fused path with one time step
-per loop iteration ("jrnn fused") and with 8 ("jrnn fused unroll=8", what
-``jrnn.scan`` does by default on a GPU) and 16; Pallas kernels (H ≤ 256: one program
+Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
+``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
+GPU), and the fused path with 16; Pallas kernels (H ≤ 256: one program
 per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
-barrier per step; where the weights stay on chip, also with them re-read each
-step); jrnn's cuDNN option (``implementation="cudnn"``, which is
+barrier per step; with ``--streamed``, where the weights stay on chip, also with
+them re-read each step); jrnn's cuDNN option (``implementation="cudnn"``, which is
 ``jax.experimental.rnn``; LSTM, float32); ``torch.nn.LSTM`` / ``torch.nn.GRU``
 (cuDNN); and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU
 is the reset-after variant that cuDNN computes. Shapes (B, I = H, T) =
@@ -17,9 +17,10 @@ interleaved runs after warm-up, with ``block_until_ready`` /
 The device checks run first (each fast path against the plain path, values and
 gradients), each in a child process with a time limit (``--check-timeout``):
 a check that hangs, or compiles for longer, is reported as timed out, with a
-Python traceback of where it was, and the Pallas contenders of its cell and
-hidden size are then not timed. Then the cases run in order of importance (the
-issue's targets first: LSTM at (16, 768, 1024), then at (1, 128, 1000)); a case
+Python traceback of where it was. On a GPU, the Pallas contenders of a cell and
+hidden size are timed only where a device check of them ran and passed. Then the cases run in order of importance (the
+issue's target shapes first, (16, 768, 1024) then (1, 128, 1000), the LSTM
+before the GRU); a case
 whose estimated time would pass ``--budget-s`` (default 220 s from the start)
 is skipped and listed, so one run fits a short device lease. A jrnn contender
 that fails to compile is reported and left out; ``--json`` is rewritten after
@@ -52,7 +53,9 @@ import jrnn
 from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
-UNROLLS = (8, 16)  # steps per loop iteration of the unrolled fused contenders (jrnn's GPU default: 8)
+# steps per loop iteration of the fused contenders beyond jrnn's default (8 on a
+# GPU); 32 was slower than 8 in 8 of 11 cases on an H100 (2026-11-27)
+UNROLLS = (16,)
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -62,21 +65,25 @@ def rel_err(a, b) -> float:
 
 
 def check_cases(on_gpu: bool) -> list[tuple]:
-    """``(cell, implementation, dtype)`` of every device check, in the order they run."""
+    """``(cell, implementation, dtype)`` of every device check, in the order they run:
+    on a GPU, those that gate a timed Pallas contender first (the checks' time budget
+    may end the list early), the hidden sizes that no case times last."""
     f32, bf16 = jnp.float32, jnp.bfloat16
-    cases = [(jrnn.lstm(64), "fused", f32), (jrnn.gru(64, reset_after=True), "fused", f32),
-             (jrnn.min_gru(64), "parallel", f32)]
-    if on_gpu:
-        cases.append((jrnn.lstm(64), "cudnn", f32))
+    scan_paths = [(jrnn.lstm(64), "fused", f32), (jrnn.gru(64, reset_after=True), "fused", f32),
+                  (jrnn.min_gru(64), "parallel", f32)]
     # the Pallas kernels take no seq_lengths; H = 64: one chunk, weights on chip
-    cases += [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
-              (jrnn.lstm(64), "pallas", bf16)]
-    if on_gpu:  # the cooperative kernels (48 and 32 programs meeting at a grid barrier every step)
-        cases += [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
-        # 2 and 4 chunks, float32 weights re-read at each step (over the on-chip budget)
-        cases += [(jrnn.lstm(128), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", f32),
-                  (jrnn.lstm(256), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
-    return cases
+    small = [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
+             (jrnn.lstm(64), "pallas", bf16)]
+    if not on_gpu:
+        return scan_paths + small
+    # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on chip
+    batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16)]
+    # the cooperative kernels (48 and 32 programs meeting at a grid barrier every step)
+    wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
+    gru = [(jrnn.gru(128, reset_after=True), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
+    # the float32 H = 256 LSTM kernel took over 40 s to compile on an H200: last
+    return batch_one + wide + scan_paths + [(jrnn.lstm(64), "cudnn", f32)] + gru + small + [
+        (jrnn.lstm(256), "pallas", f32)]
 
 
 def pallas_key(kind, hidden_size) -> str:
@@ -186,41 +193,54 @@ def on_chip_budget(num_bytes):
         _pallas.ON_CHIP_BYTES = saved
 
 
-def contenders(kind, B, H, T, dtype, on_gpu, failures, broken=frozenset()):
-    """``{name: (forward, forward_backward, compile_s)}`` for ``kind`` "lstm" or "gru";
+def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=False, only=None):
+    """``{name: (forward, forward_backward, compile_s)}`` for ``kind`` "lstm" or "gru"
+    (with ``streamed``, also the Pallas kernels with their weights re-read each step;
+    with ``only``, a list of strings, just the contenders whose names contain one);
     a jrnn contender that fails to compile, or a Pallas one whose :func:`pallas_key`
-    is in ``broken``, is left out and described in ``failures``."""
+    is not in ``checked`` (the keys whose device checks passed; ``None``: all), is
+    left out and described in ``failures``."""
     I = H
     xs = jax.random.normal(jax.random.key(1), (B, T, I)).astype(dtype)
     cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), I))
     out = {}
+    # "plain" and "fused" with jrnn.scan's default unroll (8 on a GPU, 1 elsewhere)
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
-    if pallas_key(kind, H) in broken:
-        failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn pallas: not timed, its device check failed")
-    elif pallas_lstm.supports(cell) or pallas_gru.supports(cell):
+    if not (pallas_lstm.supports(cell) or pallas_gru.supports(cell)):
+        pass
+    elif checked is not None and pallas_key(kind, H) not in checked:
+        failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn pallas: not timed, "
+                        "no device check of it passed")
+    else:
         variants.append(("pallas", {}))
-        if (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
+        if streamed and (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
             variants.append(("pallas streamed", {"on_chip_bytes": 0}))
+    wanted = lambda name: only is None or any(part in name for part in only)
     for name, options in variants:
+        if not wanted(f"jrnn {name}"):
+            continue
         impl = name.split()[0]
 
         def loss(p, x, impl=impl, options=options):
             with on_chip_budget(options.get("on_chip_bytes", _pallas.ON_CHIP_BYTES)):
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
-                               unroll=options.get("unroll", 1))[1]
+                               unroll=options.get("unroll"))[1]
             return jnp.sum(ys.astype(jnp.float32)), ys
         try:
             out[f"jrnn {name}"] = _jax_fns(loss, params, xs)
         except Exception as error:  # noqa: BLE001 - reported, and the other contenders still run
             failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn {name}: "
                             f"{type(error).__name__}: {str(error)[:300]}")
+    flax_name = f"flax {'OptimizedLSTMCell' if kind == 'lstm' else 'GRUCell'}"
     try:
         import flax.linen as nn
-
+    except ImportError:
+        nn = None
+    if nn is not None and wanted(flax_name):
         # Flax's usual mixed precision: float32 params (its orthogonal init has no
         # bfloat16 QR), computation in ``dtype``
         flax_cell = nn.OptimizedLSTMCell if kind == "lstm" else nn.GRUCell
@@ -231,13 +251,12 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, broken=frozenset()):
             ys = model.apply(p, x)
             return jnp.sum(ys.astype(jnp.float32)), ys
 
-        out[f"flax {flax_cell.__name__}"] = _jax_fns(flax_loss, variables, xs)
-    except ImportError:
-        pass
+        out[flax_name] = _jax_fns(flax_loss, variables, xs)
     try:
         import torch
 
-        if on_gpu and torch.cuda.is_available():
+        torch_name = f"torch.nn.{'LSTM' if kind == 'lstm' else 'GRU'} (cuDNN)"
+        if on_gpu and torch.cuda.is_available() and wanted(torch_name):
             t_dtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
             torch_cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
             module = torch_cls(I, H, batch_first=True).cuda().to(t_dtype)
@@ -254,7 +273,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, broken=frozenset()):
                 module(x)[0].float().sum().backward()
                 torch.cuda.synchronize()
 
-            out[f"torch.nn.{torch_cls.__name__} (cuDNN)"] = (t_fwd, t_bwd, None)
+            out[torch_name] = (t_fwd, t_bwd, None)
     except ImportError:
         pass
     return out
@@ -274,12 +293,15 @@ def time_all(fns, repeats):
 
 
 def ranked_cases(cells, shapes):
-    """``(cell, shape, dtype)`` in order of importance: the LSTM before the GRU, the
-    issue's target shapes (16, 768, 1024) and (1, 128, 1000) before the others."""
+    """``(cell, shape, dtype)`` in order of importance: the issue's target shapes
+    (16, 768, 1024) and (1, 128, 1000) before the others, at each the LSTM before the
+    GRU, float32 before bfloat16."""
     first = [(16, 768, 1024), (1, 128, 1000)]
-    shapes = sorted(shapes, key=lambda shape: first.index(shape) if shape in first else len(first))
     cells = sorted(cells, key=lambda kind: kind != "lstm")
-    return [(kind, shape, dtype) for kind in cells for shape in shapes for dtype in (jnp.float32, jnp.bfloat16)]
+    groups = [[shape for shape in shapes if shape in first], [shape for shape in shapes if shape not in first]]
+    groups[0].sort(key=first.index)
+    return [(kind, shape, dtype) for group in groups for kind in cells for shape in group
+            for dtype in (jnp.float32, jnp.bfloat16)]
 
 
 def main(argv=None) -> int:
@@ -297,6 +319,10 @@ def main(argv=None) -> int:
                         help="start no device check later than this many seconds after the start")
     parser.add_argument("--max-spins", type=int, default=pallas_lstm.MAX_SPINS,
                         help="polls of a grid barrier before a cooperative kernel gives up (its results turn NaN)")
+    parser.add_argument("--streamed", action="store_true",
+                        help="also time the Pallas kernels with on-chip weights re-read at each step")
+    parser.add_argument("--only", help="comma-separated: time only the contenders whose names contain one of "
+                        "these (e.g. 'fused,pallas,torch,flax')")
     parser.add_argument("--checks-only", action="store_true", help=argparse.SUPPRESS)  # a child of check_in_children
     parser.add_argument("--first-check", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -323,7 +349,12 @@ def main(argv=None) -> int:
         print(f"# check {row['cell']} {row['implementation']}: value rel err {row.get('value_rel_err', nan):.2e}, "
               f"grad rel err {row.get('grad_rel_err', nan):.2e} in {row.get('seconds', nan):.1f} s -> "
               f"{'ok' if row['ok'] else 'FAILED'} {row.get('error', '')}", flush=True)
-    broken = {row["pallas"] for row in checks if "pallas" in row and not row["ok"]}
+    # on a GPU, a Pallas kernel is timed only where its device checks all passed (a
+    # kernel that compiles for minutes would otherwise eat the run)
+    checked = None
+    if on_gpu:
+        keys = {row["pallas"] for row in checks if "pallas" in row}
+        checked = keys - {row["pallas"] for row in checks if "pallas" in row and not row["ok"]}
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
@@ -346,7 +377,8 @@ def main(argv=None) -> int:
             skipped.append(case)
             continue
         case_started = time.perf_counter()
-        fns = contenders(kind, B, H, T, dtype, on_gpu, failures, broken)
+        fns = contenders(kind, B, H, T, dtype, on_gpu, failures, checked, args.streamed,
+                        args.only.split(",") if args.only else None)
         medians = time_all(fns, 3 if args.quick else args.repeats)
         durations.append(time.perf_counter() - case_started)
         torch_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("torch")), None)

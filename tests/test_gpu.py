@@ -106,18 +106,35 @@ def test_gpu_benchmark_reports_a_check_that_hangs(tmp_path):
     assert all(c["error"].startswith((*stopped, "skipped")) for c in checks), checks
 
 
-def test_gpu_benchmark_runs_the_targets_first():
-    """A short device lease must measure the issue's targets before anything else:
-    the LSTM at (16, 768, 1024), then at (1, 128, 1000), float32 before bfloat16."""
+def _gpu_benchmark():
+    """``benchmarks/gpu.py`` as a module."""
     import importlib.util
     from pathlib import Path
 
     spec = importlib.util.spec_from_file_location("gpu_benchmark", Path(__file__).parent.parent / "benchmarks" / "gpu.py")
     gpu_benchmark = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(gpu_benchmark)
+    return gpu_benchmark
+
+
+def test_gpu_benchmark_runs_the_targets_first():
+    """A short device lease must measure the issue's targets before anything else:
+    the LSTM at (16, 768, 1024), then at (1, 128, 1000), float32 before bfloat16;
+    then the GRU at those shapes, then the other shapes."""
+    gpu_benchmark = _gpu_benchmark()
     cases = gpu_benchmark.ranked_cases(["gru", "lstm"], gpu_benchmark.SHAPES)
     assert len(cases) == 16
     assert [(kind, shape) for kind, shape, _ in cases[:4]] == [
         ("lstm", (16, 768, 1024)), ("lstm", (16, 768, 1024)), ("lstm", (1, 128, 1000)), ("lstm", (1, 128, 1000))]
     assert [jnp.dtype(dtype).name for _, _, dtype in cases[:2]] == ["float32", "bfloat16"]
-    assert {kind for kind, _, _ in cases[8:]} == {"gru"}
+    assert [(kind, shape) for kind, shape, _ in cases[4:8:2]] == [("gru", (16, 768, 1024)), ("gru", (1, 128, 1000))]
+    assert {shape for _, shape, _ in cases[8:]} == {(64, 512, 100), (16, 256, 1000)}
+    assert [kind for kind, _, _ in cases[8:]] == ["lstm"] * 4 + ["gru"] * 4
+
+
+def test_gpu_benchmark_times_only_the_contenders_asked_for():
+    """``--only`` keeps a short device lease to the contenders named (by parts of
+    their names), so the others are not even compiled."""
+    failures = []
+    fns = _gpu_benchmark().contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["unroll", "flax"])
+    assert set(fns) == {"jrnn fused unroll=16", "flax OptimizedLSTMCell"} and not failures

@@ -19,9 +19,10 @@ input projection with its bias::
 Supported: ``jrnn.gru(H, reset_after=True)`` with H in 16, 32, 48, 64, 96,
 128, 192, 256; no ``seq_lengths``, ``reverse``, resets or recurrent dropout.
 
-Status (2026-11-26): values and gradients equal the reference and the plain
-path in interpret mode on CPU, and forward and backward pass the Triton
-lowering for CUDA there (tests); not yet run on a GPU.
+Status (2026-11-27): values and gradients equal the reference and the plain
+path in interpret mode on CPU (tests), and the plain path on an H100 and an
+H200 at H = 64 and 128 in float32, and on the H100 at H = 128 in bfloat16.
+Not yet timed on a GPU.
 """
 
 from __future__ import annotations

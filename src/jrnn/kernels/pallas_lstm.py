@@ -28,11 +28,13 @@ state is split into at most 4 chunks of 16, 32 or 64 columns, see
 ``seq_lengths``, ``reverse``, resets or recurrent dropout (``jrnn.scan``
 refuses those with ``implementation="pallas"``).
 
-Status (2026-11-26): values and gradients equal the reference and the plain
-path in interpret mode on CPU, and forward and backward pass the Triton
-lowering for CUDA there, for both kinds of kernel (tests); an earlier version
-of the one-program kernel equalled the plain path on an H100 at H = 64;
-neither has been timed on a GPU, and the grid barrier has not run on one.
+Status (2026-11-27): values and gradients equal the reference and the plain
+path in interpret mode on CPU (tests), and the plain path on an H100 and an
+H200 at H = 64 and 128 and, for the cooperative kernels, at H = 512 and 768
+(float32 and bfloat16; the grid barrier holds). At H = 256 in float32 XLA
+took over 40 s to compile the forward kernel on both cards. Timed there, no
+kernel was faster than the fused path forward+backward (see
+``benchmarks/RESULTS.md``), so ``implementation="auto"`` does not pick them.
 """
 
 from __future__ import annotations
@@ -72,7 +74,8 @@ from jrnn.kernels._pallas import (
 WIDE_TILE = 16
 MAX_WIDE = 2048
 # polls of a grid barrier before a program gives up (each poll is one atomic
-# read of the counter in L2 and two block-wide barriers; not yet timed on a GPU)
+# read of the counter in L2 and two block-wide barriers; polls were not timed
+# on their own on a GPU)
 MAX_SPINS = 1 << 20
 
 
