@@ -4,8 +4,9 @@ Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 ``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
 GPU), and the fused path with 16; Pallas kernels (H ≤ 256: one program
 per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
-barrier per step; with ``--streamed``, where the weights stay on chip, also with
-them re-read each step); jrnn's cuDNN option (``implementation="cudnn"``, which is
+barrier per step; at H = 128 also with the state in one chunk of 128 columns,
+"pallas chunk=128", an experiment; with ``--streamed``, where the weights stay
+on chip, also with them re-read each step); jrnn's cuDNN option (``implementation="cudnn"``, which is
 ``jax.experimental.rnn``; LSTM, float32); ``torch.nn.LSTM`` / ``torch.nn.GRU``
 (cuDNN); and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU
 is the reset-after variant that cuDNN computes. Shapes (B, I = H, T) =
@@ -56,6 +57,11 @@ SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
 # steps per loop iteration of the fused contenders beyond jrnn's default (8 on a
 # GPU); 32 was slower than 8 in 8 of 11 cases on an H100 (2026-11-27)
 UNROLLS = (16,)
+# An experiment: the one-program kernels with the state in one chunk of up to 128
+# columns (H = 128: 4 products of (16, 128) x (128, 128) per step instead of 16 of
+# (16, 64) x (64, 64)); timed as "pallas chunk=128". Without a GPU, Triton's sm_90
+# code for it spills no registers (benchmarks/triton_resources.py).
+ONE_CHUNK = 128
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -76,8 +82,10 @@ def check_cases(on_gpu: bool) -> list[tuple]:
              (jrnn.lstm(64), "pallas", bf16)]
     if not on_gpu:
         return scan_paths + small
-    # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on chip
-    batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16)]
+    # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on
+    # chip; then the same in one chunk of 128 columns (4 products per step, not 16)
+    batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16),
+                 (jrnn.lstm(128), "pallas", f32, ONE_CHUNK), (jrnn.lstm(128), "pallas", bf16, ONE_CHUNK)]
     # the cooperative kernels (48 and 32 programs meeting at a grid barrier every step)
     wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
     gru = [(jrnn.gru(128, reset_after=True), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
@@ -86,21 +94,23 @@ def check_cases(on_gpu: bool) -> list[tuple]:
         (jrnn.lstm(256), "pallas", f32)]
 
 
-def pallas_key(kind, hidden_size) -> str:
+def pallas_key(kind, hidden_size, max_chunk=None) -> str:
     """A Pallas check that fails or hangs keeps the Pallas contenders of the same
-    cell and hidden size out of the timings."""
-    return f"{kind} H={hidden_size}"
+    cell, hidden size and chunk width out of the timings."""
+    return f"{kind} H={hidden_size}" + (f" chunk={max_chunk}" if max_chunk else "")
 
 
-def check_row(cell, impl, dtype) -> dict:
+def check_row(cell, impl, dtype, max_chunk=None) -> dict:
     """What a check's row says about the check itself, before its results."""
-    row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}", "implementation": impl}
-    return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size)} if impl == "pallas" else row
+    row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}",
+           "implementation": impl + (f" chunk={max_chunk}" if max_chunk else "")}
+    return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size, max_chunk)} if impl == "pallas" else row
 
 
-def run_check(cell, impl, dtype) -> dict:
+def run_check(cell, impl, dtype, max_chunk=None) -> dict:
     """One fast path against the plain path on this device: values and gradients
-    (bfloat16 params and inputs, with a float32 carry, to a looser tolerance)."""
+    (bfloat16 params and inputs, with a float32 carry, to a looser tolerance);
+    ``max_chunk``: the Pallas kernels' ``MAX_CHUNK`` while they are traced."""
     key = jax.random.key(0)
     lengths = jnp.array([64, 50, 1, 0, 64, 33, 10, 64])
     f32 = jnp.float32
@@ -112,11 +122,11 @@ def run_check(cell, impl, dtype) -> dict:
                   static_argnums=1)
     loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
     grad = jax.jit(jax.grad(loss), static_argnums=1)
-    row = check_row(cell, impl, dtype)
+    row = check_row(cell, impl, dtype, max_chunk)
     tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
     started = time.perf_counter()
     try:
-        with jax.default_matmul_precision("highest"):
+        with jax.default_matmul_precision("highest"), kernel_settings(max_chunk=max_chunk):
             _, want = run(params, "plain")
             g_want = grad(params, "plain")
             _, got = run(params, impl)
@@ -184,13 +194,24 @@ def _jax_fns(loss_and_out, params, xs):
 
 
 @contextlib.contextmanager
-def on_chip_budget(num_bytes):
-    """Trace the Pallas kernels with another ``ON_CHIP_BYTES`` (0: weights re-read each step)."""
-    saved, _pallas.ON_CHIP_BYTES = _pallas.ON_CHIP_BYTES, num_bytes
+def kernel_settings(on_chip_bytes=None, max_chunk=None):
+    """Trace the Pallas kernels with another ``ON_CHIP_BYTES`` (0: weights re-read
+    each step) or ``MAX_CHUNK`` (the widest column chunk); ``None`` leaves one as it is."""
+    saved = _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK
+    _pallas.ON_CHIP_BYTES = saved[0] if on_chip_bytes is None else on_chip_bytes
+    _pallas.MAX_CHUNK = saved[1] if max_chunk is None else max_chunk
     try:
         yield
     finally:
-        _pallas.ON_CHIP_BYTES = saved
+        _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK = saved
+
+
+def one_chunk_differs(hidden_size) -> bool:
+    """Whether ``ONE_CHUNK`` would hold this one-program kernel's state in a single
+    chunk where ``MAX_CHUNK`` splits it (H = 128)."""
+    with kernel_settings(max_chunk=ONE_CHUNK):
+        wide = _pallas.chunking(hidden_size)
+    return wide is not None and wide[1] == 1 and wide != _pallas.chunking(hidden_size)
 
 
 def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=False, only=None):
@@ -216,6 +237,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
                         "no device check of it passed")
     else:
         variants.append(("pallas", {}))
+        if one_chunk_differs(H) and (checked is None or pallas_key(kind, H, ONE_CHUNK) in checked):
+            variants.append((f"pallas chunk={ONE_CHUNK}", {"max_chunk": ONE_CHUNK}))
         if streamed and (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
             variants.append(("pallas streamed", {"on_chip_bytes": 0}))
     wanted = lambda name: only is None or any(part in name for part in only)
@@ -225,7 +248,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         impl = name.split()[0]
 
         def loss(p, x, impl=impl, options=options):
-            with on_chip_budget(options.get("on_chip_bytes", _pallas.ON_CHIP_BYTES)):
+            with kernel_settings(options.get("on_chip_bytes"), options.get("max_chunk")):
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]
@@ -331,9 +354,9 @@ def main(argv=None) -> int:
     on_gpu = jax.default_backend() == "gpu"
     if args.checks_only:  # one JSON line per check; where a check hangs, the parent reads the traceback
         print(json.dumps({"backend": jax.default_backend()}), flush=True)
-        for cell, impl, dtype in check_cases(on_gpu)[args.first_check:]:
+        for case in check_cases(on_gpu)[args.first_check:]:
             faulthandler.dump_traceback_later(0.75 * args.check_timeout)
-            print(json.dumps(run_check(cell, impl, dtype)), flush=True)
+            print(json.dumps(run_check(*case)), flush=True)
             faulthandler.cancel_dump_traceback_later()
         return 0
     checks = check_in_children(on_gpu, args.check_timeout, args.checks_budget_s, args.max_spins)

@@ -138,3 +138,31 @@ def test_gpu_benchmark_times_only_the_contenders_asked_for():
     failures = []
     fns = _gpu_benchmark().contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["unroll", "flax"])
     assert set(fns) == {"jrnn fused unroll=16", "flax OptimizedLSTMCell"} and not failures
+
+
+def test_step_kernels_counts_the_operations_of_each_time_loop(tmp_path):
+    """``benchmarks/step_kernels.py`` finds every time loop of the compiled forward
+    and forward+backward programs, with XLA's trip count (so the steps per
+    iteration follow from ``unroll``) and the operations of the loop body."""
+    import importlib.util
+    import json
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "step_kernels", Path(__file__).parent.parent / "benchmarks" / "step_kernels.py")
+    step_kernels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(step_kernels)
+    out = tmp_path / "rows.json"
+    assert step_kernels.main(["--quick", "--cells", "lstm", "--implementations", "fused", "--unroll", "4",
+                              "--json", str(out)]) == 0
+    rows = json.loads(out.read_text())
+    per_program = {(r["dtype"], r["program"]): 0 for r in rows}
+    for r in rows:
+        per_program[r["dtype"], r["program"]] += 1
+    # the forward is one loop; forward+backward a forward and a reverse loop
+    assert per_program == {("float32", "forward"): 1, ("float32", "forward+backward"): 2,
+                           ("bfloat16", "forward"): 1, ("bfloat16", "forward+backward"): 2}
+    for r in rows:
+        assert r["trip_count"] == 24 // 4 and r["steps_per_trip"] == 4
+        assert r["launches"] >= 4 and r["ops_per_step"] == r["launches"] / 4
+        assert not {"parameter", "tuple", "get-tuple-element"} & set(r["ops"])

@@ -44,6 +44,18 @@ def test_kernel_equals_reference(T, B, H, on_chip):
     _check_lstm_loop(T, B, H, lambda *a: pallas_lstm.lstm_loop(*a, True, on_chip))
 
 
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_one_chunk_of_128_columns_equals_reference(kind, monkeypatch):
+    """With ``MAX_CHUNK = 128`` (the GPU benchmark's "pallas chunk=128" experiment)
+    the H = 128 state is one chunk: 4 products per step instead of 16."""
+    monkeypatch.setattr(_pallas, "MAX_CHUNK", 128)
+    assert _pallas.chunking(128) == (128, 1)
+    if kind == "lstm":
+        _check_lstm_loop(3, 16, 128, lambda *a: pallas_lstm.lstm_loop(*a, True, False))
+    else:
+        _check_gru_loop(3, 16, 128, False)
+
+
 @pytest.mark.parametrize("T,B,H", [(1, 16, 64), (4, 32, 128)])  # 4 tiles, 1 chunk; 8 tiles, 2 chunks, 2 batch tiles
 def test_wide_kernel_equals_reference(T, B, H, on_chip):
     """The cooperative kernels as interpret mode runs them: one program per batch
@@ -68,6 +80,11 @@ def test_wide_kernel_is_nan_when_its_programs_cannot_all_run(monkeypatch):
 
 @pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 48), (3, 16, 128)])  # 1, 3 and 2 chunks
 def test_gru_kernel_equals_reference(T, B, H, on_chip):
+    _check_gru_loop(T, B, H, on_chip)
+
+
+def _check_gru_loop(T, B, H, on_chip):
+    """``pallas_gru.gru_loop`` equals the plain-JAX reference, values and gradients."""
     k = jax.random.split(jax.random.key(T * B + H), 4)
     px = jax.random.normal(k[0], (T, B, 3 * H), jnp.float32)
     w = jax.random.normal(k[1], (H, 3 * H), jnp.float32) * H**-0.5
@@ -176,6 +193,14 @@ def test_kernels_lower_to_triton_for_a_gpu(kind, H, dtype, on_chip):
     with weights both on chip and streamed, with 1 to 4 chunks."""
     assert _pallas.weights_on_chip(jnp.zeros((H, (4 if kind == "lstm" else 3) * H), dtype)) == on_chip
     assert _lowered_for_a_gpu(kind, H, dtype).count("custom_call @__gpu$xla.gpu.triton") == 2  # forward, backward
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_one_chunk_of_128_columns_lowers_to_triton_for_a_gpu(kind, monkeypatch):
+    """The "pallas chunk=128" experiment at H = 128 (bfloat16: weights on chip)
+    passes the Triton lowering too."""
+    monkeypatch.setattr(_pallas, "MAX_CHUNK", 128)
+    assert _lowered_for_a_gpu(kind, 128, jnp.bfloat16).count("custom_call @__gpu$xla.gpu.triton") == 2
 
 
 @pytest.mark.parametrize("H,dtype,on_chip", [(768, jnp.float32, True), (768, jnp.bfloat16, True),
