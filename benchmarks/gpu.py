@@ -2,14 +2,15 @@
 
 Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 ``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
-GPU), and the fused path with 16; Pallas kernels (H ≤ 256: one program
-per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
+GPU), and the fused path with 16; Pallas kernels (H ≤ 256: one program per 16
+batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
 barrier per step; at H = 128 also with the state in one chunk of 128 columns,
 "pallas chunk=128", an experiment; with ``--streamed``, where the weights stay
-on chip, also with them re-read each step); jrnn's cuDNN option (``implementation="cudnn"``, which is
-``jax.experimental.rnn``; LSTM, float32); ``torch.nn.LSTM`` / ``torch.nn.GRU``
-(cuDNN); and Flax ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU
-is the reset-after variant that cuDNN computes. Shapes (B, I = H, T) =
+on chip, also with them re-read each step); jrnn's cuDNN option
+(``implementation="cudnn"``, which is ``jax.experimental.rnn``; LSTM,
+float32); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
+``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU is the
+reset-after variant that cuDNN computes. Shapes (B, I = H, T) =
 (16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and
 forward+backward; float32 and bfloat16 (jrnn with a float32 carry). Medians of
 interleaved runs after warm-up, with ``block_until_ready`` /
@@ -19,11 +20,11 @@ The device checks run first (each fast path against the plain path, values and
 gradients), each in a child process with a time limit (``--check-timeout``):
 a check that hangs, or compiles for longer, is reported as timed out, with a
 Python traceback of where it was. On a GPU, the Pallas contenders of a cell and
-hidden size are timed only where a device check of them ran and passed. Then the cases run in order of importance (the
-issue's target shapes first, (16, 768, 1024) then (1, 128, 1000), the LSTM
-before the GRU); a case
-whose estimated time would pass ``--budget-s`` (default 220 s from the start)
-is skipped and listed, so one run fits a short device lease. A jrnn contender
+hidden size are timed only where a device check of them ran and passed. Then
+the cases run in order of importance (the issue's target shapes first,
+(16, 768, 1024) then (1, 128, 1000), the LSTM before the GRU); a case whose
+estimated time would pass ``--budget-s`` (default 220 s from the start) is
+skipped and listed, so one run fits a short device lease. A jrnn contender
 that fails to compile is reported and left out; ``--json`` is rewritten after
 every case.
 
@@ -71,7 +72,7 @@ def rel_err(a, b) -> float:
 
 
 def check_cases(on_gpu: bool) -> list[tuple]:
-    """``(cell, implementation, dtype)`` of every device check, in the order they run:
+    """``(cell, implementation, dtype[, max_chunk])`` of every device check, in the order they run:
     on a GPU, those that gate a timed Pallas contender first (the checks' time budget
     may end the list early), the hidden sizes that no case times last."""
     f32, bf16 = jnp.float32, jnp.bfloat16
@@ -210,8 +211,8 @@ def one_chunk_differs(hidden_size) -> bool:
     """Whether ``ONE_CHUNK`` would hold this one-program kernel's state in a single
     chunk where ``MAX_CHUNK`` splits it (H = 128)."""
     with kernel_settings(max_chunk=ONE_CHUNK):
-        wide = _pallas.chunking(hidden_size)
-    return wide is not None and wide[1] == 1 and wide != _pallas.chunking(hidden_size)
+        one = _pallas.chunking(hidden_size)
+    return one is not None and one[1] == 1 and one != _pallas.chunking(hidden_size)
 
 
 def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=False, only=None):
@@ -230,12 +231,11 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
-    if not (pallas_lstm.supports(cell) or pallas_gru.supports(cell)):
-        pass
-    elif checked is not None and pallas_key(kind, H) not in checked:
+    has_kernel = pallas_lstm.supports(cell) or pallas_gru.supports(cell)
+    if has_kernel and checked is not None and pallas_key(kind, H) not in checked:
         failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn pallas: not timed, "
                         "no device check of it passed")
-    else:
+    elif has_kernel:
         variants.append(("pallas", {}))
         if one_chunk_differs(H) and (checked is None or pallas_key(kind, H, ONE_CHUNK) in checked):
             variants.append((f"pallas chunk={ONE_CHUNK}", {"max_chunk": ONE_CHUNK}))
