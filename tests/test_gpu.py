@@ -106,22 +106,22 @@ def test_gpu_benchmark_reports_a_check_that_hangs(tmp_path):
     assert all(c["error"].startswith((*stopped, "skipped")) for c in checks), checks
 
 
-def _gpu_benchmark():
-    """``benchmarks/gpu.py`` as a module."""
+def _benchmark(name):
+    """``benchmarks/<name>.py`` as a module."""
     import importlib.util
     from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location("gpu_benchmark", Path(__file__).parent.parent / "benchmarks" / "gpu.py")
-    gpu_benchmark = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_benchmark)
-    return gpu_benchmark
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).parent.parent / "benchmarks" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def test_gpu_benchmark_runs_the_targets_first():
     """A short device lease must measure the issue's targets before anything else:
     the LSTM at (16, 768, 1024), then at (1, 128, 1000), float32 before bfloat16;
     then the GRU at those shapes, then the other shapes."""
-    gpu_benchmark = _gpu_benchmark()
+    gpu_benchmark = _benchmark("gpu")
     cases = gpu_benchmark.ranked_cases(["gru", "lstm"], gpu_benchmark.SHAPES)
     assert len(cases) == 16
     assert [(kind, shape) for kind, shape, _ in cases[:4]] == [
@@ -136,7 +136,7 @@ def test_gpu_benchmark_times_only_the_contenders_asked_for():
     """``--only`` keeps a short device lease to the contenders named (by parts of
     their names), so the others are not even compiled."""
     failures = []
-    fns = _gpu_benchmark().contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["unroll", "flax"])
+    fns = _benchmark("gpu").contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["unroll", "flax"])
     assert set(fns) == {"jrnn fused unroll=16", "flax OptimizedLSTMCell"} and not failures
 
 
@@ -144,16 +144,10 @@ def test_step_kernels_counts_the_operations_of_each_time_loop(tmp_path):
     """``benchmarks/step_kernels.py`` finds every time loop of the compiled forward
     and forward+backward programs, with XLA's trip count (so the steps per
     iteration follow from ``unroll``) and the operations of the loop body."""
-    import importlib.util
     import json
-    from pathlib import Path
 
-    spec = importlib.util.spec_from_file_location(
-        "step_kernels", Path(__file__).parent.parent / "benchmarks" / "step_kernels.py")
-    step_kernels = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(step_kernels)
     out = tmp_path / "rows.json"
-    assert step_kernels.main(["--quick", "--cells", "lstm", "--implementations", "fused", "--unroll", "4",
+    assert _benchmark("step_kernels").main(["--quick", "--cells", "lstm", "--implementations", "fused", "--unroll", "4",
                               "--json", str(out)]) == 0
     rows = json.loads(out.read_text())
     per_program = {(r["dtype"], r["program"]): 0 for r in rows}
