@@ -90,21 +90,26 @@ def check_cases(on_gpu: bool) -> list[tuple]:
     # the cooperative kernels (48 and 32 programs meeting at a grid barrier every step)
     wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
     gru = [(jrnn.gru(128, reset_after=True), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
-    # the float32 H = 256 LSTM kernel took over 40 s to compile on an H200: last
+    # the float32 H = 256 LSTM kernel took over 40 s to compile on an H200 and an H100: last
     return batch_one + wide + scan_paths + [(jrnn.lstm(64), "cudnn", f32)] + gru + small + [
         (jrnn.lstm(256), "pallas", f32)]
+
+
+def chunk_label(max_chunk) -> str:
+    """`` chunk=128`` for a Pallas variant with another ``MAX_CHUNK``, ``""`` for the default."""
+    return f" chunk={max_chunk}" if max_chunk else ""
 
 
 def pallas_key(kind, hidden_size, max_chunk=None) -> str:
     """A Pallas check that fails or hangs keeps the Pallas contenders of the same
     cell, hidden size and chunk width out of the timings."""
-    return f"{kind} H={hidden_size}" + (f" chunk={max_chunk}" if max_chunk else "")
+    return f"{kind} H={hidden_size}{chunk_label(max_chunk)}"
 
 
 def check_row(cell, impl, dtype, max_chunk=None) -> dict:
     """What a check's row says about the check itself, before its results."""
     row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}",
-           "implementation": impl + (f" chunk={max_chunk}" if max_chunk else "")}
+           "implementation": impl + chunk_label(max_chunk)}
     return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size, max_chunk)} if impl == "pallas" else row
 
 
@@ -238,7 +243,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     elif has_kernel:
         variants.append(("pallas", {}))
         if one_chunk_differs(H) and (checked is None or pallas_key(kind, H, ONE_CHUNK) in checked):
-            variants.append((f"pallas chunk={ONE_CHUNK}", {"max_chunk": ONE_CHUNK}))
+            variants.append((f"pallas{chunk_label(ONE_CHUNK)}", {"max_chunk": ONE_CHUNK}))
         if streamed and (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
             variants.append(("pallas streamed", {"on_chip_bytes": 0}))
     wanted = lambda name: only is None or any(part in name for part in only)
@@ -376,8 +381,8 @@ def main(argv=None) -> int:
     # kernel that compiles for minutes would otherwise eat the run)
     checked = None
     if on_gpu:
-        keys = {row["pallas"] for row in checks if "pallas" in row}
-        checked = keys - {row["pallas"] for row in checks if "pallas" in row and not row["ok"]}
+        pallas_rows = [row for row in checks if "pallas" in row]
+        checked = {row["pallas"] for row in pallas_rows} - {row["pallas"] for row in pallas_rows if not row["ok"]}
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]

@@ -89,7 +89,7 @@ def _called(text: str) -> list[str]:
     return re.findall(r"(?:to_apply|calls)=%([\w.\-]+)", text)
 
 
-def body_ops(comps, name, seen=()) -> collections.Counter:
+def body_ops(comps, name) -> collections.Counter:
     """Operations that run in computation ``name``, by kind, descending into
     ``call`` instructions (XLA:GPU wraps command buffers in them); nested loops
     count as one ``while`` (they are listed on their own)."""
@@ -97,9 +97,9 @@ def body_ops(comps, name, seen=()) -> collections.Counter:
     for _, opcode, text in comps.get(name, []):
         if opcode in FREE:
             continue
-        if opcode == "call" and name not in seen:
+        if opcode == "call":  # an HLO call graph has no cycles
             for callee in _called(text):
-                counts += body_ops(comps, callee, (*seen, name))
+                counts += body_ops(comps, callee)
             continue
         counts[_kind(opcode, text)] += 1
     return counts
