@@ -52,7 +52,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
+from jrnn.kernels import _pallas, fused, pallas_gru, pallas_lstm
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
 # steps per loop iteration of the fused contenders beyond jrnn's default (8 on a
@@ -234,6 +234,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     out = {}
     # "plain" and "fused" with jrnn.scan's default unroll (8 on a GPU, 1 elsewhere)
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
+    if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
+        variants.append(("fused block-gates", {"split_gates": False}))
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
     has_kernel = pallas_lstm.supports(cell) or pallas_gru.supports(cell)
@@ -253,7 +255,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         impl = name.split()[0]
 
         def loss(p, x, impl=impl, options=options):
-            with kernel_settings(options.get("on_chip_bytes"), options.get("max_chunk")):
+            layout = fused.gate_layout(options["split_gates"]) if "split_gates" in options else contextlib.nullcontext()
+            with kernel_settings(options.get("on_chip_bytes"), options.get("max_chunk")), layout:
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]

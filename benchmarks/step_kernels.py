@@ -14,12 +14,22 @@ target, such as cuBLAS GEMMs). Nothing runs; a compile takes seconds.
     python benchmarks/step_kernels.py                    # the GPU benchmark's target shapes
     python benchmarks/step_kernels.py --quick            # tiny shapes; any backend
     python benchmarks/step_kernels.py --dump hlo/        # also write each program's HLO text
+    python benchmarks/step_kernels.py --target h100_sxm  # XLA:GPU's programs, on a machine without a GPU
+
+``--target`` compiles for the GPU that a target config of ``gpu_specs/``
+describes (or a path to one), with no GPU and no driver: it needs only jax's
+CUDA plugin (``pip install "jax[cuda12]"``, in a separate environment). XLA
+does not autotune there, so its GEMM tilings (split-K, which adds a reduction
+to a step) are its defaults, not the ones a GPU would time and pick; the
+element-wise fusions around them are XLA's usual.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
+import importlib
 import json
 import re
 import sys
@@ -29,8 +39,9 @@ import jax
 import jax.numpy as jnp
 
 import jrnn
-from jrnn.kernels import native
+from jrnn.kernels import fused, native
 
+GPU_SPECS = Path(__file__).with_name("gpu_specs")
 SHAPES = [(16, 768, 1024), (1, 128, 1000)]  # (B, I = H, T): the targets of the GPU benchmark
 # instructions that launch nothing (or only stand for their operands)
 FREE = {"parameter", "get-tuple-element", "tuple", "constant", "bitcast", "after-all", "partition-id",
@@ -134,27 +145,61 @@ def programs(kind, B, H, T, dtype, implementation, unroll=None):
     return {"forward": jax.jit(run), "forward+backward": jax.jit(jax.grad(loss, argnums=(0, 1)))}, (params, xs)
 
 
+def compile_only_device(target: str):
+    """A CUDA device to compile for on a machine without one: ``target`` names a
+    target config in ``gpu_specs/`` (``h100_sxm``) or is the path of one."""
+    path = Path(target) if Path(target).is_file() else GPU_SPECS / f"{target}.txtpb"
+    if not path.is_file():
+        known = sorted(p.stem for p in GPU_SPECS.glob("*.txtpb"))
+        raise SystemExit(f"--target: expected one of {known} or a target config file, got {target!r}")
+    jax.config.update("jax_platforms", "cpu")  # no driver: CUDA only as a compile target
+    from jax.experimental import topologies
+
+    try:
+        topology = topologies.get_topology_desc(platform="cuda", target_config=path.read_text(), topology="1x1x1")
+    except (NotImplementedError, RuntimeError) as error:
+        raise SystemExit(f"--target: needs jax's CUDA plugin (pip install \"jax[cuda12]\") in a process "
+                         f"that has not started jax yet; got {type(error).__name__}: {error}") from None
+    return topology.devices[0]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="tiny shapes")
     parser.add_argument("--cells", default="lstm,gru")
     parser.add_argument("--implementations", default="fused,plain")
     parser.add_argument("--unroll", type=int, help="time steps per loop iteration (default: jrnn.scan's)")
+    parser.add_argument("--target", help="compile for this GPU without one: a name in gpu_specs/ (h100_sxm) "
+                        "or a target config file; needs jax's CUDA plugin")
+    parser.add_argument("--gate-layout", choices=("split", "block"),
+                        help="the LSTM's fused loops with this gate layout on every platform (default: by platform)")
     parser.add_argument("--dump", help="write each program's optimised HLO text into this folder")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
     shapes = [(2, 16, 24)] if args.quick else SHAPES
     rows = []
-    print(f"# {jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}")
+    device = compile_only_device(args.target) if args.target else None
+    # jrnn.scan's default unroll on a GPU (a compile-only device is not the default backend)
+    unroll = args.unroll or (importlib.import_module("jrnn.scan").GPU_UNROLL if device is not None else None)
+    if device is None:
+        print(f"# {jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}")
+    else:
+        print(f"# compiled for {device.device_kind} ({args.target}) without a GPU; jax {jax.__version__}")
+        on_device = jax.sharding.SingleDeviceSharding(device)
     print("| cell | B, I=H, T | dtype | path | program | loop | trips | steps / trip | ops / step | ops in the body |")
     print("|---|---|---|---|---|---:|---:|---:|---:|---|")
     for kind in args.cells.split(","):
         for B, H, T in shapes:
             for dtype in (jnp.float32, jnp.bfloat16):
                 for impl in args.implementations.split(","):
-                    fns, fn_args = programs(kind, B, H, T, dtype, impl, args.unroll)
+                    fns, fn_args = programs(kind, B, H, T, dtype, impl, unroll)
+                    if device is not None:
+                        fn_args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_device),
+                                               fn_args)
                     for program, fn in fns.items():
-                        with native.disabled():  # the XLA loops, which GPUs run
+                        layout = (contextlib.nullcontext() if args.gate_layout is None
+                                  else fused.gate_layout(args.gate_layout == "split"))
+                        with native.disabled(), layout:  # the XLA loops, which GPUs run
                             text = fn.lower(*fn_args).compile().as_text()
                         label = f"{kind}-{B}-{H}-{T}-{jnp.dtype(dtype).name}-{impl}-{program.replace('+', '_')}"
                         if args.dump:

@@ -1,11 +1,15 @@
 """The fused CPU path equals the plain driver: values and gradients, every option."""
 
+import contextlib
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jrnn
+from jrnn.kernels import fused, native
 from tests.helpers import CELL_IDS, CELLS, random_carry, random_params
 
 OPTIONS = [
@@ -94,3 +98,36 @@ def test_auto_picks_fused_and_mixed_precision(key):
     np.testing.assert_allclose(ys, ys_p, rtol=1e-2, atol=1e-2)
     with pytest.raises(ValueError, match="implementation: expected one of"):
         jrnn.scan(cell, params, xs, implementation="cuda")
+
+
+LSTM_CELL = [c for c in CELLS if c[0] == "lstm"]
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", LSTM_CELL, ids=["lstm"])
+@pytest.mark.parametrize("options,dtype,tol", PRECISIONS)
+def test_lstm_split_gates_equal_plain(name, cell, kind, opts, options, dtype, tol, key):
+    """The LSTM's per-gate layout (what CUDA GPUs run) equals the plain driver,
+    values and gradients, for every option; here it is forced on the CPU, in the
+    XLA loops (the native ones compute float32 there otherwise)."""
+    with fused.gate_layout(True), native.disabled():
+        test_fused_equals_plain(name, cell, kind, opts, options, dtype, tol, key)
+
+
+@pytest.mark.parametrize("platform,split", [("cuda", True), ("cpu", False), ("tpu", False)])
+def test_lstm_gate_layout_follows_the_platform(platform, split):
+    """Lowered for CUDA, the LSTM's fused loop takes one tanh per gate, each over a
+    (B, H) slice; elsewhere one over the (B, 4, H) block (and one of the cell state
+    in both); a forced layout wins over the platform."""
+    cell = jrnn.lstm(5)
+    params = cell.init(jax.random.key(0), 3)
+
+    def tanh_shapes(force=None):
+        layout = contextlib.nullcontext() if force is None else fused.gate_layout(force)
+        forward = jax.jit(lambda p, x: jrnn.scan(cell, p, x, implementation="fused", unroll=1)[1])  # traced anew
+        with native.disabled(), layout:  # the XLA loops, on CPU too
+            text = forward.trace(params, jnp.ones((2, 7, 3), jnp.float32)).lower(lowering_platforms=(platform,)).as_text()
+        return sorted(re.findall(r"stablehlo.tanh %\S+ : tensor<([\dx]+)xf32>", text))
+
+    per_gate, block = ["2x5"] * 5, ["2x4x5", "2x5"]
+    assert tanh_shapes() == (per_gate if split else block)
+    assert tanh_shapes(force=True) == per_gate and tanh_shapes(force=False) == block

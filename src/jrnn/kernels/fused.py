@@ -3,9 +3,12 @@
 Same function as the plain driver (:func:`jrnn.scan.scan_projected`); the
 differences are only in how it is computed:
 
-* the gate block is activated in one element-wise pass: every gate is
-  ``tanh`` of a scaled pre-activation, ``σ(a) = 0.5·tanh(a/2) + 0.5``, so one
-  ``tanh`` over the whole ``(B, G, H)`` block serves all gates;
+* every gate is ``tanh`` of a scaled pre-activation,
+  ``σ(a) = 0.5·tanh(a/2) + 0.5``; on CPU one ``tanh`` over the whole
+  ``(B, 4, H)`` LSTM gate block serves all gates, and on CUDA GPUs each gate's
+  ``(B, H)`` slice is activated on its own, so that the gate math, the cell
+  update and the saved gate values are one kernel per step (an XLA:GPU loop
+  fusion's outputs must share one shape; see :func:`gate_layout`);
 * the forward loop saves only what the backward loop needs (gate ``tanh``
   values and states);
 * the backward loop carries only what is sequential (``dh_{t-1} = dG_t W_hᵀ``
@@ -25,6 +28,7 @@ carry leaves ``(B, H)``, ``valid (T, B)`` booleans or ``None``, ``mask (B, H)``
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import jax
@@ -48,22 +52,48 @@ def _lstm_activation(t):
     return t * _column(_LSTM_SCALE, t.dtype) + _column(_LSTM_ADD, t.dtype)
 
 
-def _lstm_gates(pre, H):
-    """One tanh over ``(B, 4, H)``: returns ``(t, act)``, each ``(B, 4, H)``."""
-    pre = pre.reshape(*pre.shape[:-1], 4, H)
-    t = jnp.tanh(pre * _column(_LSTM_SCALE, pre.dtype))
-    return t, _lstm_activation(t)
+def _lstm_gates(pre, H, split):
+    """The gate tanh values ``t (B, 4, H)`` and the activations ``(i, f, g, o)``,
+    each ``(B, H)``, of the pre-activations ``pre (B, 4H)``: one tanh over the
+    block, or with ``split`` one per gate (the same values)."""
+    if split:
+        t = [jnp.tanh(pre[..., k * H:(k + 1) * H] * s) for k, s in enumerate(_LSTM_SCALE)]
+        return jnp.stack(t, axis=-2), [tk * s + a for tk, s, a in zip(t, _LSTM_SCALE, _LSTM_ADD)]
+    t = jnp.tanh(pre.reshape(*pre.shape[:-1], 4, H) * _column(_LSTM_SCALE, pre.dtype))
+    act = _lstm_activation(t)
+    return t, [act[..., k, :] for k in range(4)]
+
+
+# Where the LSTM's XLA loops activate each gate on its own: CUDA GPUs, where it
+# takes the training forward loop from 3.5 to 2.6 kernels per step (H100 target,
+# ``benchmarks/step_kernels.py --target``); CPU loops keep the block, on which
+# XLA:CPU runs the forward loop 14-22 % faster (RESULTS.md).
+_SPLIT_GATES_PLATFORMS = ("cuda",)
+_forced_split = None
+
+
+@contextlib.contextmanager
+def gate_layout(split: bool):
+    """Trace the LSTM's XLA loops with each gate activated on its own
+    (``split=True``) or as one block (``False``) on every platform, instead of
+    by platform. For tests and side-by-side benchmarks; it applies to what is
+    traced inside the ``with`` block."""
+    global _forced_split
+    before, _forced_split = _forced_split, bool(split)
+    try:
+        yield
+    finally:
+        _forced_split = before
 
 
 class _LSTM:
     """LSTM step and its reverse, on a ``(h, c)`` carry."""
 
     @staticmethod
-    def forward(cell, p, carry, px, mask):
+    def forward(cell, p, carry, px, mask, split_gates=False):
         h, c = carry
         h_in = h if mask is None else h * mask
-        t, act = _lstm_gates(px + h_in @ p["w_h"], cell.hidden_size)
-        i, f, g, o = act[..., 0, :], act[..., 1, :], act[..., 2, :], act[..., 3, :]
+        t, (i, f, g, o) = _lstm_gates(px + h_in @ p["w_h"], cell.hidden_size, split_gates)
         c_new = f * c + i * g
         tc = jnp.tanh(c_new)
         h_new = o * tc
@@ -239,11 +269,23 @@ def _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mas
 
 
 def _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
+    run = lambda split: _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask,
+                                   save=save, split_gates=split)
+    if not isinstance(cell, LSTMCell):
+        return run(False)
+    if _forced_split is not None:
+        return run(_forced_split)
+    branches = {platform: functools.partial(run, True) for platform in _SPLIT_GATES_PLATFORMS}
+    return jax.lax.platform_dependent(**branches, default=functools.partial(run, False))
+
+
+def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save, split_gates):
     impl = _IMPLS[type(cell)]
+    step = functools.partial(impl.forward, split_gates=True) if split_gates else impl.forward
 
     def body(carry, inputs):
         px, ok = inputs
-        new, y, res = impl.forward(cell, p, carry, px + p["b"], mask)
+        new, y, res = step(cell, p, carry, px + p["b"], mask)
         if ok is not None:
             ok = ok[:, None]
             new = _select(ok, new, carry)
