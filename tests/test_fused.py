@@ -125,7 +125,8 @@ def test_lstm_gate_layout_follows_the_platform(platform, split):
         layout = contextlib.nullcontext() if force is None else fused.gate_layout(force)
         forward = jax.jit(lambda p, x: jrnn.scan(cell, p, x, implementation="fused", unroll=1)[1])  # traced anew
         with native.disabled(), layout:  # the XLA loops, on CPU too
-            text = forward.trace(params, jnp.ones((2, 7, 3), jnp.float32)).lower(lowering_platforms=(platform,)).as_text()
+            traced = forward.trace(params, jnp.ones((2, 7, 3), jnp.float32))
+            text = traced.lower(lowering_platforms=(platform,)).as_text()
         return sorted(re.findall(r"stablehlo.tanh %\S+ : tensor<([\dx]+)xf32>", text))
 
     per_gate, block = ["2x5"] * 5, ["2x4x5", "2x5"]
