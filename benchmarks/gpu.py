@@ -2,7 +2,8 @@
 
 Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 ``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
-GPU), and the fused path with 16; Pallas kernels (H ≤ 256: one program per 16
+GPU), the fused path with 16, and for the LSTM the fused path with the gate
+layout it had before 2026-11-27 ("fused block-gates"); Pallas kernels (H ≤ 256: one program per 16
 batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
 barrier per step; at H = 128 also with the state in one chunk of 128 columns,
 "pallas chunk=128", an experiment; with ``--streamed``, where the weights stay

@@ -181,11 +181,11 @@ def main(argv=None) -> int:
     device = compile_only_device(args.target) if args.target else None
     # jrnn.scan's default unroll on a GPU (a compile-only device is not the default backend)
     unroll = args.unroll or (importlib.import_module("jrnn.scan").GPU_UNROLL if device is not None else None)
+    on_device = None if device is None else jax.sharding.SingleDeviceSharding(device)
     if device is None:
         print(f"# {jax.default_backend()}: {jax.devices()[0].device_kind}; jax {jax.__version__}")
     else:
         print(f"# compiled for {device.device_kind} ({args.target}) without a GPU; jax {jax.__version__}")
-        on_device = jax.sharding.SingleDeviceSharding(device)
     print("| cell | B, I=H, T | dtype | path | program | loop | trips | steps / trip | ops / step | ops in the body |")
     print("|---|---|---|---|---|---:|---:|---:|---:|---|")
     for kind in args.cells.split(","):
@@ -193,7 +193,7 @@ def main(argv=None) -> int:
             for dtype in (jnp.float32, jnp.bfloat16):
                 for impl in args.implementations.split(","):
                     fns, fn_args = programs(kind, B, H, T, dtype, impl, unroll)
-                    if device is not None:
+                    if on_device is not None:
                         fn_args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_device),
                                                fn_args)
                     for program, fn in fns.items():

@@ -31,8 +31,10 @@ refuses those with ``implementation="pallas"``).
 Status (2026-11-27): values and gradients equal the reference and the plain
 path in interpret mode on CPU (tests), and the plain path on an H100 and an
 H200 at H = 64 and 128 and, for the cooperative kernels, at H = 512 and 768
-(float32 and bfloat16; the grid barrier holds). At H = 256 in float32 XLA
-took over 40 s to compile the forward kernel on both cards. Timed there, no
+(float32 and bfloat16; the grid barrier holds). At H = 256 in float32 the
+device check was stopped after 40 s, still compiling the forward kernel, on
+both cards (compiled for an H100 without a GPU, that kernel took 0.5 s, so
+the cause is open). Timed there, no
 kernel was faster than the fused path forward+backward (see
 ``benchmarks/RESULTS.md``), so ``implementation="auto"`` does not pick them.
 """
