@@ -3,11 +3,13 @@
 Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 ``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
 GPU), the fused path with 16, and for the LSTM the fused path with the gate
-layout it had before 2026-11-27 ("fused block-gates"); Pallas kernels (H ≤ 256: one program per 16
-batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
-barrier per step; at H = 128 also with the state in one chunk of 128 columns,
-"pallas chunk=128", an experiment; with ``--streamed``, where the weights stay
-on chip, also with them re-read each step); jrnn's cuDNN option
+layout it had before 2026-11-27 ("fused block-gates"); on a GPU, the fused
+path with the whole time loop in CUDA graphs ("fused cuda-graph", an
+experiment); Pallas kernels (H ≤ 256: one program per 16 batch rows; LSTM
+H = 512 and 768: H/16 cooperating programs with a grid barrier per step; at
+H = 128 also with the state in one chunk of 128 columns, "pallas chunk=128",
+an experiment; with ``--streamed``, where the weights stay on chip, also with
+them re-read each step); jrnn's cuDNN option
 (``implementation="cudnn"``, which is ``jax.experimental.rnn``; LSTM,
 float32); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
 ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU is the
@@ -64,6 +66,19 @@ UNROLLS = (16,)
 # (16, 64) x (64, 64)); timed as "pallas chunk=128". Without a GPU, Triton's sm_90
 # code for it spills no registers (benchmarks/triton_resources.py).
 ONE_CHUNK = 128
+# An experiment: the fused path compiled with XLA:GPU's command buffers (CUDA
+# graphs) taking in the whole time loop, as "fused cuda-graph". By default XLA
+# launches each loop iteration's kernels from the host; with WHILE the loop runs
+# as one graph with a conditional node, and unrolled, as one graph of all its
+# iterations. Which of the ~1.6 us per kernel at batch 1 (H100, 2026-11-27) is
+# launch cost, this measures. jax.jit's compiler_options, so only the contender's
+# own programs; an XLA that lacks a flag fails the contender, and the rest run.
+COMMAND_BUFFER_TYPES = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
+WHOLE_LOOP_GRAPHS = {
+    "fused cuda-graph": {"xla_gpu_enable_command_buffer": COMMAND_BUFFER_TYPES},
+    "fused cuda-graph unrolled": {"xla_gpu_enable_command_buffer": COMMAND_BUFFER_TYPES,
+                                  "xla_gpu_command_buffer_unroll_loops": True},
+}
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -189,9 +204,9 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
     return rows
 
 
-def _jax_fns(loss_and_out, params, xs):
-    fwd = jax.jit(lambda p, x: loss_and_out(p, x)[1])
-    grad = jax.jit(jax.grad(lambda p, x: loss_and_out(p, x)[0], argnums=(0, 1)))
+def _jax_fns(loss_and_out, params, xs, compiler_options=None):
+    fwd = jax.jit(lambda p, x: loss_and_out(p, x)[1], compiler_options=compiler_options)
+    grad = jax.jit(jax.grad(lambda p, x: loss_and_out(p, x)[0], argnums=(0, 1)), compiler_options=compiler_options)
     started = time.perf_counter()
     jax.block_until_ready(grad(params, xs))
     compile_s = time.perf_counter() - started  # the forward+backward program's
@@ -237,6 +252,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
         variants.append(("fused block-gates", {"split_gates": False}))
+    if on_gpu:
+        variants += [(name, {"compiler_options": options}) for name, options in WHOLE_LOOP_GRAPHS.items()]
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
     has_kernel = pallas_lstm.supports(cell) or pallas_gru.supports(cell)
@@ -263,7 +280,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
                                unroll=options.get("unroll"))[1]
             return jnp.sum(ys.astype(jnp.float32)), ys
         try:
-            out[f"jrnn {name}"] = _jax_fns(loss, params, xs)
+            out[f"jrnn {name}"] = _jax_fns(loss, params, xs, options.get("compiler_options"))
         except Exception as error:  # noqa: BLE001 - reported, and the other contenders still run
             failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn {name}: "
                             f"{type(error).__name__}: {str(error)[:300]}")

@@ -141,6 +141,23 @@ def test_gpu_benchmark_times_only_the_contenders_asked_for():
     assert set(fns) == {"jrnn fused unroll=16", "flax OptimizedLSTMCell"} and not failures
 
 
+def test_gpu_benchmark_whole_loop_graph_options_are_flags_this_xla_takes(monkeypatch):
+    """The "fused cuda-graph" contenders' compiler options are XLA flags and values
+    that the installed jaxlib accepts (XLA checks them on every backend, so this
+    holds here without a GPU); one it refuses fails only its own contender."""
+    gpu_benchmark = _benchmark("gpu")
+    failures = []
+    fns = gpu_benchmark.contenders("lstm", 2, 16, 5, jnp.float32, True, failures, only=["cuda-graph"])
+    assert set(gpu_benchmark.WHOLE_LOOP_GRAPHS) == {"fused cuda-graph", "fused cuda-graph unrolled"}
+    assert set(fns) == {f"jrnn {name}" for name in gpu_benchmark.WHOLE_LOOP_GRAPHS}
+    assert not failures
+    monkeypatch.setitem(gpu_benchmark.WHOLE_LOOP_GRAPHS, "fused cuda-graph",
+                        {"xla_gpu_enable_command_buffer": "FUSION,NO_SUCH_COMMAND"})
+    fns = gpu_benchmark.contenders("lstm", 2, 16, 5, jnp.float32, True, failures, only=["cuda-graph"])
+    assert set(fns) == {"jrnn fused cuda-graph unrolled"}
+    assert len(failures) == 1 and "NO_SUCH_COMMAND" in failures[0]
+
+
 def test_step_kernels_counts_the_operations_of_each_time_loop(tmp_path):
     """``benchmarks/step_kernels.py`` finds every time loop of the compiled forward
     and forward+backward programs, with XLA's trip count (so the steps per
