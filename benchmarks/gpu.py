@@ -5,13 +5,14 @@ Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 GPU), the fused path with 16, and for the LSTM the fused path with the gate
 layout it had before 2026-11-27 ("fused block-gates"); on a GPU, the fused
 path with the whole time loop in CUDA graphs ("fused cuda-graph", an
-experiment); Pallas kernels (H ≤ 256: one program per 16 batch rows; LSTM
-H = 512 and 768: H/16 cooperating programs with a grid barrier per step; at
-H = 128 also with the state in one chunk of 128 columns, "pallas chunk=128",
-an experiment; with ``--streamed``, where the weights stay on chip, also with
-them re-read each step); jrnn's cuDNN option
-(``implementation="cudnn"``, which is ``jax.experimental.rnn``; LSTM,
-float32); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
+experiment); for the LSTM at H ≤ 256, the fused path with one Pallas kernel
+per time step ("fused step-kernels", an experiment); Pallas kernels (H ≤ 256:
+one program per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating
+programs with a grid barrier per step; at H = 128 also with the state in one
+chunk of 128 columns, "pallas chunk=128", an experiment; with ``--streamed``,
+where the weights stay on chip, also with them re-read each step); jrnn's
+cuDNN option (``implementation="cudnn"``, which is ``jax.experimental.rnn``;
+LSTM, float32); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
 ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU is the
 reset-after variant that cuDNN computes. Shapes (B, I = H, T) =
 (16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and
@@ -23,13 +24,13 @@ The device checks run first (each fast path against the plain path, values and
 gradients), each in a child process with a time limit (``--check-timeout``):
 a check that hangs, or compiles for longer, is reported as timed out, with a
 Python traceback of where it was. On a GPU, the Pallas contenders of a cell and
-hidden size are timed only where a device check of them ran and passed. Then
-the cases run in order of importance (the issue's target shapes first,
-(16, 768, 1024) then (1, 128, 1000), the LSTM before the GRU); a case whose
-estimated time would pass ``--budget-s`` (default 220 s from the start) is
-skipped and listed, so one run fits a short device lease. A jrnn contender
-that fails to compile is reported and left out; ``--json`` is rewritten after
-every case.
+hidden size (and the step kernels of a hidden size) are timed only where a
+device check of them ran and passed. Then the cases run in order of
+importance (the issue's target shapes first, (16, 768, 1024) then
+(1, 128, 1000), the LSTM before the GRU); a case whose estimated time would
+pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
+one run fits a short device lease. A jrnn contender that fails to compile is
+reported and left out; ``--json`` is rewritten after every case.
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
@@ -55,7 +56,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from jrnn.kernels import _pallas, fused, pallas_gru, pallas_lstm
+from jrnn.kernels import _pallas, fused, native, pallas_gru, pallas_lstm, pallas_step
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
 # steps per loop iteration of the fused contenders beyond jrnn's default (8 on a
@@ -79,6 +80,10 @@ WHOLE_LOOP_GRAPHS = {
     "fused cuda-graph unrolled": {"xla_gpu_enable_command_buffer": COMMAND_BUFFER_TYPES,
                                   "xla_gpu_command_buffer_unroll_loops": True},
 }
+# The fused path with one Pallas kernel per time step (jrnn.kernels.pallas_step;
+# LSTM, H a multiple of 16 up to 256), an experiment: one launch per step each
+# way where XLA runs two or three (benchmarks/step_kernels.py --step-kernels).
+STEP_KERNELS = "fused step-kernels"
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -97,8 +102,12 @@ def check_cases(on_gpu: bool) -> list[tuple]:
     # the Pallas kernels take no seq_lengths; H = 64: one chunk, weights on chip
     small = [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
              (jrnn.lstm(64), "pallas", bf16)]
+    # the fused path with one Pallas kernel per time step (interpreted on CPU)
+    step_kernels = [(jrnn.lstm(64), STEP_KERNELS, f32)]
     if not on_gpu:
-        return scan_paths + small
+        return scan_paths + step_kernels + small
+    step_kernels = [(jrnn.lstm(128), STEP_KERNELS, f32), (jrnn.lstm(128), STEP_KERNELS, bf16),
+                    (jrnn.lstm(256), STEP_KERNELS, f32)]
     # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on
     # chip; then the same in one chunk of 128 columns (4 products per step, not 16)
     batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16),
@@ -107,7 +116,7 @@ def check_cases(on_gpu: bool) -> list[tuple]:
     wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
     gru = [(jrnn.gru(128, reset_after=True), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
     # the float32 H = 256 LSTM kernel took over 40 s to compile on an H200 and an H100: last
-    return batch_one + wide + scan_paths + [(jrnn.lstm(64), "cudnn", f32)] + gru + small + [
+    return step_kernels + batch_one + wide + scan_paths + [(jrnn.lstm(64), "cudnn", f32)] + gru + small + [
         (jrnn.lstm(256), "pallas", f32)]
 
 
@@ -116,17 +125,19 @@ def chunk_label(max_chunk) -> str:
     return f" chunk={max_chunk}" if max_chunk else ""
 
 
-def pallas_key(kind, hidden_size, max_chunk=None) -> str:
+def pallas_key(kind, hidden_size, max_chunk=None, impl="pallas") -> str:
     """A Pallas check that fails or hangs keeps the Pallas contenders of the same
-    cell, hidden size and chunk width out of the timings."""
-    return f"{kind} H={hidden_size}{chunk_label(max_chunk)}"
+    cell, hidden size and chunk width (or the step kernels of that size) out of the timings."""
+    return f"{kind} H={hidden_size}{chunk_label(max_chunk)}" + ("" if impl == "pallas" else f" {impl}")
 
 
 def check_row(cell, impl, dtype, max_chunk=None) -> dict:
     """What a check's row says about the check itself, before its results."""
     row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}",
            "implementation": impl + chunk_label(max_chunk)}
-    return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size, max_chunk)} if impl == "pallas" else row
+    if impl in ("pallas", STEP_KERNELS):
+        row["pallas"] = pallas_key(cell.kind, cell.hidden_size, max_chunk, impl)
+    return row
 
 
 def run_check(cell, impl, dtype, max_chunk=None) -> dict:
@@ -139,6 +150,7 @@ def run_check(cell, impl, dtype, max_chunk=None) -> dict:
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.fold_in(key, 1), 32))
     xs = jax.random.normal(key, (8, 64, 32)).astype(dtype)
     options = {} if impl == "pallas" else {"seq_lengths": lengths}
+    path = "fused" if impl == STEP_KERNELS else impl
     # jitted: one compilation each, rather than one per operation
     run = jax.jit(lambda p, i: jrnn.scan(cell, p, xs, implementation=i, carry_dtype=f32, **options),
                   static_argnums=1)
@@ -151,8 +163,9 @@ def run_check(cell, impl, dtype, max_chunk=None) -> dict:
         with jax.default_matmul_precision("highest"), kernel_settings(max_chunk=max_chunk):
             _, want = run(params, "plain")
             g_want = grad(params, "plain")
-            _, got = run(params, impl)
-            g_got = grad(params, impl)
+            with step_kernels(impl == STEP_KERNELS):
+                _, got = run(params, path)
+                g_got = grad(params, path)
             err = rel_err(got, want)
             g_err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)))
     except Exception as error:  # noqa: BLE001 - a kernel that fails to compile is a result here
@@ -228,6 +241,18 @@ def kernel_settings(on_chip_bytes=None, max_chunk=None):
         _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK = saved
 
 
+def step_kernels(enabled=True):
+    """The fused path's LSTM loops with one Pallas kernel per step (``"fused
+    step-kernels"``), on every platform: on CPU, the XLA loops (not the native
+    ones) with the kernels interpreted."""
+    if not enabled:
+        return contextlib.nullcontext()
+    stack = contextlib.ExitStack()
+    stack.enter_context(fused.step_kernels())
+    stack.enter_context(native.disabled())
+    return stack
+
+
 def one_chunk_differs(hidden_size) -> bool:
     """Whether ``ONE_CHUNK`` would hold this one-program kernel's state in a single
     chunk where ``MAX_CHUNK`` splits it (H = 128)."""
@@ -254,6 +279,12 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         variants.append(("fused block-gates", {"split_gates": False}))
     if on_gpu:
         variants += [(name, {"compiler_options": options}) for name, options in WHOLE_LOOP_GRAPHS.items()]
+    if kind == "lstm" and pallas_step.supports(H):
+        if checked is None or pallas_key(kind, H, impl=STEP_KERNELS) in checked:
+            variants.append((STEP_KERNELS, {"step_kernels": True}))
+        else:
+            failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn {STEP_KERNELS}: not timed, "
+                            "no device check of it passed")
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
     has_kernel = pallas_lstm.supports(cell) or pallas_gru.supports(cell)
@@ -273,7 +304,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         impl = name.split()[0]
 
         def loss(p, x, impl=impl, options=options):
-            layout = fused.gate_layout(options["split_gates"]) if "split_gates" in options else contextlib.nullcontext()
+            layout = (fused.gate_layout(options["split_gates"]) if "split_gates" in options
+                      else step_kernels(options.get("step_kernels", False)))
             with kernel_settings(options.get("on_chip_bytes"), options.get("max_chunk")), layout:
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,

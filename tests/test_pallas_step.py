@@ -1,0 +1,78 @@
+"""The fused path's LSTM loops with one Pallas kernel per time step
+(``jrnn.kernels.pallas_step``, interpreted on CPU) equal the plain driver,
+values and gradients, with every option the fused path takes."""
+
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import jrnn
+from jrnn.kernels import _pallas, fused, native, pallas_step
+
+pytestmark = pytest.mark.skipif(not _pallas.available(), reason="this jax has no Pallas Triton backend")
+
+CASES = [
+    # (hidden size, batch, options)
+    (32, 3, {}),
+    (32, 3, {"seq_lengths": [7, 0, 3]}),
+    (32, 3, {"seq_lengths": [7, 0, 3], "reverse": True}),
+    (32, 3, {"recurrent_dropout": 0.3, "dropout": 0.2, "dropout_key": 5}),
+    (48, 18, {"unroll": 3}),  # 3 chunks of h in the forward product, 2 batch tiles
+]
+
+
+@pytest.mark.parametrize("hidden,batch,options", CASES, ids=["plain", "lengths", "reverse", "dropout", "h48-b18"])
+def test_step_kernels_equal_plain(hidden, batch, options, key):
+    k_p, k_c, k_x, k_w = jax.random.split(key, 4)
+    cell = jrnn.lstm(hidden)
+    params = cell.init(k_p, 5, jnp.float32)
+    carry = jrnn.LSTMState(*(jax.random.normal(k, (batch, hidden), jnp.float32) for k in jax.random.split(k_c)))
+    xs = jax.random.normal(k_x, (batch, 7, 5), jnp.float32)
+    weights = jax.random.normal(k_w, (batch, 7, hidden), jnp.float32)
+    options = dict(options)
+    if "seq_lengths" in options:
+        options["seq_lengths"] = jnp.asarray(options["seq_lengths"])
+    if "dropout_key" in options:
+        options["dropout_key"] = jax.random.key(options["dropout_key"])
+
+    def loss(params, carry, xs, impl):
+        final, ys = jrnn.scan(cell, params, xs, carry, implementation=impl, **options)
+        return jnp.sum(weights * ys) + jnp.sum(jnp.sin(final.c)) + jnp.sum(final.h ** 2)
+
+    grad = jax.value_and_grad(loss, argnums=(0, 1, 2))
+    with jax.default_matmul_precision("highest"):
+        want = jax.jit(grad, static_argnums=3)(params, carry, xs, "plain")
+        with fused.step_kernels(), native.disabled():
+            traced = jax.jit(grad, static_argnums=3).trace(params, carry, xs, "fused")
+            got = traced.lower().compile()(params, carry, xs)
+    # one kernel forward and one reverse, each traced compiled (for CUDA) and interpreted (elsewhere)
+    assert str(traced.jaxpr).count("pallas_call") == 4
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), got, want)
+
+
+def test_step_kernels_refuse_what_they_do_not_take(key):
+    cell = jrnn.lstm(20)
+    params = cell.init(key, 3)
+    with fused.step_kernels(), native.disabled(), pytest.raises(
+            ValueError, match="step_kernels: needs an LSTM with hidden size a multiple of 16 up to 256"):
+        jrnn.scan(cell, params, jnp.ones((2, 4, 3)), implementation="fused")
+    assert not pallas_step.supports(272) and pallas_step.supports(256) and pallas_step.padded_batch(1) == 16
+
+
+def test_step_kernels_lower_to_triton_for_a_gpu(key):
+    """Lowered for CUDA, the forward and the reverse loop each call one Triton
+    kernel per step, H / 16 programs per batch tile; the default (by platform)
+    still runs XLA's per-gate loop there."""
+    cell = jrnn.lstm(128)
+    params = cell.init(key, 8)
+    loss = lambda p, x: jnp.sum(jrnn.scan(cell, p, x, implementation="fused")[1])
+    xs = jnp.ones((1, 50, 8))
+    with fused.step_kernels():
+        text = _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, xs).as_text()
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == 2
+    assert len(re.findall(r"grid_x = 8 : i32, grid_y = 1 : i32", text)) == 2
+    default = _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, xs).as_text()
+    assert "__gpu$xla.gpu.triton" not in default
