@@ -2,9 +2,9 @@
 
 For every supported hidden size, cell and dtype, JAX lowers the forward and
 backward kernels (and, for the LSTM, the fused path's per-step kernels,
-``jrnn.kernels.pallas_step``) for CUDA (this works on a CPU-only jaxlib), and Triton's own
-compiler (``pip install triton``; it brings ``ptxas``) compiles that Triton IR
-for sm_90 with jrnn's ``num_warps``/``num_stages``. The table gives the shared
+``jrnn.kernels.pallas_step``) for CUDA (this works on a CPU-only jaxlib), and
+Triton's own compiler (``pip install triton``; it brings ``ptxas``) compiles
+that Triton IR for sm_90 with jrnn's ``num_warps``/``num_stages``. The table gives the shared
 memory the kernel needs, its registers per thread and its spill stack (bytes
 per thread; 0 is what one wants). Shared memory over the H100's 227 KiB per
 block means the kernel could not launch.

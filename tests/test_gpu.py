@@ -78,11 +78,10 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["checks"] and all(c["ok"] for c in result["checks"])
-    assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas"}
+    assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas", "fused step-kernels"}
     timed = {(r["cell"], r["contender"]) for r in result["results"]}
     assert {("lstm", "jrnn fused"), ("lstm", "jrnn fused block-gates"), ("lstm", "jrnn fused step-kernels"),
             ("gru", "jrnn fused"), ("gru", "jrnn pallas")} <= timed
-    assert {c["implementation"] for c in result["checks"]} >= {"fused step-kernels"}
     assert all(r["fwd_bwd_ms"] > 0 for r in result["results"])
 
 

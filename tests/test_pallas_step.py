@@ -76,3 +76,20 @@ def test_step_kernels_lower_to_triton_for_a_gpu(key):
     assert len(re.findall(r"grid_x = 8 : i32, grid_y = 1 : i32", text)) == 2
     default = _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, xs).as_text()
     assert "__gpu$xla.gpu.triton" not in default
+
+
+@pytest.mark.parametrize("batch,kernels", [(1, True), (16, True), (17, False)])
+def test_step_kernels_by_batch_size_once_enabled(batch, kernels, key, monkeypatch):
+    """With ``_STEP_KERNELS_MAX_BATCH`` raised (once a GPU run shows them faster),
+    CUDA runs the step kernels up to that many batch rows and XLA's loops above;
+    other platforms keep their loops."""
+    monkeypatch.setattr(fused, "_STEP_KERNELS_MAX_BATCH", 16)
+    cell = jrnn.lstm(32)
+    params = cell.init(key, 4)
+    loss = lambda p, x: jnp.sum(jrnn.scan(cell, p, x, implementation="fused")[1])
+    xs = jnp.ones((batch, 6, 4))
+    text = _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, xs).as_text()
+    assert text.count("custom_call @__gpu$xla.gpu.triton") == (2 if kernels else 0)
+    with native.disabled():
+        on_cpu = jax.jit(jax.grad(loss)).trace(params, xs).lower(lowering_platforms=("cpu",)).as_text()
+    assert "triton" not in on_cpu and "pallas" not in on_cpu

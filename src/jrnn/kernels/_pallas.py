@@ -143,14 +143,14 @@ def store(ref, index, value):
     ref[index] = value.astype(ref.dtype)
 
 
-def _specs(shapes_and_kinds, cooperative):
+def _specs(shapes_and_kinds, per_program):
     """BlockSpecs: 'tb' arrays (T, B, N) and 'b' arrays (B, N) are tiled over batch;
     'w' arrays are whole. The grid is ``(batch tiles,)``, or ``(programs, batch
-    tiles)`` when ``cooperative``, where all programs of a batch tile see its whole block."""
+    tiles)`` with ``per_program``, where all programs of a batch tile see its whole block."""
     from jax.experimental import pallas as pl
 
     def index(f):
-        return (lambda p, b: f(b)) if cooperative else f
+        return (lambda p, b: f(b)) if per_program else f
 
     specs = []
     for shape, kind in shapes_and_kinds:

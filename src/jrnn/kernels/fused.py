@@ -39,10 +39,9 @@ import jax.numpy as jnp
 from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
 from jrnn.kernels import native, pallas_step
 
-# Per-gate constants of the one-tanh form: act = tanh(a * SCALE) * MUL + ADD,
-# act' = DERIV * (1 - tanh(a * SCALE)^2).
-_LSTM_SCALE = (0.5, 0.5, 1.0, 0.5)  # i, f, g, o
-_LSTM_ADD = (0.5, 0.5, 0.0, 0.5)
+# Per-gate constants of the one-tanh form (i, f, g, o), shared with the step
+# kernels: act = tanh(a·scale)·scale + add, act' = scale²·(1 - tanh(a·scale)²).
+_LSTM_SCALE, _LSTM_ADD = pallas_step.SCALE, pallas_step.ADD
 
 
 def _column(values, dtype):
@@ -70,9 +69,12 @@ def _lstm_gates(pre, H, split):
 # each gate is activated on its own ("split"), which takes the training forward
 # loop from 3.5 to 2.6 kernels per step (H100 target, ``benchmarks/step_kernels.py
 # --target``); CPU loops keep the block, on which XLA:CPU runs the forward loop
-# 14-22 % faster (RESULTS.md). "kernel" (one Pallas kernel per step,
-# :mod:`jrnn.kernels.pallas_step`) is not timed on a GPU yet: only on request.
+# 14-22 % faster (RESULTS.md).
 _LSTM_VARIANTS = {"cuda": "split"}
+# ... and on CUDA GPUs one Pallas kernel per step ("kernel",
+# :mod:`jrnn.kernels.pallas_step`) up to this many batch rows, where the kernels
+# take the hidden size: 0, none, until they are timed on a GPU.
+_STEP_KERNELS_MAX_BATCH = 0
 _forced_variant = None
 
 
@@ -284,8 +286,8 @@ def _select(valid, new, old):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _loop(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask):
     """``variant``: how the LSTM's loops run a step ("block", "split", "kernel"), or
-    ``None`` for by platform (``_LSTM_VARIANTS``); fixed here, so that the forward
-    and reverse loops of one program agree."""
+    ``None`` for by platform (``_LSTM_VARIANTS``, ``_STEP_KERNELS_MAX_BATCH``);
+    fixed here, so that the forward and reverse loops of one program agree."""
     return _forward(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask, save=False)[0]
 
 
@@ -296,16 +298,20 @@ def _native_or(native_fn, xla_fn, cell, *arrays):
     return jax.lax.platform_dependent(cpu=native_fn, default=xla_fn)
 
 
-def _by_variant(cell, variant, run):
-    """``run(variant)``, with the LSTM's variant for each platform where ``variant`` is
-    None; the step kernels run compiled on CUDA GPUs and interpreted elsewhere."""
+def _by_variant(cell, variant, batch, run):
+    """``run(variant)``, with the LSTM's variant for each platform (and ``batch``
+    rows) where ``variant`` is None; the step kernels run compiled on CUDA GPUs
+    and interpreted elsewhere."""
     if not isinstance(cell, LSTMCell):
         return run("block")
     if variant == "kernel":
         return jax.lax.platform_dependent(cuda=lambda: run("kernel"), default=lambda: run("kernel interpreted"))
     if variant is not None:
         return run(variant)
-    branches = {platform: functools.partial(run, v) for platform, v in _LSTM_VARIANTS.items()}
+    variants = dict(_LSTM_VARIANTS)
+    if batch <= _STEP_KERNELS_MAX_BATCH and pallas_step.supports(cell.hidden_size):
+        variants["cuda"] = "kernel"
+    branches = {platform: functools.partial(run, v) for platform, v in variants.items()}
     return jax.lax.platform_dependent(**branches, default=functools.partial(run, "block"))
 
 
@@ -314,7 +320,7 @@ def _forward(cell, reverse, unroll, batch_major, variant, p, projected, carry, v
     ``ys`` is ``(B, T, H)`` with ``batch_major``, else ``(T, B, H)``."""
     return _native_or(
         lambda: native.forward(cell, reverse, batch_major, p, projected, carry, valid, mask, save=save),
-        lambda: _by_variant(cell, variant, lambda v: _scan_loop(
+        lambda: _by_variant(cell, variant, projected.shape[1], lambda v: _scan_loop(
             cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=save, variant=v)),
         cell, projected, *p.values(), *jax.tree.leaves(carry))
 
@@ -384,7 +390,7 @@ def _loop_bwd(cell, reverse, unroll, batch_major, variant, saved, cotangents):
     d_ys_time_major = jnp.swapaxes(d_ys, 0, 1) if batch_major else d_ys
     d_carry, d_projected = _native_or(
         lambda: native.backward(cell, reverse, batch_major, p, res, d_final, d_ys, valid, mask),
-        lambda: _by_variant(cell, variant, lambda v: _scan_backward(
+        lambda: _by_variant(cell, variant, d_ys_time_major.shape[1], lambda v: _scan_backward(
             cell, reverse, unroll, v, p, res, d_final, d_ys_time_major, valid, mask)),
         cell, d_ys, *p.values(), *jax.tree.leaves(d_final))
     impl = _IMPLS[type(cell)]

@@ -56,7 +56,8 @@ BACKWARD_CHUNK = 16
 # the saved values of a step, packed in this order of H-column sections (see pack)
 _H_IN, _C_PREV, _TANH_C, _GATES = 0, 1, 2, 3  # then the 4 gate tanh values
 SAVED = 7
-# the one-tanh gate form of the fused path: act = tanh(a·scale)·scale + add (i, f, g, o)
+# the one-tanh gate form (i, f, g, o), which the fused path's XLA step uses too:
+# act = tanh(a·scale)·scale + add, so σ(a) = 0.5·tanh(a/2) + 0.5
 SCALE = (0.5, 0.5, 1.0, 0.5)
 ADD = (0.5, 0.5, 0.0, 0.5)
 
