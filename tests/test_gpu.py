@@ -137,7 +137,7 @@ def test_gpu_benchmark_times_only_the_contenders_asked_for():
     """``--only`` keeps a short device lease to the contenders named (by parts of
     their names), so the others are not even compiled."""
     failures = []
-    fns = _benchmark("gpu").contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["unroll", "flax"])
+    fns = _benchmark("gpu").contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["fused unroll", "flax"])
     assert set(fns) == {"jrnn fused unroll=16", "flax OptimizedLSTMCell"} and not failures
 
 
