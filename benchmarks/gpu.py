@@ -5,9 +5,8 @@ Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 GPU), the fused path with 16, and for the LSTM the fused path with the gate
 layout it had before 2026-11-27 ("fused block-gates"); on a GPU, the fused
 path with the whole time loop in CUDA graphs ("fused cuda-graph", an
-experiment); for the LSTM at H ≤ 256, the fused path with one Pallas kernel
-per time step ("fused step-kernels", an experiment, on a GPU also with
-unroll 16); Pallas kernels (H ≤ 256: one program per 16 batch rows; LSTM
+experiment); at H ≤ 256, the fused path with one Pallas kernel per time
+step ("fused step-kernels", an experiment, on a GPU also with unroll 16); Pallas kernels (H ≤ 256: one program per 16 batch rows; LSTM
 H = 512 and 768: H/16 cooperating programs with a grid barrier per step; at
 H = 128 also with the state in one chunk of 128 columns, "pallas
 chunk=128", an experiment; with ``--streamed``, where the weights stay on
@@ -82,8 +81,9 @@ WHOLE_LOOP_GRAPHS = {
                                   "xla_gpu_command_buffer_unroll_loops": True},
 }
 # The fused path with one Pallas kernel per time step (jrnn.kernels.pallas_step;
-# LSTM, H a multiple of 16 up to 256), an experiment: one launch per step each
-# way where XLA runs two or three (benchmarks/step_kernels.py --step-kernels).
+# LSTM and reset-after GRU, H a multiple of 16 up to 256), an experiment: one
+# launch per step each way where XLA runs two or three
+# (benchmarks/step_kernels.py --step-kernels).
 STEP_KERNELS = "fused step-kernels"
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
@@ -104,11 +104,12 @@ def check_cases(on_gpu: bool) -> list[tuple]:
     small = [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
              (jrnn.lstm(64), "pallas", bf16)]
     # the fused path with one Pallas kernel per time step (interpreted on CPU)
-    step_kernels = [(jrnn.lstm(64), STEP_KERNELS, f32)]
+    step_kernels = [(jrnn.lstm(64), STEP_KERNELS, f32), (jrnn.gru(64, reset_after=True), STEP_KERNELS, f32)]
     if not on_gpu:
         return scan_paths + step_kernels + small
     step_kernels = [(jrnn.lstm(128), STEP_KERNELS, f32), (jrnn.lstm(128), STEP_KERNELS, bf16),
-                    (jrnn.lstm(256), STEP_KERNELS, f32)]
+                    (jrnn.lstm(256), STEP_KERNELS, f32), (jrnn.gru(128, reset_after=True), STEP_KERNELS, f32),
+                    (jrnn.gru(256, reset_after=True), STEP_KERNELS, f32)]
     # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on
     # chip; then the same in one chunk of 128 columns (4 products per step, not 16)
     batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16),
@@ -280,7 +281,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         variants.append(("fused block-gates", {"split_gates": False}))
     if on_gpu:
         variants += [(name, {"compiler_options": options}) for name, options in WHOLE_LOOP_GRAPHS.items()]
-    if kind == "lstm" and pallas_step.supports(H):
+    if pallas_step.supports(H):
         if checked is None or pallas_key(kind, H, impl=STEP_KERNELS) in checked:
             variants.append((STEP_KERNELS, {"step_kernels": True}))
             if on_gpu:  # interpreted, 16 unrolled kernels take seconds to compile on CPU, for nothing

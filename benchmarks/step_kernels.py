@@ -174,7 +174,7 @@ def main(argv=None) -> int:
     parser.add_argument("--gate-layout", choices=("split", "block"),
                         help="the LSTM's fused loops with this gate layout on every platform (default: by platform)")
     parser.add_argument("--step-kernels", action="store_true",
-                        help="the LSTM's fused loops with one Pallas kernel per time step (jrnn.kernels.pallas_step)")
+                        help="the fused loops with one Pallas kernel per time step (jrnn.kernels.pallas_step)")
     parser.add_argument("--dump", help="write each program's optimised HLO text into this folder")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---:|---:|---:|---:|---|")
     for kind in args.cells.split(","):
         for B, H, T in shapes:
-            if args.step_kernels and not (kind == "lstm" and pallas_step.supports(H)):
+            if args.step_kernels and not pallas_step.supports(H):
                 print(f"# {kind} {B}, {H}, {T}: no step kernels at this cell and hidden size")
                 continue
             for dtype in (jnp.float32, jnp.bfloat16):

@@ -1,7 +1,7 @@
 """What jrnn's Pallas kernels ask of an H100, found without one.
 
 For every supported hidden size, cell and dtype, JAX lowers the forward and
-backward kernels (and, for the LSTM, the fused path's per-step kernels,
+backward kernels (and the fused path's per-step kernels,
 ``jrnn.kernels.pallas_step``) for CUDA (this works on a CPU-only jaxlib), and
 Triton's own compiler (``pip install triton``; it brings ``ptxas``) compiles
 that Triton IR for sm_90 with jrnn's ``num_warps``/``num_stages``. The table gives the shared
@@ -40,7 +40,7 @@ WIDE_SIZES = (512, 768, 1024)  # LSTM only: the cooperative kernels (H/16 progra
 
 def triton_ir(kind, hidden_size, dtype, step=False):
     """``[forward, backward]`` Triton IR (text) of the kernels as ``jrnn.scan`` calls them
-    (``step``: the fused path's per-step kernels, LSTM)."""
+    (``step``: the fused path's per-step kernels)."""
     from jax._src.pallas.triton import lowering  # private: the only way to the IR
 
     captured = []
@@ -120,7 +120,7 @@ def main(argv=None) -> int:
                 weights = ("on chip" if on_chip else "streamed") + (", wide" if wide else "")
                 kernels = [(weights, name, ir) for name, ir in zip(("forward", "backward"),
                                                                     triton_ir(kind, hidden_size, dtype))]
-                if kind == "lstm" and pallas_step.supports(hidden_size):
+                if pallas_step.supports(hidden_size):
                     kernels += [("streamed", f"{name} step", ir) for name, ir in zip(
                         ("forward", "backward"), triton_ir(kind, hidden_size, dtype, step=True))]
                 for weights, name, ir in kernels:

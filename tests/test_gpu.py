@@ -81,7 +81,7 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas", "fused step-kernels"}
     timed = {(r["cell"], r["contender"]) for r in result["results"]}
     assert {("lstm", "jrnn fused"), ("lstm", "jrnn fused block-gates"), ("lstm", "jrnn fused step-kernels"),
-            ("gru", "jrnn fused"), ("gru", "jrnn pallas")} <= timed
+            ("gru", "jrnn fused"), ("gru", "jrnn pallas"), ("gru", "jrnn fused step-kernels")} <= timed
     assert all(r["fwd_bwd_ms"] > 0 for r in result["results"])
 
 

@@ -9,8 +9,8 @@ differences are only in how it is computed:
   ``(B, H)`` slice is activated on its own, so that the gate math, the cell
   update and the saved gate values are one kernel per step (an XLA:GPU loop
   fusion's outputs must share one shape; see :func:`gate_layout`); on request
-  (:func:`step_kernels`) each LSTM step, forward and reverse, is one Pallas
-  kernel (:mod:`jrnn.kernels.pallas_step`);
+  (:func:`step_kernels`) each LSTM or reset-after GRU step, forward and
+  reverse, is one Pallas kernel (:mod:`jrnn.kernels.pallas_step`);
 * the forward loop saves only what the backward loop needs (gate ``tanh``
   values and states);
 * the backward loop carries only what is sequential (``dh_{t-1} = dG_t W_hᵀ``
@@ -71,9 +71,10 @@ def _lstm_gates(pre, H, split):
 # --target``); CPU loops keep the block, on which XLA:CPU runs the forward loop
 # 14-22 % faster (RESULTS.md).
 _LSTM_VARIANTS = {"cuda": "split"}
-# ... and on CUDA GPUs one Pallas kernel per step ("kernel",
-# :mod:`jrnn.kernels.pallas_step`) up to this many batch rows, where the kernels
-# take the hidden size: 0, none, until they are timed on a GPU.
+# ... and on CUDA GPUs, for the LSTM and the reset-after GRU, one Pallas kernel
+# per step ("kernel", :mod:`jrnn.kernels.pallas_step`) up to this many batch
+# rows, where the kernels take the hidden size: 0, none, until they are timed
+# on a GPU.
 _STEP_KERNELS_MAX_BATCH = 0
 _forced_variant = None
 
@@ -97,9 +98,10 @@ def gate_layout(split: bool):
 
 
 def step_kernels():
-    """Trace the LSTM's loops (forward and reverse) with one Pallas kernel per
-    time step (:mod:`jrnn.kernels.pallas_step`) on every platform, interpreted
-    where there is no GPU; H a multiple of 16 up to 256. For tests and
+    """Trace the loops (forward and reverse) of LSTMs and reset-after GRUs with
+    one Pallas kernel per time step (:mod:`jrnn.kernels.pallas_step`) on every
+    platform, interpreted where there is no GPU; H a multiple of 16 up to 256
+    (a ValueError otherwise). Other cells keep their loops. For tests and
     benchmarks, as :func:`gate_layout`; in a ``with`` block."""
     return _forcing("kernel")
 
@@ -117,10 +119,12 @@ class _LSTM:
         h_new = o * tc
         return (h_new, c_new), h_new, (h_in, c, t, tc)
 
+    pack, unpack = staticmethod(pallas_step.pack_lstm), staticmethod(pallas_step.unpack_lstm)
+
     @staticmethod
     def forward_kernel(cell, p, carry, px, mask, interpret):
         """:meth:`forward` as one Pallas kernel; ``px`` without the bias, and the
-        residuals packed in one array (:func:`jrnn.kernels.pallas_step.pack`)."""
+        residuals packed in one array (:meth:`pack`)."""
         h, c = carry
         h_in = h if mask is None else h * mask
         h_new, c_new, saved = pallas_step.lstm_step(h_in, c, px, p["b"], p["w_h"], interpret=interpret)
@@ -177,6 +181,21 @@ class _GRU:
             aux = None
         h_new = (1 - z) * h + z * n
         return h_new, h_new, (h, h_in, z, r, n, aux)
+
+    pack, unpack = staticmethod(pallas_step.pack_gru), staticmethod(pallas_step.unpack_gru)
+
+    @staticmethod
+    def forward_kernel(cell, p, h, px, mask, interpret):
+        """:meth:`forward` (reset-after) as one Pallas kernel; ``px`` without the bias,
+        and the residuals packed in one array (:meth:`pack`)."""
+        h_in = h if mask is None else h * mask
+        h_new, saved = pallas_step.gru_step(h, h_in, px, p["b"], p["b_hn"], p["w_h"], interpret=interpret)
+        return h_new, h_new, saved
+
+    @staticmethod
+    def backward_kernel(cell, p, saved, dh, dy, mask, interpret):
+        """:meth:`backward` (reset-after) as one Pallas kernel, on :meth:`forward_kernel`'s residuals."""
+        return pallas_step.gru_step_backward(dh, dy, saved, mask, p["w_h"], interpret=interpret)
 
     @staticmethod
     def backward(cell, p, res, dh, dy, mask):
@@ -298,18 +317,23 @@ def _native_or(native_fn, xla_fn, cell, *arrays):
     return jax.lax.platform_dependent(cpu=native_fn, default=xla_fn)
 
 
+def _has_step_kernels(cell) -> bool:
+    """Whether :mod:`jrnn.kernels.pallas_step` has kernels for this kind of cell
+    (LSTM, reset-after GRU); other cells run their XLA loops under :func:`step_kernels`."""
+    return isinstance(cell, LSTMCell) or (isinstance(cell, GRUCell) and cell.reset_after)
+
+
 def _by_variant(cell, variant, batch, run):
-    """``run(variant)``, with the LSTM's variant for each platform (and ``batch``
+    """``run(variant)``, with the cell's variant for each platform (and ``batch``
     rows) where ``variant`` is None; the step kernels run compiled on CUDA GPUs
-    and interpreted elsewhere."""
-    if not isinstance(cell, LSTMCell):
-        return run("block")
-    if variant == "kernel":
+    and interpreted elsewhere. Only the LSTM has variants other than "block" and "kernel"."""
+    lstm = isinstance(cell, LSTMCell)
+    if variant == "kernel" and _has_step_kernels(cell):
         return jax.lax.platform_dependent(cuda=lambda: run("kernel"), default=lambda: run("kernel interpreted"))
     if variant is not None:
-        return run(variant)
-    variants = dict(_LSTM_VARIANTS)
-    if batch <= _STEP_KERNELS_MAX_BATCH and pallas_step.supports(cell.hidden_size):
+        return run(variant if lstm and variant != "kernel" else "block")
+    variants = dict(_LSTM_VARIANTS) if lstm else {}
+    if _has_step_kernels(cell) and batch <= _STEP_KERNELS_MAX_BATCH and pallas_step.supports(cell.hidden_size):
         variants["cuda"] = "kernel"
     branches = {platform: functools.partial(run, v) for platform, v in variants.items()}
     return jax.lax.platform_dependent(**branches, default=functools.partial(run, "block"))
@@ -344,21 +368,21 @@ def _first_rows(rows, *trees_and_axes):
 
 def _kernel_rows(cell, batch):
     """The batch rows that the step kernels run for ``batch`` rows, or a ValueError."""
-    if not isinstance(cell, LSTMCell) or not pallas_step.supports(cell.hidden_size):
-        raise ValueError(f"step_kernels: needs an LSTM with hidden size a multiple of {pallas_step.TILE} up to "
+    if not pallas_step.supports(cell.hidden_size):
+        raise ValueError(f"step_kernels: needs a hidden size that is a multiple of {pallas_step.TILE} up to "
                          f"{pallas_step.MAX_HIDDEN} and Pallas' Triton backend, got {cell} on jax {jax.__version__}")
     return pallas_step.padded_batch(batch)
 
 
 def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save, variant):
+    impl = _IMPLS[type(cell)]
     batch = projected.shape[1]
     kernel = variant.startswith("kernel")
     if kernel:  # the batch padded to whole kernel tiles, once, outside the loop
         rows = _kernel_rows(cell, batch)
         projected, valid, carry, mask = _padded_rows(rows, (projected, 1), (valid, 1), (carry, 0), (mask, 0))
-        step = lambda carry, px: _LSTM.forward_kernel(cell, p, carry, px, mask, variant == "kernel interpreted")
+        step = lambda carry, px: impl.forward_kernel(cell, p, carry, px, mask, variant == "kernel interpreted")
     else:
-        impl = _IMPLS[type(cell)]
         forward = functools.partial(impl.forward, split_gates=True) if variant == "split" else impl.forward
         step = lambda carry, px: forward(cell, p, carry, px + p["b"], mask)
 
@@ -375,7 +399,7 @@ def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, m
     if kernel:
         final, ys, res = _first_rows(batch, (final, 0), (ys, 1), (res, 1))
         # the residuals as every path has them (the native loops' layout)
-        res = None if res is None else pallas_step.unpack(res)
+        res = None if res is None else impl.unpack(res)
     return (final, jnp.swapaxes(ys, 0, 1) if batch_major else ys), res
 
 
@@ -403,15 +427,16 @@ def _loop_bwd(cell, reverse, unroll, batch_major, variant, saved, cotangents):
 
 def _scan_backward(cell, reverse, unroll, variant, p, res, d_final, d_ys, valid, mask):
     """The reverse time loop: ``(d_initial_carry, d_projected)``."""
+    impl = _IMPLS[type(cell)]
     batch = d_ys.shape[1]
     kernel = variant.startswith("kernel")
     if kernel:
         rows = _kernel_rows(cell, batch)
-        packed = pallas_step.pack(*res)  # the forward kernels' layout
+        packed = impl.pack(*res)  # the forward kernels' layout
         res, d_final, d_ys, valid, mask = _padded_rows(rows, (packed, 1), (d_final, 0), (d_ys, 1), (valid, 1), (mask, 0))
-        step = lambda *args: _LSTM.backward_kernel(cell, p, *args, interpret=variant == "kernel interpreted")
+        step = lambda *args: impl.backward_kernel(cell, p, *args, interpret=variant == "kernel interpreted")
     else:
-        step = functools.partial(_IMPLS[type(cell)].backward, cell, {**p, "w_h_t": p["w_h"].T})  # transposed once
+        step = functools.partial(impl.backward, cell, {**p, "w_h_t": p["w_h"].T})  # transposed once
 
     def body(d_carry, inputs):
         dy, res_t, ok = inputs
