@@ -304,7 +304,7 @@ def _select(valid, new, old):
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
 def _loop(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask):
-    """``variant``: how the LSTM's loops run a step ("block", "split", "kernel"), or
+    """``variant``: how the loops run a step ("block", "split", "kernel"), or
     ``None`` for by platform (``_LSTM_VARIANTS``, ``_STEP_KERNELS_MAX_BATCH``);
     fixed here, so that the forward and reverse loops of one program agree."""
     return _forward(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask, save=False)[0]
@@ -331,10 +331,12 @@ def _by_variant(cell, variant, batch, run):
     if variant == "kernel" and _has_step_kernels(cell):
         return jax.lax.platform_dependent(cuda=lambda: run("kernel"), default=lambda: run("kernel interpreted"))
     if variant is not None:
-        return run(variant if lstm and variant != "kernel" else "block")
+        return run(variant if lstm else "block")
     variants = dict(_LSTM_VARIANTS) if lstm else {}
     if _has_step_kernels(cell) and batch <= _STEP_KERNELS_MAX_BATCH and pallas_step.supports(cell.hidden_size):
         variants["cuda"] = "kernel"
+    if not variants:
+        return run("block")
     branches = {platform: functools.partial(run, v) for platform, v in variants.items()}
     return jax.lax.platform_dependent(**branches, default=functools.partial(run, "block"))
 
