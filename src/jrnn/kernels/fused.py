@@ -134,9 +134,8 @@ class _LSTM:
     def backward_kernel(cell, p, saved, d_carry, dy, mask, interpret):
         """:meth:`backward` as one Pallas kernel, on :meth:`forward_kernel`'s residuals."""
         dh, dc = d_carry
-        dh_prev, dc_prev, dpre = pallas_step.lstm_step_backward(dh, dy, dc, saved, p["w_h"], interpret=interpret)
-        if mask is not None:
-            dh_prev = dh_prev * mask
+        dh_prev, dc_prev, dpre = pallas_step.lstm_step_backward(dh, dy, dc, saved, mask, p["w_h"],
+                                                                interpret=interpret)
         return (dh_prev, dc_prev), dpre
 
     @staticmethod

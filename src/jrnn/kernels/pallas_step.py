@@ -152,17 +152,19 @@ def _forward_kernel(px_ref, b_ref, w_ref, h_ref, c_ref, h_out, c_out, saved_out)
         store(saved_out, (rows, cols(section)), value)
 
 
-def _backward_kernel(dh_ref, dy_ref, dc_ref, saved_ref, w_ref, dh_out, dc_out, da_out):
+def _backward_kernel(dh_ref, dy_ref, dc_ref, saved_ref, w_ref, *refs, masked):
     """Column tile ``j`` of one reverse step: ``dh`` (the gradient of ``h_t`` from
     later steps), ``dy`` (from ``y_t``), ``dc (R, H)``, the saved values ``(R, 7H)``
-    (see :func:`pack_lstm`) and ``w (H, 4H)`` -> tile ``j`` of ``dh_{t-1} = dA W_hᵀ`` and
-    of ``dc_{t-1}``, and the gate gradients ``dA (R, 4H)`` in the tile's columns."""
+    (see :func:`pack_lstm`), ``w (H, 4H)`` and, where ``masked``, the dropout mask
+    ``(R, H)`` -> tile ``j`` of ``dh_{t-1} = mask ⊙ (dA W_hᵀ)`` and of ``dc_{t-1}``,
+    and the gate gradients ``dA (R, 4H)`` in the tile's columns."""
     from jax.experimental import pallas as pl
 
+    mask_ref, dh_out, dc_out, da_out = refs if masked else (None, *refs)
     H = dh_ref.shape[-1]
     C = BACKWARD_CHUNK
     j = pl.program_id(0)
-    rows = slice(None)
+    rows, cols = slice(None), _sections(H)
 
     def loads(start, width):
         """``dh`` (with ``dy``), the full ``dc``, ``c_{t-1}``, ``tanh c_t`` and the gate
@@ -174,17 +176,16 @@ def _backward_kernel(dh_ref, dy_ref, dc_ref, saved_ref, w_ref, dh_out, dc_out, d
         tc = saved(_TANH_C)
         return dh, _cell_grad(dh, load(dc_ref, (rows, cols)), t(3), tc), saved(_C_PREV), tc, t
 
-    mine = pl.ds(j * TILE, TILE)
     dh_prev = jnp.zeros((dh_ref.shape[0], TILE), jnp.float32)
     for k in range(H // C):  # every column chunk's gate gradients, times the rows of W_h for this tile
         dh, dc, c_prev, tc, t = loads(k * C, C)
         for g in range(4):
-            dh_prev = dh_prev + _product_t(_gate_grad(g, t, dh, dc, c_prev, tc), w_ref[mine, pl.ds(g * H + k * C, C)])
-    store(dh_out, (rows, mine), dh_prev)
+            dh_prev = dh_prev + _product_t(_gate_grad(g, t, dh, dc, c_prev, tc), w_ref[cols(0), pl.ds(g * H + k * C, C)])
+    store(dh_out, (rows, cols(0)), dh_prev if mask_ref is None else dh_prev * load(mask_ref, (rows, cols(0))))
     dh, dc, c_prev, tc, t = loads(j * TILE, TILE)
     for g in range(4):
-        store(da_out, (rows, pl.ds(g * H + j * TILE, TILE)), _gate_grad(g, t, dh, dc, c_prev, tc))
-    store(dc_out, (rows, mine), dc * (t(1) * SCALE[1] + ADD[1]))
+        store(da_out, (rows, cols(g)), _gate_grad(g, t, dh, dc, c_prev, tc))
+    store(dc_out, (rows, cols(0)), dc * (t(1) * SCALE[1] + ADD[1]))
 
 
 def pack_lstm(h_in, c_prev, t, tc):
@@ -223,15 +224,24 @@ def lstm_step(h, c, px, b, w_h, *, interpret):
     return h_new, c_new, saved
 
 
-def lstm_step_backward(dh, dy, dc, saved, w_h, *, interpret):
+def _with_mask(kernel, inputs, kinds, mask, dtype):
+    """``kernel`` with ``masked`` bound, and the inputs and their kinds with the
+    dropout mask ``(B, H)`` appended where there is one."""
+    if mask is None:
+        return functools.partial(kernel, masked=False), inputs, kinds
+    return functools.partial(kernel, masked=True), (*inputs, mask.astype(dtype)), (*kinds, "b")
+
+
+def lstm_step_backward(dh, dy, dc, saved, mask, w_h, *, interpret):
     """One reverse step: ``dh`` (the gradient of ``h_t`` from later steps), ``dy``
     (from ``y_t``), ``dc (B, H)``, the step's saved values ``(B, 7H)`` (:func:`pack_lstm`),
-    ``w_h (H, 4H)`` -> ``(dh_{t-1}, dc_{t-1}, dA (B, 4H))``, before any recurrent dropout mask."""
+    the dropout mask ``(B, H)`` or None, ``w_h (H, 4H)`` -> ``(dh_{t-1}, dc_{t-1}, dA (B, 4H))``."""
     B, H = dh.shape
     state = ((B, H), jnp.float32, "b")
+    kernel, inputs, kinds = _with_mask(_backward_kernel, (dh, dy, dc, saved, w_h), ("b", "b", "b", "b", "w"),
+                                       mask, dh.dtype)
     dh_prev, dc_prev, da = call_per_column_tile(
-        _backward_kernel, (dh, dy, dc, saved, w_h), ("b", "b", "b", "b", "w"),
-        [state, state, ((B, 4 * H), jnp.float32, "b")], interpret, H // TILE)
+        kernel, inputs, kinds, [state, state, ((B, 4 * H), jnp.float32, "b")], interpret, H // TILE)
     return dh_prev.astype(dh.dtype), dc_prev.astype(dc.dtype), da.astype(dh.dtype)
 
 
@@ -264,7 +274,7 @@ def _gru_backward_kernel(dh_ref, dy_ref, saved_ref, w_ref, *refs, masked):
     H = dh_ref.shape[-1]
     C = BACKWARD_CHUNK
     j = pl.program_id(0)
-    rows = slice(None)
+    rows, cols = slice(None), _sections(H)
 
     def grads(start, width):
         """``dh`` (with ``dy``), ``z`` and ``(da_z, da_r, da_n, r)`` of the columns ``start … start + width``."""
@@ -275,18 +285,17 @@ def _gru_backward_kernel(dh_ref, dy_ref, saved_ref, w_ref, *refs, masked):
         da_n = dh * z * (1 - n * n)
         return dh, z, (da_z, da_n * hn * r * (1 - r), da_n, r)
 
-    mine = pl.ds(j * TILE, TILE)
     d_h_in = jnp.zeros((dh_ref.shape[0], TILE), jnp.float32)
     for k in range(H // C):  # every column chunk's gate gradients, times the rows of W_h for this tile
         _, _, (da_z, da_r, da_n, r) = grads(k * C, C)
         for g, d in enumerate((da_z, da_r, da_n * r)):
-            d_h_in = d_h_in + _product_t(d, w_ref[mine, pl.ds(g * H + k * C, C)])
-    if masked:
-        d_h_in = d_h_in * load(mask_ref, (rows, mine))
+            d_h_in = d_h_in + _product_t(d, w_ref[cols(0), pl.ds(g * H + k * C, C)])
+    if mask_ref is not None:
+        d_h_in = d_h_in * load(mask_ref, (rows, cols(0)))
     dh, z, (da_z, da_r, da_n, _) = grads(j * TILE, TILE)
-    store(dh_out, (rows, mine), dh * (1 - z) + d_h_in)
+    store(dh_out, (rows, cols(0)), dh * (1 - z) + d_h_in)
     for g, d in enumerate((da_z, da_r, da_n)):
-        store(da_out, (rows, pl.ds(g * H + j * TILE, TILE)), d)
+        store(da_out, (rows, cols(g)), d)
 
 
 def gru_step(h, h_in, px, b, b_hn, w_h, *, interpret):
@@ -306,11 +315,8 @@ def gru_step_backward(dh, dy, saved, mask, w_h, *, interpret):
     step's saved values ``(B, 6H)`` (:func:`pack_gru`), the dropout mask ``(B, H)`` or
     None, ``w_h (H, 3H)`` -> ``(dh_{t-1}, dA (B, 3H))``."""
     B, H = dh.shape
-    masked = mask is not None
-    inputs, kinds = (dh, dy, saved, w_h), ("b", "b", "b", "w")
-    if masked:
-        inputs, kinds = (*inputs, mask.astype(dh.dtype)), (*kinds, "b")
+    kernel, inputs, kinds = _with_mask(_gru_backward_kernel, (dh, dy, saved, w_h), ("b", "b", "b", "w"), mask,
+                                       dh.dtype)
     dh_prev, da = call_per_column_tile(
-        functools.partial(_gru_backward_kernel, masked=masked), inputs, kinds,
-        [((B, H), jnp.float32, "b"), ((B, 3 * H), jnp.float32, "b")], interpret, H // TILE)
+        kernel, inputs, kinds, [((B, H), jnp.float32, "b"), ((B, 3 * H), jnp.float32, "b")], interpret, H // TILE)
     return dh_prev.astype(dh.dtype), da.astype(dh.dtype)
