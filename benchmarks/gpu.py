@@ -3,14 +3,11 @@
 Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 ``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
 GPU), the fused path with 16, and for the LSTM the fused path with the gate
-layout it had before 2026-11-27 ("fused block-gates"); on a GPU, the fused
-path with the whole time loop in CUDA graphs ("fused cuda-graph", an
-experiment); at H ≤ 256, the fused path with one Pallas kernel per time
-step ("fused step-kernels", an experiment, on a GPU also with unroll 16); Pallas kernels (H ≤ 256: one program per 16 batch rows; LSTM
-H = 512 and 768: H/16 cooperating programs with a grid barrier per step; at
-H = 128 also with the state in one chunk of 128 columns, "pallas
-chunk=128", an experiment; with ``--streamed``, where the weights stay on
-chip, also with them re-read each step); jrnn's cuDNN option
+layout it had before 2026-11-27 ("fused block-gates"); Pallas kernels (H ≤ 256: one program per 16
+batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
+barrier per step; at H = 128 also with the state in one chunk of 128 columns,
+"pallas chunk=128", an experiment; with ``--streamed``, where the weights stay
+on chip, also with them re-read each step); jrnn's cuDNN option
 (``implementation="cudnn"``, which is ``jax.experimental.rnn``; LSTM,
 float32); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
 ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU is the
@@ -24,13 +21,13 @@ The device checks run first (each fast path against the plain path, values and
 gradients), each in a child process with a time limit (``--check-timeout``):
 a check that hangs, or compiles for longer, is reported as timed out, with a
 Python traceback of where it was. On a GPU, the Pallas contenders of a cell and
-hidden size (and the step kernels of a hidden size) are timed only where a
-device check of them ran and passed. Then the cases run in order of
-importance (the issue's target shapes first, (16, 768, 1024) then
-(1, 128, 1000), the LSTM before the GRU); a case whose estimated time would
-pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
-one run fits a short device lease. A jrnn contender that fails to compile is
-reported and left out; ``--json`` is rewritten after every case.
+hidden size are timed only where a device check of them ran and passed. Then
+the cases run in order of importance (the issue's target shapes first,
+(16, 768, 1024) then (1, 128, 1000), the LSTM before the GRU); a case whose
+estimated time would pass ``--budget-s`` (default 220 s from the start) is
+skipped and listed, so one run fits a short device lease. A jrnn contender
+that fails to compile is reported and left out; ``--json`` is rewritten after
+every case.
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
@@ -56,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from jrnn.kernels import _pallas, fused, native, pallas_gru, pallas_lstm, pallas_step
+from jrnn.kernels import _pallas, fused, pallas_gru, pallas_lstm
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
 # steps per loop iteration of the fused contenders beyond jrnn's default (8 on a
@@ -67,24 +64,6 @@ UNROLLS = (16,)
 # (16, 64) x (64, 64)); timed as "pallas chunk=128". Without a GPU, Triton's sm_90
 # code for it spills no registers (benchmarks/triton_resources.py).
 ONE_CHUNK = 128
-# An experiment: the fused path compiled with XLA:GPU's command buffers (CUDA
-# graphs) taking in the whole time loop, as "fused cuda-graph". By default XLA
-# launches each loop iteration's kernels from the host; with WHILE the loop runs
-# as one graph with a conditional node, and unrolled, as one graph of all its
-# iterations. Which of the ~1.6 us per kernel at batch 1 (H100, 2026-11-27) is
-# launch cost, this measures. jax.jit's compiler_options, so only the contender's
-# own programs; an XLA that lacks a flag fails the contender, and the rest run.
-COMMAND_BUFFER_TYPES = "FUSION,CUBLAS,CUBLASLT,CUSTOM_CALL,CUDNN,CONDITIONAL,WHILE"
-WHOLE_LOOP_GRAPHS = {
-    "fused cuda-graph": {"xla_gpu_enable_command_buffer": COMMAND_BUFFER_TYPES},
-    "fused cuda-graph unrolled": {"xla_gpu_enable_command_buffer": COMMAND_BUFFER_TYPES,
-                                  "xla_gpu_command_buffer_unroll_loops": True},
-}
-# The fused path with one Pallas kernel per time step (jrnn.kernels.pallas_step;
-# LSTM and reset-after GRU, H a multiple of 16 up to 256), an experiment: one
-# launch per step each way where XLA runs two or three
-# (benchmarks/step_kernels.py --step-kernels).
-STEP_KERNELS = "fused step-kernels"
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -103,13 +82,8 @@ def check_cases(on_gpu: bool) -> list[tuple]:
     # the Pallas kernels take no seq_lengths; H = 64: one chunk, weights on chip
     small = [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
              (jrnn.lstm(64), "pallas", bf16)]
-    # the fused path with one Pallas kernel per time step (interpreted on CPU)
-    step_kernels = [(jrnn.lstm(64), STEP_KERNELS, f32), (jrnn.gru(64, reset_after=True), STEP_KERNELS, f32)]
     if not on_gpu:
-        return scan_paths + step_kernels + small
-    step_kernels = [(jrnn.lstm(128), STEP_KERNELS, f32), (jrnn.lstm(128), STEP_KERNELS, bf16),
-                    (jrnn.lstm(256), STEP_KERNELS, f32), (jrnn.gru(128, reset_after=True), STEP_KERNELS, f32),
-                    (jrnn.gru(256, reset_after=True), STEP_KERNELS, f32)]
+        return scan_paths + small
     # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on
     # chip; then the same in one chunk of 128 columns (4 products per step, not 16)
     batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16),
@@ -118,7 +92,7 @@ def check_cases(on_gpu: bool) -> list[tuple]:
     wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
     gru = [(jrnn.gru(128, reset_after=True), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
     # the float32 H = 256 LSTM kernel took over 40 s to compile on an H200 and an H100: last
-    return step_kernels + batch_one + wide + scan_paths + [(jrnn.lstm(64), "cudnn", f32)] + gru + small + [
+    return batch_one + wide + scan_paths + [(jrnn.lstm(64), "cudnn", f32)] + gru + small + [
         (jrnn.lstm(256), "pallas", f32)]
 
 
@@ -127,19 +101,17 @@ def chunk_label(max_chunk) -> str:
     return f" chunk={max_chunk}" if max_chunk else ""
 
 
-def pallas_key(kind, hidden_size, max_chunk=None, impl="pallas") -> str:
+def pallas_key(kind, hidden_size, max_chunk=None) -> str:
     """A Pallas check that fails or hangs keeps the Pallas contenders of the same
-    cell, hidden size and chunk width (or the step kernels of that size) out of the timings."""
-    return f"{kind} H={hidden_size}{chunk_label(max_chunk)}" + ("" if impl == "pallas" else f" {impl}")
+    cell, hidden size and chunk width out of the timings."""
+    return f"{kind} H={hidden_size}{chunk_label(max_chunk)}"
 
 
 def check_row(cell, impl, dtype, max_chunk=None) -> dict:
     """What a check's row says about the check itself, before its results."""
     row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}",
            "implementation": impl + chunk_label(max_chunk)}
-    if impl in ("pallas", STEP_KERNELS):
-        row["pallas"] = pallas_key(cell.kind, cell.hidden_size, max_chunk, impl)
-    return row
+    return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size, max_chunk)} if impl == "pallas" else row
 
 
 def run_check(cell, impl, dtype, max_chunk=None) -> dict:
@@ -152,7 +124,6 @@ def run_check(cell, impl, dtype, max_chunk=None) -> dict:
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.fold_in(key, 1), 32))
     xs = jax.random.normal(key, (8, 64, 32)).astype(dtype)
     options = {} if impl == "pallas" else {"seq_lengths": lengths}
-    path = "fused" if impl == STEP_KERNELS else impl
     # jitted: one compilation each, rather than one per operation
     run = jax.jit(lambda p, i: jrnn.scan(cell, p, xs, implementation=i, carry_dtype=f32, **options),
                   static_argnums=1)
@@ -165,9 +136,8 @@ def run_check(cell, impl, dtype, max_chunk=None) -> dict:
         with jax.default_matmul_precision("highest"), kernel_settings(max_chunk=max_chunk):
             _, want = run(params, "plain")
             g_want = grad(params, "plain")
-            with step_kernels(impl == STEP_KERNELS):
-                _, got = run(params, path)
-                g_got = grad(params, path)
+            _, got = run(params, impl)
+            g_got = grad(params, impl)
             err = rel_err(got, want)
             g_err = max(rel_err(a, b) for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_want)))
     except Exception as error:  # noqa: BLE001 - a kernel that fails to compile is a result here
@@ -189,7 +159,8 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
     """Every device check, run by child processes of this script: a check that takes
     longer than ``timeout_s`` (a kernel that hangs, say) is reported as such, its
     child is killed after printing where it was, and the next check starts in a new
-    child. Checks that would start after ``budget_s`` are reported as skipped.
+    child. Checks that would start after ``budget_s`` (in the same child or a new
+    one) are reported as skipped.
     (Printing the traceback from a watchdog thread can crash the child: that check
     is then reported as "child exited -11", which ends the same way.)"""
     cases = check_cases(on_gpu)
@@ -207,7 +178,7 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
             selector.register(child.stdout, selectors.EVENT_READ)
             if selector.select(START_TIMEOUT_S):  # the child's first line says that its jax is up
                 child.stdout.readline()
-            while len(rows) < len(cases):
+            while len(rows) < len(cases) and time.perf_counter() - started <= budget_s:
                 line = child.stdout.readline() if selector.select(timeout_s) else None
                 if not line:  # hung (or died): the check in hand is reported, the next gets a new child
                     rows.append({**check_row(*cases[len(rows)]), "ok": False,
@@ -219,9 +190,9 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
     return rows
 
 
-def _jax_fns(loss_and_out, params, xs, compiler_options=None):
-    fwd = jax.jit(lambda p, x: loss_and_out(p, x)[1], compiler_options=compiler_options)
-    grad = jax.jit(jax.grad(lambda p, x: loss_and_out(p, x)[0], argnums=(0, 1)), compiler_options=compiler_options)
+def _jax_fns(loss_and_out, params, xs):
+    fwd = jax.jit(lambda p, x: loss_and_out(p, x)[1])
+    grad = jax.jit(jax.grad(lambda p, x: loss_and_out(p, x)[0], argnums=(0, 1)))
     started = time.perf_counter()
     jax.block_until_ready(grad(params, xs))
     compile_s = time.perf_counter() - started  # the forward+backward program's
@@ -241,18 +212,6 @@ def kernel_settings(on_chip_bytes=None, max_chunk=None):
         yield
     finally:
         _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK = saved
-
-
-def step_kernels(enabled=True):
-    """The fused path's LSTM loops with one Pallas kernel per step (``"fused
-    step-kernels"``), on every platform: on CPU, the XLA loops (not the native
-    ones) with the kernels interpreted."""
-    if not enabled:
-        return contextlib.nullcontext()
-    stack = contextlib.ExitStack()
-    stack.enter_context(fused.step_kernels())
-    stack.enter_context(native.disabled())
-    return stack
 
 
 def one_chunk_differs(hidden_size) -> bool:
@@ -279,16 +238,6 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
         variants.append(("fused block-gates", {"split_gates": False}))
-    if on_gpu:
-        variants += [(name, {"compiler_options": options}) for name, options in WHOLE_LOOP_GRAPHS.items()]
-    if pallas_step.supports(H):
-        if checked is None or pallas_key(kind, H, impl=STEP_KERNELS) in checked:
-            variants.append((STEP_KERNELS, {"step_kernels": True}))
-            if on_gpu:  # interpreted, 16 unrolled kernels take seconds to compile on CPU, for nothing
-                variants += [(f"{STEP_KERNELS} unroll={k}", {"step_kernels": True, "unroll": k}) for k in UNROLLS]
-        else:
-            failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn {STEP_KERNELS}: not timed, "
-                            "no device check of it passed")
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
     has_kernel = pallas_lstm.supports(cell) or pallas_gru.supports(cell)
@@ -308,15 +257,14 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         impl = name.split()[0]
 
         def loss(p, x, impl=impl, options=options):
-            layout = (fused.gate_layout(options["split_gates"]) if "split_gates" in options
-                      else step_kernels(options.get("step_kernels", False)))
+            layout = fused.gate_layout(options["split_gates"]) if "split_gates" in options else contextlib.nullcontext()
             with kernel_settings(options.get("on_chip_bytes"), options.get("max_chunk")), layout:
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]
             return jnp.sum(ys.astype(jnp.float32)), ys
         try:
-            out[f"jrnn {name}"] = _jax_fns(loss, params, xs, options.get("compiler_options"))
+            out[f"jrnn {name}"] = _jax_fns(loss, params, xs)
         except Exception as error:  # noqa: BLE001 - reported, and the other contenders still run
             failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn {name}: "
                             f"{type(error).__name__}: {str(error)[:300]}")
@@ -345,6 +293,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
             t_dtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
             torch_cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
             module = torch_cls(I, H, batch_first=True).cuda().to(t_dtype)
+            module.flatten_parameters()  # .to() leaves cuDNN's weights in pieces, compacted at every call
             x = torch.randn(B, T, I, device="cuda", dtype=t_dtype, requires_grad=True)
 
             def t_fwd():

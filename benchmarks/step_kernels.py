@@ -39,7 +39,7 @@ import jax
 import jax.numpy as jnp
 
 import jrnn
-from jrnn.kernels import fused, native, pallas_step
+from jrnn.kernels import fused, native
 
 GPU_SPECS = Path(__file__).with_name("gpu_specs")
 SHAPES = [(16, 768, 1024), (1, 128, 1000)]  # (B, I = H, T): the targets of the GPU benchmark
@@ -173,8 +173,6 @@ def main(argv=None) -> int:
                         "or a target config file; needs jax's CUDA plugin")
     parser.add_argument("--gate-layout", choices=("split", "block"),
                         help="the LSTM's fused loops with this gate layout on every platform (default: by platform)")
-    parser.add_argument("--step-kernels", action="store_true",
-                        help="the fused loops with one Pallas kernel per time step (jrnn.kernels.pallas_step)")
     parser.add_argument("--dump", help="write each program's optimised HLO text into this folder")
     parser.add_argument("--json", help="write the rows to this file")
     args = parser.parse_args(argv)
@@ -192,9 +190,6 @@ def main(argv=None) -> int:
     print("|---|---|---|---|---|---:|---:|---:|---:|---|")
     for kind in args.cells.split(","):
         for B, H, T in shapes:
-            if args.step_kernels and not pallas_step.supports(H):
-                print(f"# {kind} {B}, {H}, {T}: no step kernels at this cell and hidden size")
-                continue
             for dtype in (jnp.float32, jnp.bfloat16):
                 for impl in args.implementations.split(","):
                     fns, fn_args = programs(kind, B, H, T, dtype, impl, unroll)
@@ -202,8 +197,7 @@ def main(argv=None) -> int:
                         fn_args = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=on_device),
                                                fn_args)
                     for program, fn in fns.items():
-                        layout = (fused.step_kernels() if args.step_kernels
-                                  else contextlib.nullcontext() if args.gate_layout is None
+                        layout = (contextlib.nullcontext() if args.gate_layout is None
                                   else fused.gate_layout(args.gate_layout == "split"))
                         with native.disabled(), layout:  # the XLA loops, which GPUs run
                             text = fn.lower(*fn_args).compile().as_text()

@@ -1,10 +1,9 @@
 """What jrnn's Pallas kernels ask of an H100, found without one.
 
 For every supported hidden size, cell and dtype, JAX lowers the forward and
-backward kernels (and the fused path's per-step kernels,
-``jrnn.kernels.pallas_step``) for CUDA (this works on a CPU-only jaxlib), and
-Triton's own compiler (``pip install triton``; it brings ``ptxas``) compiles
-that Triton IR for sm_90 with jrnn's ``num_warps``/``num_stages``. The table gives the shared
+backward kernels for CUDA (this works on a CPU-only jaxlib), and Triton's own
+compiler (``pip install triton``; it brings ``ptxas``) compiles that Triton IR
+for sm_90 with jrnn's ``num_warps``/``num_stages``. The table gives the shared
 memory the kernel needs, its registers per thread and its spill stack (bytes
 per thread; 0 is what one wants). Shared memory over the H100's 227 KiB per
 block means the kernel could not launch.
@@ -20,7 +19,6 @@ kernels on a real GPU, so the numbers are close, not exact.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import subprocess
@@ -32,15 +30,14 @@ import jax
 import jax.numpy as jnp
 
 import jrnn
-from jrnn.kernels import _pallas, fused, native, pallas_gru, pallas_lstm, pallas_step
+from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
 
 H100_SHARED_BYTES = 227 * 1024
 WIDE_SIZES = (512, 768, 1024)  # LSTM only: the cooperative kernels (H/16 programs per batch tile)
 
 
-def triton_ir(kind, hidden_size, dtype, step=False):
-    """``[forward, backward]`` Triton IR (text) of the kernels as ``jrnn.scan`` calls them
-    (``step``: the fused path's per-step kernels)."""
+def triton_ir(kind, hidden_size, dtype):
+    """``[forward, backward]`` Triton IR (text) of the kernels as ``jrnn.scan`` calls them."""
     from jax._src.pallas.triton import lowering  # private: the only way to the IR
 
     captured = []
@@ -56,19 +53,16 @@ def triton_ir(kind, hidden_size, dtype, step=False):
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), 8))
 
     def loss(p, x):
-        if step:
-            return jnp.sum(jrnn.scan(cell, p, x, implementation="fused", carry_dtype=jnp.float32)[1])
         projected = cell.project_input(p, jnp.swapaxes(x, 0, 1))
         _, ys = module.pallas_scan(cell, p, projected, cell.initial_carry((16,), jnp.float32), interpret=False)
         return jnp.sum(ys)
 
     lowering.lower_jaxpr_to_triton_module = capture
     try:
-        with fused.step_kernels() if step else contextlib.nullcontext(), native.disabled():
-            _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, jnp.ones((16, 100, 8), dtype))
+        _pallas.lower_for_gpu(jax.jit(jax.grad(loss)), params, jnp.ones((16, 100, 8), dtype))
     finally:
         lowering.lower_jaxpr_to_triton_module = lower
-    return list(dict.fromkeys(captured))  # a step kernel is lowered once per unrolled step: each once
+    return captured
 
 
 def sm90_resources(ir_text):
@@ -118,12 +112,7 @@ def main(argv=None) -> int:
                 w_h = jax.ShapeDtypeStruct((hidden_size, num_gates * hidden_size), dtype)
                 on_chip = (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(w_h)
                 weights = ("on chip" if on_chip else "streamed") + (", wide" if wide else "")
-                kernels = [(weights, name, ir) for name, ir in zip(("forward", "backward"),
-                                                                    triton_ir(kind, hidden_size, dtype))]
-                if pallas_step.supports(hidden_size):
-                    kernels += [("streamed", f"{name} step", ir) for name, ir in zip(
-                        ("forward", "backward"), triton_ir(kind, hidden_size, dtype, step=True))]
-                for weights, name, ir in kernels:
+                for name, ir in zip(("forward", "backward"), triton_ir(kind, hidden_size, dtype)):
                     row = {"cell": kind, "hidden_size": hidden_size, "dtype": jnp.dtype(dtype).name,
                            "weights": weights, "kernel": name, **sm90_resources(ir)}
                     row["fits"] = row["shared_bytes"] <= H100_SHARED_BYTES

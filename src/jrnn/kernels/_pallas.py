@@ -143,14 +143,14 @@ def store(ref, index, value):
     ref[index] = value.astype(ref.dtype)
 
 
-def _specs(shapes_and_kinds, per_program):
+def _specs(shapes_and_kinds, cooperative):
     """BlockSpecs: 'tb' arrays (T, B, N) and 'b' arrays (B, N) are tiled over batch;
     'w' arrays are whole. The grid is ``(batch tiles,)``, or ``(programs, batch
-    tiles)`` with ``per_program``, where all programs of a batch tile see its whole block."""
+    tiles)`` when ``cooperative``, where all programs of a batch tile see its whole block."""
     from jax.experimental import pallas as pl
 
     def index(f):
-        return (lambda p, b: f(b)) if per_program else f
+        return (lambda p, b: f(b)) if cooperative else f
 
     specs = []
     for shape, kind in shapes_and_kinds:
@@ -172,49 +172,34 @@ def call(kernel, inputs, kinds, outputs, interpret, programs=None):
     counters ``(batch tiles,)`` (int32, zero at the start) and a ``(batch tiles,
     programs)`` int32 output where each program writes 1 if it gave up waiting
     at a barrier; the call returns the outputs, then that array.
+    The Triton backend is named explicitly: the kernels read their blocks through
+    pointers at each step, which Mosaic GPU (JAX's default Pallas GPU backend
+    in jax 0.10) would instead stage whole into shared memory.
     """
-    num_blocks = _batch_tiles(inputs, kinds)
-    if programs is None:
-        return _pallas_call(kernel, inputs, kinds, outputs, (num_blocks,), interpret)
-    inputs, kinds = (*inputs, jnp.zeros((num_blocks,), jnp.int32)), (*kinds, "w")
-    outputs = [*outputs, ((num_blocks,), jnp.int32, "w"), ((num_blocks, programs), jnp.int32, "w")]
-    *results, _counters, stalled = _pallas_call(kernel, inputs, kinds, outputs, (programs, num_blocks), interpret,
-                                                aliases={len(inputs) - 1: len(outputs) - 2})
-    return (*results, stalled)
-
-
-def call_per_column_tile(kernel, inputs, kinds, outputs, interpret, programs):
-    """``programs`` independent programs per batch tile of ``BLOCK_B`` rows (grid
-    ``(programs, batch tiles)``), each seeing the tile's whole blocks and writing
-    its own columns; no barrier (the kernels of one time step). Arguments as in
-    :func:`call`."""
-    return _pallas_call(kernel, inputs, kinds, outputs, (programs, _batch_tiles(inputs, kinds)), interpret)
-
-
-def _batch_tiles(inputs, kinds):
-    rows = inputs[0].shape[1] if kinds[0] == "tb" else inputs[0].shape[0]
-    return rows // BLOCK_B
-
-
-def _pallas_call(kernel, inputs, kinds, outputs, grid, interpret, aliases=None):
-    """``pl.pallas_call`` on the Triton backend, named explicitly: the kernels read
-    their blocks through pointers at each step, which Mosaic GPU (JAX's default
-    Pallas GPU backend in jax 0.10) would instead stage whole into shared memory.
-    A 2-D ``grid`` is ``(programs, batch tiles)`` (see :func:`_specs`)."""
     from jax.experimental import pallas as pl
     from jax.experimental.pallas import triton as pltriton
 
-    per_program = len(grid) == 2
-    return pl.pallas_call(
+    num_blocks = inputs[0].shape[1] // BLOCK_B if kinds[0] == "tb" else inputs[0].shape[0] // BLOCK_B
+    grid, aliases = (num_blocks,), {}
+    if programs is not None:
+        grid = (programs, num_blocks)
+        inputs, kinds = (*inputs, jnp.zeros((num_blocks,), jnp.int32)), (*kinds, "w")
+        outputs = [*outputs, ((num_blocks,), jnp.int32, "w"), ((num_blocks, programs), jnp.int32, "w")]
+        aliases = {len(inputs) - 1: len(outputs) - 2}
+    results = pl.pallas_call(
         kernel,
         out_shape=[jax.ShapeDtypeStruct(shape, dtype) for shape, dtype, _ in outputs],
         grid=grid,
-        in_specs=_specs([(x.shape, k) for x, k in zip(inputs, kinds)], per_program),
-        out_specs=_specs([(shape, kind) for shape, _, kind in outputs], per_program),
-        input_output_aliases=aliases or {},
+        in_specs=_specs([(x.shape, k) for x, k in zip(inputs, kinds)], programs is not None),
+        out_specs=_specs([(shape, kind) for shape, _, kind in outputs], programs is not None),
+        input_output_aliases=aliases,
         interpret=interpret,
         compiler_params=pltriton.CompilerParams(num_warps=NUM_WARPS, num_stages=NUM_STAGES),
     )(*inputs)
+    if programs is None:
+        return results
+    *results, _counters, stalled = results
+    return (*results, stalled)
 
 
 def grid_barrier(counter_ref, index, target, stalled, *, max_spins, compiled):

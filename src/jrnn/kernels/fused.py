@@ -8,9 +8,7 @@ differences are only in how it is computed:
   ``(B, 4, H)`` LSTM gate block serves all gates, and on CUDA GPUs each gate's
   ``(B, H)`` slice is activated on its own, so that the gate math, the cell
   update and the saved gate values are one kernel per step (an XLA:GPU loop
-  fusion's outputs must share one shape; see :func:`gate_layout`); on request
-  (:func:`step_kernels`) each LSTM or reset-after GRU step, forward and
-  reverse, is one Pallas kernel (:mod:`jrnn.kernels.pallas_step`);
+  fusion's outputs must share one shape; see :func:`gate_layout`);
 * the forward loop saves only what the backward loop needs (gate ``tanh``
   values and states);
 * the backward loop carries only what is sequential (``dh_{t-1} = dG_t W_hᵀ``
@@ -37,11 +35,12 @@ import jax
 import jax.numpy as jnp
 
 from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
-from jrnn.kernels import native, pallas_step
+from jrnn.kernels import native
 
-# Per-gate constants of the one-tanh form (i, f, g, o), shared with the step
-# kernels: act = tanh(a·scale)·scale + add, act' = scale²·(1 - tanh(a·scale)²).
-_LSTM_SCALE, _LSTM_ADD = pallas_step.SCALE, pallas_step.ADD
+# Per-gate constants of the one-tanh form: act = tanh(a * SCALE) * MUL + ADD,
+# act' = DERIV * (1 - tanh(a * SCALE)^2).
+_LSTM_SCALE = (0.5, 0.5, 1.0, 0.5)  # i, f, g, o
+_LSTM_ADD = (0.5, 0.5, 0.0, 0.5)
 
 
 def _column(values, dtype):
@@ -65,45 +64,26 @@ def _lstm_gates(pre, H, split):
     return t, [act[..., k, :] for k in range(4)]
 
 
-# How the LSTM's loops run a step, by platform ("block" elsewhere): on CUDA GPUs
-# each gate is activated on its own ("split"), which takes the training forward
-# loop from 3.5 to 2.6 kernels per step (H100 target, ``benchmarks/step_kernels.py
-# --target``); CPU loops keep the block, on which XLA:CPU runs the forward loop
-# 14-22 % faster (RESULTS.md).
-_LSTM_VARIANTS = {"cuda": "split"}
-# ... and on CUDA GPUs, for the LSTM and the reset-after GRU, one Pallas kernel
-# per step ("kernel", :mod:`jrnn.kernels.pallas_step`) up to this many batch
-# rows, where the kernels take the hidden size: 0, none, until they are timed
-# on a GPU.
-_STEP_KERNELS_MAX_BATCH = 0
-_forced_variant = None
+# Where the LSTM's XLA loops activate each gate on its own: CUDA GPUs, where it
+# takes the training forward loop from 3.5 to 2.6 kernels per step (H100 target,
+# ``benchmarks/step_kernels.py --target``); CPU loops keep the block, on which
+# XLA:CPU runs the forward loop 14-22 % faster (RESULTS.md).
+_SPLIT_GATES_PLATFORMS = ("cuda",)
+_forced_split = None
 
 
 @contextlib.contextmanager
-def _forcing(variant):
-    global _forced_variant
-    before, _forced_variant = _forced_variant, variant
-    try:
-        yield
-    finally:
-        _forced_variant = before
-
-
 def gate_layout(split: bool):
     """Trace the LSTM's XLA loops with each gate activated on its own
     (``split=True``) or as one block (``False``) on every platform, instead of
     by platform. For tests and side-by-side benchmarks; it applies to what is
     traced inside the ``with`` block."""
-    return _forcing("split" if split else "block")
-
-
-def step_kernels():
-    """Trace the loops (forward and reverse) of LSTMs and reset-after GRUs with
-    one Pallas kernel per time step (:mod:`jrnn.kernels.pallas_step`) on every
-    platform, interpreted where there is no GPU; H a multiple of 16 up to 256
-    (a ValueError otherwise). Other cells keep their loops. For tests and
-    benchmarks, as :func:`gate_layout`; in a ``with`` block."""
-    return _forcing("kernel")
+    global _forced_split
+    before, _forced_split = _forced_split, bool(split)
+    try:
+        yield
+    finally:
+        _forced_split = before
 
 
 class _LSTM:
@@ -118,25 +98,6 @@ class _LSTM:
         tc = jnp.tanh(c_new)
         h_new = o * tc
         return (h_new, c_new), h_new, (h_in, c, t, tc)
-
-    pack, unpack = staticmethod(pallas_step.pack_lstm), staticmethod(pallas_step.unpack_lstm)
-
-    @staticmethod
-    def forward_kernel(cell, p, carry, px, mask, interpret):
-        """:meth:`forward` as one Pallas kernel; ``px`` without the bias, and the
-        residuals packed in one array (:meth:`pack`)."""
-        h, c = carry
-        h_in = h if mask is None else h * mask
-        h_new, c_new, saved = pallas_step.lstm_step(h_in, c, px, p["b"], p["w_h"], interpret=interpret)
-        return (h_new, c_new), h_new, saved
-
-    @staticmethod
-    def backward_kernel(cell, p, saved, d_carry, dy, mask, interpret):
-        """:meth:`backward` as one Pallas kernel, on :meth:`forward_kernel`'s residuals."""
-        dh, dc = d_carry
-        dh_prev, dc_prev, dpre = pallas_step.lstm_step_backward(dh, dy, dc, saved, mask, p["w_h"],
-                                                                interpret=interpret)
-        return (dh_prev, dc_prev), dpre
 
     @staticmethod
     def backward(cell, p, res, d_carry, dy, mask):
@@ -180,21 +141,6 @@ class _GRU:
             aux = None
         h_new = (1 - z) * h + z * n
         return h_new, h_new, (h, h_in, z, r, n, aux)
-
-    pack, unpack = staticmethod(pallas_step.pack_gru), staticmethod(pallas_step.unpack_gru)
-
-    @staticmethod
-    def forward_kernel(cell, p, h, px, mask, interpret):
-        """:meth:`forward` (reset-after) as one Pallas kernel; ``px`` without the bias,
-        and the residuals packed in one array (:meth:`pack`)."""
-        h_in = h if mask is None else h * mask
-        h_new, saved = pallas_step.gru_step(h, h_in, px, p["b"], p["b_hn"], p["w_h"], interpret=interpret)
-        return h_new, h_new, saved
-
-    @staticmethod
-    def backward_kernel(cell, p, saved, dh, dy, mask, interpret):
-        """:meth:`backward` (reset-after) as one Pallas kernel, on :meth:`forward_kernel`'s residuals."""
-        return pallas_step.gru_step_backward(dh, dy, saved, mask, p["w_h"], interpret=interpret)
 
     @staticmethod
     def backward(cell, p, res, dh, dy, mask):
@@ -301,12 +247,9 @@ def _select(valid, new, old):
     return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, old)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3, 4))
-def _loop(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask):
-    """``variant``: how the loops run a step ("block", "split", "kernel"), or
-    ``None`` for by platform (``_LSTM_VARIANTS``, ``_STEP_KERNELS_MAX_BATCH``);
-    fixed here, so that the forward and reverse loops of one program agree."""
-    return _forward(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask, save=False)[0]
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+def _loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask):
+    return _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=False)[0]
 
 
 def _native_or(native_fn, xla_fn, cell, *arrays):
@@ -316,80 +259,33 @@ def _native_or(native_fn, xla_fn, cell, *arrays):
     return jax.lax.platform_dependent(cpu=native_fn, default=xla_fn)
 
 
-def _has_step_kernels(cell) -> bool:
-    """Whether :mod:`jrnn.kernels.pallas_step` has kernels for this kind of cell
-    (LSTM, reset-after GRU); other cells run their XLA loops under :func:`step_kernels`."""
-    return isinstance(cell, LSTMCell) or (isinstance(cell, GRUCell) and cell.reset_after)
-
-
-def _by_variant(cell, variant, batch, run):
-    """``run(variant)``, with the cell's variant for each platform (and ``batch``
-    rows) where ``variant`` is None; the step kernels run compiled on CUDA GPUs
-    and interpreted elsewhere. Only the LSTM has variants other than "block" and "kernel"."""
-    lstm = isinstance(cell, LSTMCell)
-    if variant == "kernel" and _has_step_kernels(cell):
-        return jax.lax.platform_dependent(cuda=lambda: run("kernel"), default=lambda: run("kernel interpreted"))
-    if variant is not None:
-        return run(variant if lstm else "block")
-    variants = dict(_LSTM_VARIANTS) if lstm else {}
-    if _has_step_kernels(cell) and batch <= _STEP_KERNELS_MAX_BATCH and pallas_step.supports(cell.hidden_size):
-        variants["cuda"] = "kernel"
-    if not variants:
-        return run("block")
-    branches = {platform: functools.partial(run, v) for platform, v in variants.items()}
-    return jax.lax.platform_dependent(**branches, default=functools.partial(run, "block"))
-
-
-def _forward(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask, *, save):
+def _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
     """The time loop; with ``save`` it also returns each step's residuals for the VJP.
     ``ys`` is ``(B, T, H)`` with ``batch_major``, else ``(T, B, H)``."""
     return _native_or(
         lambda: native.forward(cell, reverse, batch_major, p, projected, carry, valid, mask, save=save),
-        lambda: _by_variant(cell, variant, projected.shape[1], lambda v: _scan_loop(
-            cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=save, variant=v)),
+        lambda: _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=save),
         cell, projected, *p.values(), *jax.tree.leaves(carry))
 
 
-def _padded_rows(rows, *trees_and_axes):
-    """For each ``(tree, axis)``: the tree's arrays zero-padded (``False`` for
-    booleans) along ``axis`` to ``rows`` rows."""
-    def pad(a, axis):
-        widths = [(0, 0)] * a.ndim
-        widths[axis] = (0, rows - a.shape[axis])
-        return jnp.pad(a, widths)
-
-    return [jax.tree.map(lambda a, axis=axis: pad(a, axis), tree) for tree, axis in trees_and_axes]
-
-
-def _first_rows(rows, *trees_and_axes):
-    """For each ``(tree, axis)``: the tree's arrays cut to their first ``rows`` rows along ``axis``."""
-    return [jax.tree.map(lambda a, axis=axis: jax.lax.slice_in_dim(a, 0, rows, axis=axis), tree)
-            for tree, axis in trees_and_axes]
+def _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
+    run = lambda split: _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask,
+                                   save=save, split_gates=split)
+    if not isinstance(cell, LSTMCell):
+        return run(False)
+    if _forced_split is not None:
+        return run(_forced_split)
+    branches = {platform: functools.partial(run, True) for platform in _SPLIT_GATES_PLATFORMS}
+    return jax.lax.platform_dependent(**branches, default=functools.partial(run, False))
 
 
-def _kernel_rows(cell, batch):
-    """The batch rows that the step kernels run for ``batch`` rows, or a ValueError."""
-    if not pallas_step.supports(cell.hidden_size):
-        raise ValueError(f"step_kernels: needs a hidden size that is a multiple of {pallas_step.TILE} up to "
-                         f"{pallas_step.MAX_HIDDEN} and Pallas' Triton backend, got {cell} on jax {jax.__version__}")
-    return pallas_step.padded_batch(batch)
-
-
-def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save, variant):
+def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save, split_gates):
     impl = _IMPLS[type(cell)]
-    batch = projected.shape[1]
-    kernel = variant.startswith("kernel")
-    if kernel:  # the batch padded to whole kernel tiles, once, outside the loop
-        rows = _kernel_rows(cell, batch)
-        projected, valid, carry, mask = _padded_rows(rows, (projected, 1), (valid, 1), (carry, 0), (mask, 0))
-        step = lambda carry, px: impl.forward_kernel(cell, p, carry, px, mask, variant == "kernel interpreted")
-    else:
-        forward = functools.partial(impl.forward, split_gates=True) if variant == "split" else impl.forward
-        step = lambda carry, px: forward(cell, p, carry, px + p["b"], mask)
+    step = functools.partial(impl.forward, split_gates=True) if split_gates else impl.forward
 
     def body(carry, inputs):
         px, ok = inputs
-        new, y, res = step(carry, px)
+        new, y, res = step(cell, p, carry, px + p["b"], mask)
         if ok is not None:
             ok = ok[:, None]
             new = _select(ok, new, carry)
@@ -397,26 +293,21 @@ def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, m
         return new, ((y, res) if save else (y, None))
 
     final, (ys, res) = jax.lax.scan(body, carry, (projected, valid), reverse=reverse, unroll=unroll)
-    if kernel:
-        final, ys, res = _first_rows(batch, (final, 0), (ys, 1), (res, 1))
-        # the residuals as every path has them (the native loops' layout)
-        res = None if res is None else impl.unpack(res)
     return (final, jnp.swapaxes(ys, 0, 1) if batch_major else ys), res
 
 
-def _loop_fwd(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask):
-    out, res = _forward(cell, reverse, unroll, batch_major, variant, p, projected, carry, valid, mask, save=True)
+def _loop_fwd(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask):
+    out, res = _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=True)
     return out, (p, valid, mask, res)
 
 
-def _loop_bwd(cell, reverse, unroll, batch_major, variant, saved, cotangents):
+def _loop_bwd(cell, reverse, unroll, batch_major, saved, cotangents):
     p, valid, mask, res = saved
     d_final, d_ys = cotangents
-    d_ys_time_major = jnp.swapaxes(d_ys, 0, 1) if batch_major else d_ys
     d_carry, d_projected = _native_or(
         lambda: native.backward(cell, reverse, batch_major, p, res, d_final, d_ys, valid, mask),
-        lambda: _by_variant(cell, variant, d_ys_time_major.shape[1], lambda v: _scan_backward(
-            cell, reverse, unroll, v, p, res, d_final, d_ys_time_major, valid, mask)),
+        lambda: _scan_backward(cell, reverse, unroll, p, res, d_final,
+                               jnp.swapaxes(d_ys, 0, 1) if batch_major else d_ys, valid, mask),
         cell, d_ys, *p.values(), *jax.tree.leaves(d_final))
     impl = _IMPLS[type(cell)]
     d_p = impl.weight_grads(cell, res, d_projected)
@@ -426,18 +317,10 @@ def _loop_bwd(cell, reverse, unroll, batch_major, variant, saved, cotangents):
     return d_p, d_projected, d_carry, d_valid, d_mask
 
 
-def _scan_backward(cell, reverse, unroll, variant, p, res, d_final, d_ys, valid, mask):
+def _scan_backward(cell, reverse, unroll, p, res, d_final, d_ys, valid, mask):
     """The reverse time loop: ``(d_initial_carry, d_projected)``."""
     impl = _IMPLS[type(cell)]
-    batch = d_ys.shape[1]
-    kernel = variant.startswith("kernel")
-    if kernel:
-        rows = _kernel_rows(cell, batch)
-        packed = impl.pack(*res)  # the forward kernels' layout
-        res, d_final, d_ys, valid, mask = _padded_rows(rows, (packed, 1), (d_final, 0), (d_ys, 1), (valid, 1), (mask, 0))
-        step = lambda *args: impl.backward_kernel(cell, p, *args, interpret=variant == "kernel interpreted")
-    else:
-        step = functools.partial(impl.backward, cell, {**p, "w_h_t": p["w_h"].T})  # transposed once
+    p_bwd = {**p, "w_h_t": p["w_h"].T}  # transposed once, outside the loop
 
     def body(d_carry, inputs):
         dy, res_t, ok = inputs
@@ -447,15 +330,12 @@ def _scan_backward(cell, reverse, unroll, variant, p, res, d_final, d_ys, valid,
             dy = jnp.where(ok, dy, jnp.zeros_like(dy))
         else:
             d_new = d_carry
-        d_prev, dpx = step(res_t, d_new, dy, mask)
+        d_prev, dpx = impl.backward(cell, p_bwd, res_t, d_new, dy, mask)
         if ok is not None:  # padding passes the carry's cotangent straight through
             d_prev = _select(ok, d_prev, d_carry)
         return d_prev, dpx
 
-    d_carry, d_projected = jax.lax.scan(body, d_final, (d_ys, res, valid), reverse=not reverse, unroll=unroll)
-    if kernel:
-        d_carry, d_projected = _first_rows(batch, (d_carry, 0), (d_projected, 1))
-    return d_carry, d_projected
+    return jax.lax.scan(body, d_final, (d_ys, res, valid), reverse=not reverse, unroll=unroll)
 
 
 _loop.defvjp(_loop_fwd, _loop_bwd)
@@ -487,7 +367,7 @@ def fused_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=Fals
     mask = None if recurrent_mask is None else flat(recurrent_mask)
     dtype = jnp.result_type(projected.dtype, *jax.tree.leaves(carry_dtypes), params.w_h.dtype)
     flat_carry = jax.tree.map(lambda a: a.astype(dtype), flat_carry)
-    final, ys = _loop(cell, reverse, unroll, batch_major_ys, _forced_variant, p,
+    final, ys = _loop(cell, reverse, unroll, batch_major_ys, p,
                       projected.reshape(num_steps, size, projected.shape[-1]).astype(dtype), flat_carry, valid, mask)
     final = jax.tree.map(lambda a, d: a.reshape(*batch_shape, a.shape[-1]).astype(d),
                          _from_tuple(cell, final), carry_dtypes)
