@@ -18,9 +18,10 @@ interleaved runs after warm-up, with ``block_until_ready`` /
 ``torch.cuda.synchronize``.
 
 The device checks run first (each fast path against the plain path, values and
-gradients), each in a child process with a time limit (``--check-timeout``):
-a check that hangs, or compiles for longer, is reported as timed out, with a
-Python traceback of where it was. On a GPU, the Pallas contenders of a cell and
+gradients; with ``--only``, those of the jrnn contenders it keeps), each in a
+child process with a time limit (``--check-timeout``): a check that hangs, or
+compiles for longer, is reported as timed out, with a Python traceback of where
+it was. On a GPU, the Pallas contenders of a cell and
 hidden size are timed only where a device check of them ran and passed. Then
 the cases run in order of importance (the issue's target shapes first,
 (16, 768, 1024) then (1, 128, 1000), the LSTM before the GRU); a case whose
@@ -72,10 +73,22 @@ def rel_err(a, b) -> float:
     return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
-def check_cases(on_gpu: bool) -> list[tuple]:
+def wanted(name: str, only) -> bool:
+    """Whether ``--only`` (``only``: its parts, or ``None`` for all) keeps the
+    contender ``name``: one of the parts is in the name."""
+    return only is None or any(part in name for part in only)
+
+
+def check_cases(on_gpu: bool, only=None) -> list[tuple]:
     """``(cell, implementation, dtype[, max_chunk])`` of every device check, in the order they run:
     on a GPU, those that gate a timed Pallas contender first (the checks' time budget
-    may end the list early), the hidden sizes that no case times last."""
+    may end the list early), the hidden sizes that no case times last. With
+    ``only``, just the checks of the jrnn contenders that ``--only`` keeps."""
+    cases = _all_check_cases(on_gpu)
+    return [case for case in cases if wanted(f"jrnn {check_row(*case)['implementation']}", only)]
+
+
+def _all_check_cases(on_gpu: bool) -> list[tuple]:
     f32, bf16 = jnp.float32, jnp.bfloat16
     scan_paths = [(jrnn.lstm(64), "fused", f32), (jrnn.gru(64, reset_after=True), "fused", f32),
                   (jrnn.min_gru(64), "parallel", f32)]
@@ -155,15 +168,15 @@ def exit_code(child, wait_s=10.0):
         return None
 
 
-def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins: int) -> list[dict]:
-    """Every device check, run by child processes of this script: a check that takes
-    longer than ``timeout_s`` (a kernel that hangs, say) is reported as such, its
-    child is killed after printing where it was, and the next check starts in a new
-    child. Checks that would start after ``budget_s`` (in the same child or a new
+def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins: int, only=None) -> list[dict]:
+    """Every device check (of the contenders that ``only`` keeps), run by child
+    processes of this script: a check that takes longer than ``timeout_s`` (a
+    kernel that hangs, say) is reported as such, its child is killed after
+    printing where it was, and the next check starts in a new child. Checks that would start after ``budget_s`` (in the same child or a new
     one) are reported as skipped.
     (Printing the traceback from a watchdog thread can crash the child: that check
     is then reported as "child exited -11", which ends the same way.)"""
-    cases = check_cases(on_gpu)
+    cases = check_cases(on_gpu, only)
     rows, started = [], time.perf_counter()
     while len(rows) < len(cases):
         if time.perf_counter() - started > budget_s:
@@ -171,7 +184,8 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
                      for case in cases[len(rows):]]
             break
         child = subprocess.Popen([sys.executable, __file__, "--checks-only", "--first-check", str(len(rows)),
-                                  "--check-timeout", str(timeout_s), "--max-spins", str(max_spins)],
+                                  "--check-timeout", str(timeout_s), "--max-spins", str(max_spins),
+                                  *(["--only", ",".join(only)] if only else [])],
                                  stdout=subprocess.PIPE, bufsize=0,  # unbuffered: select() sees every line
                                  env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # we hold the GPU's memory
         with selectors.DefaultSelector() as selector:
@@ -250,9 +264,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
             variants.append((f"pallas{chunk_label(ONE_CHUNK)}", {"max_chunk": ONE_CHUNK}))
         if streamed and (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
             variants.append(("pallas streamed", {"on_chip_bytes": 0}))
-    wanted = lambda name: only is None or any(part in name for part in only)
     for name, options in variants:
-        if not wanted(f"jrnn {name}"):
+        if not wanted(f"jrnn {name}", only):
             continue
         impl = name.split()[0]
 
@@ -273,7 +286,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         import flax.linen as nn
     except ImportError:
         nn = None
-    if nn is not None and wanted(flax_name):
+    if nn is not None and wanted(flax_name, only):
         # Flax's usual mixed precision: float32 params (its orthogonal init has no
         # bfloat16 QR), computation in ``dtype``
         flax_cell = nn.OptimizedLSTMCell if kind == "lstm" else nn.GRUCell
@@ -289,7 +302,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         import torch
 
         torch_name = f"torch.nn.{'LSTM' if kind == 'lstm' else 'GRU'} (cuDNN)"
-        if on_gpu and torch.cuda.is_available() and wanted(torch_name):
+        if on_gpu and torch.cuda.is_available() and wanted(torch_name, only):
             t_dtype = torch.float32 if dtype == jnp.float32 else torch.bfloat16
             torch_cls = torch.nn.LSTM if kind == "lstm" else torch.nn.GRU
             module = torch_cls(I, H, batch_first=True).cuda().to(t_dtype)
@@ -355,22 +368,23 @@ def main(argv=None) -> int:
                         help="polls of a grid barrier before a cooperative kernel gives up (its results turn NaN)")
     parser.add_argument("--streamed", action="store_true",
                         help="also time the Pallas kernels with on-chip weights re-read at each step")
-    parser.add_argument("--only", help="comma-separated: time only the contenders whose names contain one of "
-                        "these (e.g. 'fused,pallas,torch,flax')")
+    parser.add_argument("--only", help="comma-separated: check and time only the contenders whose names contain "
+                        "one of these (e.g. 'fused,pallas,torch,flax')")
     parser.add_argument("--checks-only", action="store_true", help=argparse.SUPPRESS)  # a child of check_in_children
     parser.add_argument("--first-check", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     started = time.perf_counter()
     pallas_lstm.MAX_SPINS = args.max_spins
     on_gpu = jax.default_backend() == "gpu"
+    only = args.only.split(",") if args.only else None
     if args.checks_only:  # one JSON line per check; where a check hangs, the parent reads the traceback
         print(json.dumps({"backend": jax.default_backend()}), flush=True)
-        for case in check_cases(on_gpu)[args.first_check:]:
+        for case in check_cases(on_gpu, only)[args.first_check:]:
             faulthandler.dump_traceback_later(0.75 * args.check_timeout)
             print(json.dumps(run_check(*case)), flush=True)
             faulthandler.cancel_dump_traceback_later()
         return 0
-    checks = check_in_children(on_gpu, args.check_timeout, args.checks_budget_s, args.max_spins)
+    checks = check_in_children(on_gpu, args.check_timeout, args.checks_budget_s, args.max_spins, only)
     device = str(jax.devices()[0])
     try:
         import torch
@@ -411,8 +425,7 @@ def main(argv=None) -> int:
             skipped.append(case)
             continue
         case_started = time.perf_counter()
-        fns = contenders(kind, B, H, T, dtype, on_gpu, failures, checked, args.streamed,
-                        args.only.split(",") if args.only else None)
+        fns = contenders(kind, B, H, T, dtype, on_gpu, failures, checked, args.streamed, only)
         medians = time_all(fns, 3 if args.quick else args.repeats)
         durations.append(time.perf_counter() - case_started)
         torch_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("torch")), None)

@@ -109,12 +109,25 @@ def test_gpu_benchmark_reports_a_check_that_hangs(tmp_path):
 
 def test_gpu_benchmark_checks_stop_at_their_budget_within_one_child():
     """Checks that pass do not run on past ``--checks-budget-s`` in the child that
-    runs them (on an H100, 22 passing checks once took 300 s of a 75 s budget):
+    runs them (on an H100, 22 checks once took 280 s of a 75 s budget):
     here the budget is spent while the child starts, so every check is skipped."""
     gpu_benchmark = _benchmark("gpu")
     rows = gpu_benchmark.check_in_children(False, 45.0, 0.05, 1000)
     assert len(rows) == len(gpu_benchmark.check_cases(False)) > 1
     assert all(not r["ok"] and r["error"].startswith("skipped") for r in rows), rows
+
+
+def test_gpu_benchmark_checks_only_the_contenders_asked_for():
+    """With ``--only``, the device checks are those of the jrnn contenders it keeps
+    (on an H100, checks of contenders left out took 190 s of a 480 s lease), and
+    the child processes that run them get the same list."""
+    gpu_benchmark = _benchmark("gpu")
+    on_gpu = {c[1] + gpu_benchmark.chunk_label(c[3] if len(c) > 3 else None)
+              for c in gpu_benchmark.check_cases(True, ["fused", "chunk", "flax"])}
+    assert on_gpu == {"fused", "pallas chunk=128"}
+    assert len(gpu_benchmark.check_cases(True)) > len(gpu_benchmark.check_cases(True, ["pallas"])) > 4
+    rows = gpu_benchmark.check_in_children(False, 45.0, 120.0, 1000, ["parallel"])
+    assert [(r["cell"], r["implementation"], r["ok"]) for r in rows] == [("min_gru H=64 float32", "parallel", True)]
 
 
 def _benchmark(name):
