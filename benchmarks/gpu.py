@@ -3,11 +3,13 @@
 Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 ``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
 GPU), the fused path with 16, and for the LSTM the fused path with the gate
-layout it had before 2026-11-27 ("fused block-gates"); Pallas kernels (H ≤ 256: one program per 16
-batch rows; LSTM H = 512 and 768: H/16 cooperating programs with a grid
-barrier per step; at H = 128 also with the state in one chunk of 128 columns,
-"pallas chunk=128", an experiment; with ``--streamed``, where the weights stay
-on chip, also with them re-read each step); jrnn's cuDNN option
+layout it had before 2026-11-27 ("fused block-gates"); Pallas kernels (H ≤ 256:
+one program per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating
+programs with a grid barrier per step; two experiments: the LSTM at H = 128
+and 256 with the cooperating programs too, "pallas cooperative", and at
+H = 128 with the state in one chunk of 128 columns, "pallas chunk=128"; with
+``--streamed``, where the weights stay on chip, also with them re-read each
+step); jrnn's cuDNN option
 (``implementation="cudnn"``, which is ``jax.experimental.rnn``; LSTM,
 float32); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
 ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU is the
@@ -65,6 +67,16 @@ UNROLLS = (16,)
 # (16, 64) x (64, 64)); timed as "pallas chunk=128". Without a GPU, Triton's sm_90
 # code for it spills no registers (benchmarks/triton_resources.py).
 ONE_CHUNK = 128
+# Experiments on the Pallas kernels: a name and the kernel_settings a contender
+# "pallas <name>" is traced with, timed where it changes the kernel that runs
+# (variant_applies) and its own device check passed. "cooperative": the LSTM's
+# cooperative kernels (H/16 programs meeting at a grid barrier every step, each
+# with its 16 columns' weights on chip, as cuDNN's persistent RNNs) at H = 128
+# and 256, where the one-program kernel runs by default; at H = 128 in float32
+# each program holds 32 KiB of weights, which one program could not hold for
+# all columns (256 KiB). Without a GPU, Triton's sm_90 code for it at H = 128
+# spills no registers (128 and 140 per thread, 36 KiB of shared memory).
+PALLAS_VARIANTS = {f"chunk={ONE_CHUNK}": {"max_chunk": ONE_CHUNK}, "cooperative": {"min_wide": 0}}
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -80,7 +92,7 @@ def wanted(name: str, only) -> bool:
 
 
 def check_cases(on_gpu: bool, only=None) -> list[tuple]:
-    """``(cell, implementation, dtype[, max_chunk])`` of every device check, in the order they run:
+    """``(cell, implementation, dtype[, Pallas variant])`` of every device check, in the order they run:
     on a GPU, those that gate a timed Pallas contender first (the checks' time budget
     may end the list early), the hidden sizes that no case times last. With
     ``only``, just the checks of the jrnn contenders that ``--only`` keeps."""
@@ -94,13 +106,18 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
                   (jrnn.min_gru(64), "parallel", f32)]
     # the Pallas kernels take no seq_lengths; H = 64: one chunk, weights on chip
     small = [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
-             (jrnn.lstm(64), "pallas", bf16)]
+             (jrnn.lstm(64), "pallas", bf16), (jrnn.lstm(64), "pallas", f32, "cooperative")]
     if not on_gpu:
         return scan_paths + small
     # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on
-    # chip; then the same in one chunk of 128 columns (4 products per step, not 16)
+    # chip; then the same in one chunk of 128 columns (4 products per step, not
+    # 16); then 8 cooperating programs (the same at H = 256 with 16, for
+    # (16, 256, 1000))
+    one_chunk = f"chunk={ONE_CHUNK}"
     batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16),
-                 (jrnn.lstm(128), "pallas", f32, ONE_CHUNK), (jrnn.lstm(128), "pallas", bf16, ONE_CHUNK)]
+                 (jrnn.lstm(128), "pallas", f32, "cooperative"), (jrnn.lstm(128), "pallas", bf16, "cooperative"),
+                 (jrnn.lstm(256), "pallas", f32, "cooperative"),
+                 (jrnn.lstm(128), "pallas", f32, one_chunk), (jrnn.lstm(128), "pallas", bf16, one_chunk)]
     # the cooperative kernels (48 and 32 programs meeting at a grid barrier every step)
     wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
     gru = [(jrnn.gru(128, reset_after=True), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
@@ -109,28 +126,28 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
         (jrnn.lstm(256), "pallas", f32)]
 
 
-def chunk_label(max_chunk) -> str:
-    """`` chunk=128`` for a Pallas variant with another ``MAX_CHUNK``, ``""`` for the default."""
-    return f" chunk={max_chunk}" if max_chunk else ""
+def variant_label(variant) -> str:
+    """`` cooperative`` for a Pallas variant (a key of ``PALLAS_VARIANTS``), ``""`` for the default."""
+    return f" {variant}" if variant else ""
 
 
-def pallas_key(kind, hidden_size, max_chunk=None) -> str:
+def pallas_key(kind, hidden_size, variant=None) -> str:
     """A Pallas check that fails or hangs keeps the Pallas contenders of the same
-    cell, hidden size and chunk width out of the timings."""
-    return f"{kind} H={hidden_size}{chunk_label(max_chunk)}"
+    cell, hidden size and variant out of the timings."""
+    return f"{kind} H={hidden_size}{variant_label(variant)}"
 
 
-def check_row(cell, impl, dtype, max_chunk=None) -> dict:
+def check_row(cell, impl, dtype, variant=None) -> dict:
     """What a check's row says about the check itself, before its results."""
     row = {"cell": f"{cell.kind} H={cell.hidden_size} {jnp.dtype(dtype).name}",
-           "implementation": impl + chunk_label(max_chunk)}
-    return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size, max_chunk)} if impl == "pallas" else row
+           "implementation": impl + variant_label(variant)}
+    return {**row, "pallas": pallas_key(cell.kind, cell.hidden_size, variant)} if impl == "pallas" else row
 
 
-def run_check(cell, impl, dtype, max_chunk=None) -> dict:
+def run_check(cell, impl, dtype, variant=None) -> dict:
     """One fast path against the plain path on this device: values and gradients
     (bfloat16 params and inputs, with a float32 carry, to a looser tolerance);
-    ``max_chunk``: the Pallas kernels' ``MAX_CHUNK`` while they are traced."""
+    ``variant``: a key of ``PALLAS_VARIANTS``, the kernels' settings while they are traced."""
     key = jax.random.key(0)
     lengths = jnp.array([64, 50, 1, 0, 64, 33, 10, 64])
     f32 = jnp.float32
@@ -142,11 +159,11 @@ def run_check(cell, impl, dtype, max_chunk=None) -> dict:
                   static_argnums=1)
     loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
     grad = jax.jit(jax.grad(loss), static_argnums=1)
-    row = check_row(cell, impl, dtype, max_chunk)
+    row = check_row(cell, impl, dtype, variant)
     tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
     started = time.perf_counter()
     try:
-        with jax.default_matmul_precision("highest"), kernel_settings(max_chunk=max_chunk):
+        with jax.default_matmul_precision("highest"), kernel_settings(**PALLAS_VARIANTS.get(variant, {})):
             _, want = run(params, "plain")
             g_want = grad(params, "plain")
             _, got = run(params, impl)
@@ -216,24 +233,31 @@ def _jax_fns(loss_and_out, params, xs):
 
 
 @contextlib.contextmanager
-def kernel_settings(on_chip_bytes=None, max_chunk=None):
+def kernel_settings(on_chip_bytes=None, max_chunk=None, min_wide=None):
     """Trace the Pallas kernels with another ``ON_CHIP_BYTES`` (0: weights re-read
-    each step) or ``MAX_CHUNK`` (the widest column chunk); ``None`` leaves one as it is."""
-    saved = _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK
+    each step), ``MAX_CHUNK`` (the widest column chunk) or LSTM ``MIN_WIDE`` (0: the
+    cooperative kernels at every hidden size a multiple of 64); ``None`` leaves one as it is."""
+    saved = _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK, pallas_lstm.MIN_WIDE
     _pallas.ON_CHIP_BYTES = saved[0] if on_chip_bytes is None else on_chip_bytes
     _pallas.MAX_CHUNK = saved[1] if max_chunk is None else max_chunk
+    pallas_lstm.MIN_WIDE = saved[2] if min_wide is None else min_wide
     try:
         yield
     finally:
-        _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK = saved
+        _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK, pallas_lstm.MIN_WIDE = saved
 
 
-def one_chunk_differs(hidden_size) -> bool:
-    """Whether ``ONE_CHUNK`` would hold this one-program kernel's state in a single
-    chunk where ``MAX_CHUNK`` splits it (H = 128)."""
-    with kernel_settings(max_chunk=ONE_CHUNK):
-        one = _pallas.chunking(hidden_size)
-    return one is not None and one[1] == 1 and one != _pallas.chunking(hidden_size)
+def variant_applies(variant, kind, hidden_size) -> bool:
+    """Whether a Pallas variant changes the kernel that runs for this cell and
+    hidden size: "cooperative" where the LSTM's one-program kernel runs by default
+    and the cooperative ones take the size (H = 128, 256); "chunk=128" where
+    ``ONE_CHUNK`` would hold a one-program kernel's state in a single chunk
+    that ``MAX_CHUNK`` splits (H = 128)."""
+    with kernel_settings(**PALLAS_VARIANTS[variant]):
+        wide, chunks = pallas_lstm.is_wide(hidden_size), _pallas.chunking(hidden_size)
+    if variant == "cooperative":
+        return kind == "lstm" and wide and not pallas_lstm.is_wide(hidden_size)
+    return chunks is not None and chunks[1] == 1 and chunks != _pallas.chunking(hidden_size)
 
 
 def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=False, only=None):
@@ -260,10 +284,11 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
                         "no device check of it passed")
     elif has_kernel:
         variants.append(("pallas", {}))
-        if one_chunk_differs(H) and (checked is None or pallas_key(kind, H, ONE_CHUNK) in checked):
-            variants.append((f"pallas{chunk_label(ONE_CHUNK)}", {"max_chunk": ONE_CHUNK}))
+        variants += [(f"pallas{variant_label(variant)}", {"kernel": settings})
+                     for variant, settings in PALLAS_VARIANTS.items() if variant_applies(variant, kind, H)
+                     and (checked is None or pallas_key(kind, H, variant) in checked)]
         if streamed and (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
-            variants.append(("pallas streamed", {"on_chip_bytes": 0}))
+            variants.append(("pallas streamed", {"kernel": {"on_chip_bytes": 0}}))
     for name, options in variants:
         if not wanted(f"jrnn {name}", only):
             continue
@@ -271,7 +296,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
 
         def loss(p, x, impl=impl, options=options):
             layout = fused.gate_layout(options["split_gates"]) if "split_gates" in options else contextlib.nullcontext()
-            with kernel_settings(options.get("on_chip_bytes"), options.get("max_chunk")), layout:
+            with kernel_settings(**options.get("kernel", {})), layout:
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]

@@ -78,7 +78,7 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["checks"] and all(c["ok"] for c in result["checks"])
-    assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas"}
+    assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas", "pallas cooperative"}
     timed = {(r["cell"], r["contender"]) for r in result["results"]}
     assert {("lstm", "jrnn fused"), ("lstm", "jrnn fused block-gates"), ("gru", "jrnn fused"),
             ("gru", "jrnn pallas")} <= timed
@@ -122,7 +122,7 @@ def test_gpu_benchmark_checks_only_the_contenders_asked_for():
     (on an H100, checks of contenders left out took 190 s of a 480 s lease), and
     the child processes that run them get the same list."""
     gpu_benchmark = _benchmark("gpu")
-    on_gpu = {c[1] + gpu_benchmark.chunk_label(c[3] if len(c) > 3 else None)
+    on_gpu = {c[1] + gpu_benchmark.variant_label(c[3] if len(c) > 3 else None)
               for c in gpu_benchmark.check_cases(True, ["fused", "chunk", "flax"])}
     assert on_gpu == {"fused", "pallas chunk=128"}
     assert len(gpu_benchmark.check_cases(True)) > len(gpu_benchmark.check_cases(True, ["pallas"])) > 4
@@ -162,6 +162,23 @@ def test_gpu_benchmark_times_only_the_contenders_asked_for():
     failures = []
     fns = _benchmark("gpu").contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["unroll", "flax"])
     assert set(fns) == {"jrnn fused unroll=16", "flax OptimizedLSTMCell"} and not failures
+
+
+def test_gpu_benchmark_times_pallas_variants_where_they_change_the_kernel():
+    """"pallas cooperative" (the LSTM's cooperative kernels below their usual
+    sizes) at H = 64, 128 and 256, not for the GRU, at sizes that are not a
+    multiple of 64, or where they run anyway; "pallas chunk=128" at H = 128."""
+    gpu_benchmark = _benchmark("gpu")
+    applies = lambda variant, kind, H: gpu_benchmark.variant_applies(variant, kind, H)
+    assert [H for H in (16, 64, 96, 128, 256, 768) if applies("cooperative", "lstm", H)] == [64, 128, 256]
+    assert not applies("cooperative", "gru", 128)
+    assert [H for H in (64, 128, 256) if applies("chunk=128", "lstm", H)] == [128]
+    failures = []
+    fns = gpu_benchmark.contenders("lstm", 2, 64, 5, jnp.float32, False, failures, only=["pallas"])
+    assert set(fns) == {"jrnn pallas", "jrnn pallas cooperative"} and not failures
+    fns = gpu_benchmark.contenders("lstm", 2, 64, 5, jnp.float32, False, failures, checked={"lstm H=64"},
+                                   only=["pallas"])
+    assert set(fns) == {"jrnn pallas"}  # its own check did not pass
 
 
 def test_step_kernels_counts_the_operations_of_each_time_loop(tmp_path):
