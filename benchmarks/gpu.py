@@ -23,14 +23,13 @@ The device checks run first (each fast path against the plain path, values and
 gradients; with ``--only``, those of the jrnn contenders it keeps), each in a
 child process with a time limit (``--check-timeout``): a check that hangs, or
 compiles for longer, is reported as timed out, with a Python traceback of where
-it was. On a GPU, the Pallas contenders of a cell and
-hidden size are timed only where a device check of them ran and passed. Then
-the cases run in order of importance (the issue's target shapes first,
-(16, 768, 1024) then (1, 128, 1000), the LSTM before the GRU); a case whose
-estimated time would pass ``--budget-s`` (default 220 s from the start) is
-skipped and listed, so one run fits a short device lease. A jrnn contender
-that fails to compile is reported and left out; ``--json`` is rewritten after
-every case.
+it was. On a GPU, the Pallas contenders of a cell and hidden size are timed
+only where a device check of them ran and passed. Then the cases run in order
+of importance (the issue's target shapes first, (16, 768, 1024) then
+(1, 128, 1000), the LSTM before the GRU); a case whose estimated time would
+pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
+one run fits a short device lease. A jrnn contender that fails to compile is
+reported and left out; ``--json`` is rewritten after every case.
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
@@ -96,8 +95,7 @@ def check_cases(on_gpu: bool, only=None) -> list[tuple]:
     on a GPU, those that gate a timed Pallas contender first (the checks' time budget
     may end the list early), the hidden sizes that no case times last. With
     ``only``, just the checks of the jrnn contenders that ``--only`` keeps."""
-    cases = _all_check_cases(on_gpu)
-    return [case for case in cases if wanted(f"jrnn {check_row(*case)['implementation']}", only)]
+    return [case for case in _all_check_cases(on_gpu) if wanted(f"jrnn {check_row(*case)['implementation']}", only)]
 
 
 def _all_check_cases(on_gpu: bool) -> list[tuple]:
@@ -189,8 +187,9 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
     """Every device check (of the contenders that ``only`` keeps), run by child
     processes of this script: a check that takes longer than ``timeout_s`` (a
     kernel that hangs, say) is reported as such, its child is killed after
-    printing where it was, and the next check starts in a new child. Checks that would start after ``budget_s`` (in the same child or a new
-    one) are reported as skipped.
+    printing where it was, and the next check starts in a new child. Checks
+    that would start after ``budget_s`` (in the same child or a new one) are
+    reported as skipped.
     (Printing the traceback from a watchdog thread can crash the child: that check
     is then reported as "child exited -11", which ends the same way.)"""
     cases = check_cases(on_gpu, only)
