@@ -277,17 +277,19 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         variants.append(("fused block-gates", {"split_gates": False}))
     if on_gpu and dtype == jnp.float32 and kind == "lstm":
         variants.append(("cudnn", {}))
-    has_kernel = pallas_lstm.supports(cell) or pallas_gru.supports(cell)
-    if has_kernel and checked is not None and pallas_key(kind, H) not in checked:
-        failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn pallas: not timed, "
-                        "no device check of it passed")
-    elif has_kernel:
-        variants.append(("pallas", {}))
-        variants += [(f"pallas{variant_label(variant)}", {"kernel": settings})
-                     for variant, settings in PALLAS_VARIANTS.items() if variant_applies(variant, kind, H)
-                     and (checked is None or pallas_key(kind, H, variant) in checked)]
+    if pallas_lstm.supports(cell) or pallas_gru.supports(cell):
+        # (name, kernel settings, the variant whose device check gates it)
+        kernels = [("pallas", {}, None), *((f"pallas {variant}", settings, variant)
+                                           for variant, settings in PALLAS_VARIANTS.items()
+                                           if variant_applies(variant, kind, H))]
         if streamed and (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
-            variants.append(("pallas streamed", {"kernel": {"on_chip_bytes": 0}}))
+            kernels.append(("pallas streamed", {"on_chip_bytes": 0}, None))
+        for name, settings, variant in kernels:
+            if checked is None or pallas_key(kind, H, variant) in checked:
+                variants.append((name, {"kernel": settings}))
+            elif wanted(f"jrnn {name}", only):
+                failures.append(f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name} jrnn {name}: not timed, "
+                                "no device check of it passed")
     for name, options in variants:
         if not wanted(f"jrnn {name}", only):
             continue

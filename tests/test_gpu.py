@@ -179,6 +179,11 @@ def test_gpu_benchmark_times_pallas_variants_where_they_change_the_kernel():
     fns = gpu_benchmark.contenders("lstm", 2, 64, 5, jnp.float32, False, failures, checked={"lstm H=64"},
                                    only=["pallas"])
     assert set(fns) == {"jrnn pallas"}  # its own check did not pass
+    assert len(failures) == 1 and "jrnn pallas cooperative: not timed" in failures[0]
+    failures = []  # each kernel needs only its own check (--only "pallas cooperative" runs no other)
+    fns = gpu_benchmark.contenders("lstm", 2, 64, 5, jnp.float32, False, failures,
+                                   checked={"lstm H=64 cooperative"}, only=["cooperative"])
+    assert set(fns) == {"jrnn pallas cooperative"} and not failures
 
 
 def test_step_kernels_counts_the_operations_of_each_time_loop(tmp_path):
