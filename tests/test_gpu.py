@@ -169,7 +169,7 @@ def test_gpu_benchmark_times_pallas_variants_where_they_change_the_kernel():
     sizes) at H = 64, 128 and 256, not for the GRU, at sizes that are not a
     multiple of 64, or where they run anyway; "pallas chunk=128" at H = 128."""
     gpu_benchmark = _benchmark("gpu")
-    applies = lambda variant, kind, H: gpu_benchmark.variant_applies(variant, kind, H)
+    applies = gpu_benchmark.variant_applies
     assert [H for H in (16, 64, 96, 128, 256, 768) if applies("cooperative", "lstm", H)] == [64, 128, 256]
     assert not applies("cooperative", "gru", 128)
     assert [H for H in (64, 128, 256) if applies("chunk=128", "lstm", H)] == [128]
