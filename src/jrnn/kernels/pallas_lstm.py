@@ -34,7 +34,8 @@ H200 at H = 64 and 128 and, for the cooperative kernels, at H = 512 and 768
 (float32 and bfloat16; the grid barrier holds). At H = 256 in float32 the
 device check was stopped after 40 s, still compiling the forward kernel, on
 both cards: Triton's own compile of that kernel (about 3,400 lines of Triton
-IR, its chunk loops unrolled) takes 12 s on a 2-core CPU. Timed there, no
+IR, its chunk loops unrolled) took 12 s with pip Triton 3.9 on a 2-core CPU.
+Timed there, no
 kernel was faster than the fused path forward+backward (see
 ``benchmarks/RESULTS.md``), so ``implementation="auto"`` does not pick them.
 """
