@@ -5,9 +5,8 @@ Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
 GPU), the fused path with 16, and for the LSTM the fused path with the gate
 layout it had before 2026-11-27 ("fused block-gates"); Pallas kernels (H ≤ 256:
 one program per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating
-programs with a grid barrier per step; two experiments: the LSTM at H = 128
-and 256 with the cooperating programs too, "pallas cooperative", and at
-H = 128 with the state in one chunk of 128 columns, "pallas chunk=128"; with
+programs with a grid barrier per step; an experiment: the LSTM at H = 128
+with the state in one chunk of 128 columns, "pallas chunk=128"; with
 ``--streamed``, where the weights stay on chip, also with them re-read each
 step); jrnn's cuDNN option
 (``implementation="cudnn"``, which is ``jax.experimental.rnn``; LSTM,
@@ -29,11 +28,16 @@ of importance (the issue's target shapes first, (16, 768, 1024) then
 (1, 128, 1000), the LSTM before the GRU); a case whose estimated time would
 pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
 one run fits a short device lease. A jrnn contender that fails to compile is
-reported and left out; ``--json`` is rewritten after every case.
+reported and left out; ``--json`` is rewritten after every case. With
+``--profile``, each JAX contender's forward+backward then runs once more under
+jax's profiler, and its kernels per time step, the device's busy and idle
+time and the costliest kernel kinds are printed after the table and added to
+its row (``device_profile.py``).
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
     python benchmarks/gpu.py --quick                 # tiny shapes; runs on CPU too
+    python benchmarks/gpu.py --cells lstm --shapes 0,3 --only fused,flax --profile   # where the time goes
 """
 
 from __future__ import annotations
@@ -68,14 +72,10 @@ UNROLLS = (16,)
 ONE_CHUNK = 128
 # Experiments on the Pallas kernels: a name and the kernel_settings a contender
 # "pallas <name>" is traced with, timed where it changes the kernel that runs
-# (variant_applies) and its own device check passed. "cooperative": the LSTM's
-# cooperative kernels (H/16 programs meeting at a grid barrier every step, each
-# with its 16 columns' weights on chip, as cuDNN's persistent RNNs) at H = 128
-# and 256, where the one-program kernel runs by default; at H = 128 in float32
-# each program holds 32 KiB of weights, which one program could not hold for
-# all columns (256 KiB). Without a GPU, Triton's sm_90 code for it at H = 128
-# spills no registers (128 and 140 per thread, 36 KiB of shared memory).
-PALLAS_VARIANTS = {f"chunk={ONE_CHUNK}": {"max_chunk": ONE_CHUNK}, "cooperative": {"min_wide": 0}}
+# (variant_applies) and its own device check passed. (The LSTM's cooperative
+# kernels at H = 128 and 256, "pallas cooperative", were timed on an H200 on
+# 2026-11-27 and dropped: 1.42x and 1.54x the fused path's time, RESULTS.md.)
+PALLAS_VARIANTS = {f"chunk={ONE_CHUNK}": {"max_chunk": ONE_CHUNK}}
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -104,17 +104,13 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
                   (jrnn.min_gru(64), "parallel", f32)]
     # the Pallas kernels take no seq_lengths; H = 64: one chunk, weights on chip
     small = [(jrnn.lstm(64), "pallas", f32), (jrnn.gru(64, reset_after=True), "pallas", f32),
-             (jrnn.lstm(64), "pallas", bf16), (jrnn.lstm(64), "pallas", f32, "cooperative")]
+             (jrnn.lstm(64), "pallas", bf16)]
     if not on_gpu:
         return scan_paths + small
     # H = 128: float32 weights re-read at each step in 2 chunks, bfloat16 ones on
-    # chip; then the same in one chunk of 128 columns (4 products per step, not
-    # 16); then 8 cooperating programs (the same at H = 256 with 16, for
-    # (16, 256, 1000))
+    # chip; then the same in one chunk of 128 columns (4 products per step, not 16)
     one_chunk = f"chunk={ONE_CHUNK}"
     batch_one = [(jrnn.lstm(128), "pallas", f32), (jrnn.lstm(128), "pallas", bf16),
-                 (jrnn.lstm(128), "pallas", f32, "cooperative"), (jrnn.lstm(128), "pallas", bf16, "cooperative"),
-                 (jrnn.lstm(256), "pallas", f32, "cooperative"),
                  (jrnn.lstm(128), "pallas", f32, one_chunk), (jrnn.lstm(128), "pallas", bf16, one_chunk)]
     # the cooperative kernels (48 and 32 programs meeting at a grid barrier every step)
     wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
@@ -125,7 +121,7 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
 
 
 def variant_label(variant) -> str:
-    """`` cooperative`` for a Pallas variant (a key of ``PALLAS_VARIANTS``), ``""`` for the default."""
+    """`` chunk=128`` for a Pallas variant (a key of ``PALLAS_VARIANTS``), ``""`` for the default."""
     return f" {variant}" if variant else ""
 
 
@@ -232,30 +228,24 @@ def _jax_fns(loss_and_out, params, xs):
 
 
 @contextlib.contextmanager
-def kernel_settings(on_chip_bytes=None, max_chunk=None, min_wide=None):
+def kernel_settings(on_chip_bytes=None, max_chunk=None):
     """Trace the Pallas kernels with another ``ON_CHIP_BYTES`` (0: weights re-read
-    each step), ``MAX_CHUNK`` (the widest column chunk) or LSTM ``MIN_WIDE`` (0: the
-    cooperative kernels at every hidden size a multiple of 64); ``None`` leaves one as it is."""
-    saved = _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK, pallas_lstm.MIN_WIDE
+    each step) or ``MAX_CHUNK`` (the widest column chunk); ``None`` leaves one as it is."""
+    saved = _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK
     _pallas.ON_CHIP_BYTES = saved[0] if on_chip_bytes is None else on_chip_bytes
     _pallas.MAX_CHUNK = saved[1] if max_chunk is None else max_chunk
-    pallas_lstm.MIN_WIDE = saved[2] if min_wide is None else min_wide
     try:
         yield
     finally:
-        _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK, pallas_lstm.MIN_WIDE = saved
+        _pallas.ON_CHIP_BYTES, _pallas.MAX_CHUNK = saved
 
 
-def variant_applies(variant, kind, hidden_size) -> bool:
-    """Whether a Pallas variant changes the kernel that runs for this cell and
-    hidden size: "cooperative" where the LSTM's one-program kernel runs by default
-    and the cooperative ones take the size (H = 128, 256); "chunk=128" where
-    ``ONE_CHUNK`` would hold a one-program kernel's state in a single chunk
-    that ``MAX_CHUNK`` splits (H = 128)."""
+def variant_applies(variant, hidden_size) -> bool:
+    """Whether a Pallas variant changes the kernel that runs at this hidden size:
+    "chunk=128" where ``ONE_CHUNK`` would hold a one-program kernel's
+    state in a single chunk that ``MAX_CHUNK`` splits (H = 128)."""
     with kernel_settings(**PALLAS_VARIANTS[variant]):
-        wide, chunks = pallas_lstm.is_wide(hidden_size), _pallas.chunking(hidden_size)
-    if variant == "cooperative":
-        return kind == "lstm" and wide and not pallas_lstm.is_wide(hidden_size)
+        chunks = _pallas.chunking(hidden_size)
     return chunks is not None and chunks[1] == 1 and chunks != _pallas.chunking(hidden_size)
 
 
@@ -281,7 +271,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         # (name, kernel settings, the variant whose device check gates it)
         kernels = [("pallas", {}, None), *((f"pallas {variant}", settings, variant)
                                            for variant, settings in PALLAS_VARIANTS.items()
-                                           if variant_applies(variant, kind, H))]
+                                           if variant_applies(variant, H))]
         if streamed and (pallas_lstm.weights_stay_on_chip if kind == "lstm" else _pallas.weights_on_chip)(params.w_h):
             kernels.append(("pallas streamed", {"on_chip_bytes": 0}, None))
         for name, settings, variant in kernels:
@@ -396,6 +386,9 @@ def main(argv=None) -> int:
                         help="also time the Pallas kernels with on-chip weights re-read at each step")
     parser.add_argument("--only", help="comma-separated: check and time only the contenders whose names contain "
                         "one of these (e.g. 'fused,pallas,torch,flax')")
+    parser.add_argument("--profile", action="store_true",
+                        help="after timing a case, run each JAX contender's forward+backward once under jax's "
+                        "profiler and report its kernels per time step (benchmarks/device_profile.py)")
     parser.add_argument("--checks-only", action="store_true", help=argparse.SUPPRESS)  # a child of check_in_children
     parser.add_argument("--first-check", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -429,10 +422,13 @@ def main(argv=None) -> int:
     if on_gpu:
         pallas_rows = [row for row in checks if "pallas" in row]
         checked = {row["pallas"] for row in pallas_rows} - {row["pallas"] for row in pallas_rows if not row["ok"]}
+    if args.profile:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import device_profile
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
-    results, skipped, durations, failures = [], [], [], []
+    results, skipped, durations, failures, profile_lines = [], [], [], [], []
 
     def save():  # after every case, so that a run cut off by a time limit keeps what it measured
         if args.json:
@@ -453,6 +449,14 @@ def main(argv=None) -> int:
         case_started = time.perf_counter()
         fns = contenders(kind, B, H, T, dtype, on_gpu, failures, checked, args.streamed, only)
         medians = time_all(fns, 3 if args.quick else args.repeats)
+        profiles = {}
+        for name, (_, fwd_bwd, _) in fns.items() if args.profile else ():
+            if name.startswith(("jrnn", "flax")):  # the programs jax's profiler sees
+                try:
+                    profiles[name] = device_profile.kernel_profile(fwd_bwd, steps=T)
+                    profile_lines.append(f"# profile {case} {name} fwd+bwd: {device_profile.summary(profiles[name])}")
+                except Exception as error:  # noqa: BLE001 - reported; the timings stand
+                    profile_lines.append(f"# profile {case} {name}: {type(error).__name__}: {str(error)[:200]}")
         durations.append(time.perf_counter() - case_started)
         torch_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("torch")), None)
         flax_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("flax")), None)
@@ -460,7 +464,7 @@ def main(argv=None) -> int:
             row = {"cell": kind, "shape": [B, H, T], "dtype": jnp.dtype(dtype).name, "contender": name, "fwd_ms": fwd,
                    "fwd_bwd_ms": fb, "compile_s": fns[name][2],
                    "vs_torch": None if torch_fb is None else fb / torch_fb,
-                   "vs_flax": None if flax_fb is None else fb / flax_fb}
+                   "vs_flax": None if flax_fb is None else fb / flax_fb, "profile": profiles.get(name)}
             results.append(row)
             fmt = lambda v: "" if v is None else f"{v:.2f}"
             print(f"| {kind} | {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | {fmt(row['vs_torch'])} | "
@@ -469,6 +473,8 @@ def main(argv=None) -> int:
     total_s = time.perf_counter() - started
     print(f"# {len(durations)} cases in {total_s:.0f} s" + (f"; skipped (over --budget-s): {'; '.join(skipped)}"
                                                           if skipped else ""), flush=True)
+    for line in profile_lines:
+        print(line, flush=True)
     for failure in failures:
         print(f"# failed: {failure}", flush=True)
     save()

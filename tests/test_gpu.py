@@ -66,23 +66,27 @@ def test_cudnn_refused_without_gpu(key):
 
 def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     """``benchmarks/gpu.py --quick`` (the script a GPU run uses, on tiny shapes) runs
-    its device checks and times both cells here too; a failed check exits 1."""
+    its device checks and times both cells here too; a failed check exits 1.
+    ``--profile`` adds each JAX contender's kernels to its row and prints them."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
-    out = subprocess.run([sys.executable, script, "--quick", "--json", tmp_path / "r.json"],
+    out = subprocess.run([sys.executable, script, "--quick", "--profile", "--json", tmp_path / "r.json"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((tmp_path / "r.json").read_text())
     assert result["checks"] and all(c["ok"] for c in result["checks"])
-    assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas", "pallas cooperative"}
+    assert {c["implementation"] for c in result["checks"]} >= {"fused", "parallel", "pallas"}
     timed = {(r["cell"], r["contender"]) for r in result["results"]}
     assert {("lstm", "jrnn fused"), ("lstm", "jrnn fused block-gates"), ("gru", "jrnn fused"),
             ("gru", "jrnn pallas")} <= timed
     assert all(r["fwd_bwd_ms"] > 0 for r in result["results"])
+    profiled = {r["contender"] for r in result["results"] if r["profile"] and r["profile"]["launches"] > 0}
+    assert profiled == {r["contender"] for r in result["results"] if r["contender"].startswith(("jrnn", "flax"))}
+    assert "# profile lstm 2, 16, 20 float32 jrnn fused fwd+bwd: " in out.stdout
 
 
 def test_gpu_benchmark_reports_a_check_that_hangs(tmp_path):
@@ -165,25 +169,18 @@ def test_gpu_benchmark_times_only_the_contenders_asked_for():
 
 
 def test_gpu_benchmark_times_pallas_variants_where_they_change_the_kernel():
-    """"pallas cooperative" (the LSTM's cooperative kernels below their usual
-    sizes) at H = 64, 128 and 256, not for the GRU, at sizes that are not a
-    multiple of 64, or where they run anyway; "pallas chunk=128" at H = 128."""
+    """"pallas chunk=128" (the state in one chunk of 128 columns) only at H = 128,
+    and a Pallas contender only where its own device check passed."""
     gpu_benchmark = _benchmark("gpu")
-    applies = gpu_benchmark.variant_applies
-    assert [H for H in (16, 64, 96, 128, 256, 768) if applies("cooperative", "lstm", H)] == [64, 128, 256]
-    assert not applies("cooperative", "gru", 128)
-    assert [H for H in (64, 128, 256) if applies("chunk=128", "lstm", H)] == [128]
-    failures = []
-    fns = gpu_benchmark.contenders("lstm", 2, 64, 5, jnp.float32, False, failures, only=["pallas"])
-    assert set(fns) == {"jrnn pallas", "jrnn pallas cooperative"} and not failures
-    fns = gpu_benchmark.contenders("lstm", 2, 64, 5, jnp.float32, False, failures, checked={"lstm H=64"},
-                                   only=["pallas"])
-    assert set(fns) == {"jrnn pallas"}  # its own check did not pass
-    assert len(failures) == 1 and "jrnn pallas cooperative: not timed" in failures[0]
-    failures = []  # each kernel needs only its own check (--only "pallas cooperative" runs no other)
-    fns = gpu_benchmark.contenders("lstm", 2, 64, 5, jnp.float32, False, failures,
-                                   checked={"lstm H=64 cooperative"}, only=["cooperative"])
-    assert set(fns) == {"jrnn pallas cooperative"} and not failures
+    assert [H for H in (16, 64, 96, 128, 192, 256, 768) if gpu_benchmark.variant_applies("chunk=128", H)] == [128]
+    failures = []  # no check passed: neither kernel is compiled, each is reported
+    fns = gpu_benchmark.contenders("lstm", 2, 128, 5, jnp.float32, False, failures, checked=set(), only=["pallas"])
+    assert not fns and [f.split(": ")[0] for f in failures] == [
+        "lstm 2, 128, 5 float32 jrnn pallas", "lstm 2, 128, 5 float32 jrnn pallas chunk=128"]
+    failures = []  # the variant's check passed, the default's did not (and --only left it out: no report)
+    fns = gpu_benchmark.contenders("lstm", 2, 128, 5, jnp.float32, False, failures,
+                                   checked={"lstm H=128 chunk=128"}, only=["chunk"])
+    assert set(fns) == {"jrnn pallas chunk=128"} and not failures
 
 
 def test_step_kernels_counts_the_operations_of_each_time_loop(tmp_path):

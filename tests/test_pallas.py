@@ -214,17 +214,6 @@ def test_wide_kernels_lower_to_triton_for_a_gpu(H, dtype, on_chip):
     assert text.count(f"grid_x = {H // pallas_lstm.WIDE_TILE} : i32, grid_y = 1 : i32") == 2  # batch 3: one tile
 
 
-@pytest.mark.parametrize("H", [128, 256])
-def test_cooperative_kernels_at_small_sizes_lower_to_triton_for_a_gpu(H, monkeypatch):
-    """With ``MIN_WIDE`` lowered (the GPU benchmark's "pallas cooperative"
-    experiment), H = 128 and 256 run the cooperative kernels: H/16 programs."""
-    assert not pallas_lstm.is_wide(H)
-    monkeypatch.setattr(pallas_lstm, "MIN_WIDE", 0)
-    assert pallas_lstm.is_wide(H) and pallas_lstm.wide_weights_on_chip(jnp.zeros((H, 4 * H)))
-    text = _lowered_for_a_gpu("lstm", H, jnp.float32)
-    assert text.count(f"grid_x = {H // pallas_lstm.WIDE_TILE} : i32, grid_y = 1 : i32") == 2
-
-
 def _lowered_for_a_gpu(kind, H, dtype):
     """StableHLO text of the jitted gradient through the kernels, lowered for CUDA, at T = 1000."""
     cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)

@@ -76,8 +76,7 @@ from jrnn.kernels._pallas import (
 # (one per multiprocessor), synchronised by a grid barrier at every step.
 WIDE_TILE = 16
 MAX_WIDE = 2048
-# hidden sizes above this (multiples of 64) take the wide kernels; read at trace
-# time, so that benchmarks can lower it to time them at H = 128 and 256 too
+# hidden sizes above this (multiples of 64) take the wide kernels
 MIN_WIDE = HIDDEN_SIZES[-1]
 # polls of a grid barrier before a program gives up (each poll is one atomic
 # read of the counter in L2 and two block-wide barriers; polls were not timed

@@ -1,0 +1,109 @@
+"""Where a JAX program's time goes on the device: its kernels, read from jax's profiler.
+
+    from device_profile import kernel_profile, summary
+    profile = kernel_profile(lambda: jax.block_until_ready(step(params, xs)), steps=T)
+    print(summary(profile))
+
+:func:`kernel_profile` runs the function once under ``jax.profiler.trace`` and
+reads the trace back with ``jax.profiler.ProfileData``. The kernels are the
+events of the device planes (``/device:GPU:0``: one line per stream); without a
+device plane (a CPU backend), the events of the host plane that carry XLA's
+``hlo_op`` stat (its thunks). They are grouped by operation kind: the HLO
+name (the ``hlo_op`` stat where the event has one, else the kernel's name)
+without its number, so ``loop_add_fusion.3`` and ``loop_add_fusion.7`` are one
+``loop_add_fusion``.
+
+``busy`` is the union of the kernels' intervals and ``span`` runs from the
+first kernel's start to the last one's end, so ``span - busy`` is the time the
+device sat idle between kernels: launch gaps, which fewer kernels shorten and
+faster kernels do not. Per-step numbers divide by ``steps`` (the sequence
+length of an RNN).
+"""
+
+from __future__ import annotations
+
+import re
+import tempfile
+import time
+from pathlib import Path
+
+import jax
+
+_NUMBERED = re.compile(r"([._]\d+)+$")
+
+
+def op_kind(name: str) -> str:
+    """An HLO operation or kernel name without its instance number: ``gemm_fusion_dot.12`` and
+    ``gemm_fusion_dot_12_impl`` -> ``gemm_fusion_dot``."""
+    return _NUMBERED.sub("", name.removesuffix("_impl")) or name
+
+
+def _stat(event, name):
+    return next((value for key, value in event.stats if key == name), None)
+
+
+def kernel_events(profile_data) -> list[tuple[str, float, float]]:
+    """``(kind, start_ns, duration_ns)`` of each kernel in a ``jax.profiler.ProfileData``."""
+    devices = [plane for plane in profile_data.planes if plane.name.startswith("/device:")]
+    events = []
+    if devices:
+        for plane in devices:
+            lines = list(plane.lines)
+            streams = [line for line in lines if line.name.startswith("Stream")] or lines
+            for line in streams:
+                for event in line.events:
+                    events.append((op_kind(_stat(event, "hlo_op") or event.name), event.start_ns, event.duration_ns))
+        return events
+    for plane in profile_data.planes:
+        for line in plane.lines:
+            for event in line.events:
+                op = _stat(event, "hlo_op")
+                if op is not None:
+                    events.append((op_kind(op), event.start_ns, event.duration_ns))
+    return events
+
+
+def busy_ns(intervals) -> float:
+    """The length of the union of ``(start, duration)`` intervals."""
+    total, end = 0.0, float("-inf")
+    for start, duration in sorted(intervals):
+        stop = start + duration
+        if stop > end:
+            total += stop - max(start, end)
+            end = stop
+    return total
+
+
+def kernel_profile(fn, steps: int = 1) -> dict:
+    """Run ``fn`` (which waits for its results) once under jax's profiler:
+    ``{"launches", "busy_ms", "span_ms", "wall_ms", "per_step": {...}, "ops": [...]}``,
+    ``ops`` by kind, the most time first, each ``{"op", "launches", "ms", "us_each"}``."""
+    with tempfile.TemporaryDirectory() as folder:
+        started = time.perf_counter()
+        with jax.profiler.trace(folder):
+            fn()
+        wall_ms = 1e3 * (time.perf_counter() - started)
+        path = max(Path(folder).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
+        events = kernel_events(jax.profiler.ProfileData.from_file(str(path)))
+    by_op = {}
+    for op, _, duration in events:
+        count, total = by_op.get(op, (0, 0.0))
+        by_op[op] = (count + 1, total + duration)
+    intervals = [(start, duration) for _, start, duration in events]
+    busy = busy_ns(intervals)
+    span = (max(s + d for s, d in intervals) - min(s for s, _ in intervals)) if intervals else 0.0
+    ops = [{"op": op, "launches": count, "ms": total / 1e6, "us_each": total / 1e3 / count}
+           for op, (count, total) in sorted(by_op.items(), key=lambda kv: -kv[1][1])]
+    return {"launches": len(events), "busy_ms": busy / 1e6, "span_ms": span / 1e6, "wall_ms": wall_ms,
+            "per_step": {"launches": len(events) / steps, "busy_us": busy / 1e3 / steps,
+                         "span_us": span / 1e3 / steps},
+            "ops": ops}
+
+
+def summary(profile: dict, top: int = 5) -> str:
+    """One line: launches and device time per step, the idle share, and the ``top`` kinds."""
+    step = profile["per_step"]
+    idle = 1 - profile["busy_ms"] / profile["span_ms"] if profile["span_ms"] else 0.0
+    ops = "; ".join(f"{o['op']} {o['launches']}x {o['us_each']:.2f} us" for o in profile["ops"][:top])
+    return (f"{step['launches']:.3f} kernels/step, busy {step['busy_us']:.2f} of {step['span_us']:.2f} us/step "
+            f"(idle {100 * idle:.0f} %); {ops}")
