@@ -6,12 +6,14 @@
 
 :func:`kernel_profile` runs the function once under ``jax.profiler.trace`` and
 reads the trace back with ``jax.profiler.ProfileData``. The kernels are the
-events of the device planes (``/device:GPU:0``: one line per stream); without a
-device plane (a CPU backend), the events of the host plane that carry XLA's
-``hlo_op`` stat (its thunks). They are grouped by operation kind: the HLO
+events of the device planes (``/device:GPU:0``; of their lines named
+``Stream ...`` where there are such, so that lines derived from them are not
+counted twice); without a device plane (a CPU backend), the events of the
+host plane that carry XLA's ``hlo_op`` stat (its thunks, which nest: a
+``while`` contains its body's). They are grouped by operation kind: the HLO
 name (the ``hlo_op`` stat where the event has one, else the kernel's name)
 without its number, so ``loop_add_fusion.3`` and ``loop_add_fusion.7`` are one
-``loop_add_fusion``.
+``loop_add_fusion``. Tested on CPU; not yet run on a GPU (2026-11-27).
 
 ``busy`` is the union of the kernels' intervals and ``span`` runs from the
 first kernel's start to the last one's end, so ``span - busy`` is the time the
