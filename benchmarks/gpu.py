@@ -355,6 +355,27 @@ def time_all(fns, repeats):
     return {name: tuple(1e3 * statistics.median(t) for t in pair) for name, pair in times.items()}
 
 
+def profile_contenders(fns, case, steps, lines) -> dict:
+    """``{name: kernel profile}`` of each JAX contender's forward+backward (the
+    programs jax's profiler sees; ``benchmarks/device_profile.py``), one run each;
+    a line per contender goes to ``lines``, a failure too (the timings stand)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:  # a module beside this script, also where gpu.py is loaded by path (tests)
+        sys.path.insert(0, here)
+    import device_profile
+
+    profiles = {}
+    for name, (_, fwd_bwd, _) in fns.items():
+        if not name.startswith(("jrnn", "flax")):
+            continue
+        try:
+            profiles[name] = device_profile.kernel_profile(fwd_bwd, steps=steps)
+            lines.append(f"# profile {case} {name} fwd+bwd: {device_profile.summary(profiles[name])}")
+        except Exception as error:  # noqa: BLE001 - reported; the timings stand
+            lines.append(f"# profile {case} {name}: {type(error).__name__}: {str(error)[:200]}")
+    return profiles
+
+
 def ranked_cases(cells, shapes):
     """``(cell, shape, dtype)`` in order of importance: the issue's target shapes
     (16, 768, 1024) and (1, 128, 1000) before the others, at each the LSTM before the
@@ -422,9 +443,6 @@ def main(argv=None) -> int:
     if on_gpu:
         pallas_rows = [row for row in checks if "pallas" in row]
         checked = {row["pallas"] for row in pallas_rows} - {row["pallas"] for row in pallas_rows if not row["ok"]}
-    if args.profile:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-        import device_profile
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
@@ -449,14 +467,7 @@ def main(argv=None) -> int:
         case_started = time.perf_counter()
         fns = contenders(kind, B, H, T, dtype, on_gpu, failures, checked, args.streamed, only)
         medians = time_all(fns, 3 if args.quick else args.repeats)
-        profiles = {}
-        for name, (_, fwd_bwd, _) in fns.items() if args.profile else ():
-            if name.startswith(("jrnn", "flax")):  # the programs jax's profiler sees
-                try:
-                    profiles[name] = device_profile.kernel_profile(fwd_bwd, steps=T)
-                    profile_lines.append(f"# profile {case} {name} fwd+bwd: {device_profile.summary(profiles[name])}")
-                except Exception as error:  # noqa: BLE001 - reported; the timings stand
-                    profile_lines.append(f"# profile {case} {name}: {type(error).__name__}: {str(error)[:200]}")
+        profiles = profile_contenders(fns, case, T, profile_lines) if args.profile else {}
         durations.append(time.perf_counter() - case_started)
         torch_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("torch")), None)
         flax_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("flax")), None)
