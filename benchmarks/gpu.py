@@ -9,8 +9,10 @@ programs with a grid barrier per step; an experiment: the LSTM at H = 128
 with the state in one chunk of 128 columns, "pallas chunk=128"; with
 ``--streamed``, where the weights stay on chip, also with them re-read each
 step); jrnn's cuDNN option
-(``implementation="cudnn"``, which is ``jax.experimental.rnn``; LSTM,
-float32); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
+(``implementation="cudnn"``, float32: jrnn's own cuDNN binding, which asks
+for cuDNN's persistent small-H kernel where H ≤ 128, for the LSTM and the GRU,
+and beside it for the LSTM ``jax.experimental.rnn``, cuDNN's standard
+algorithm); ``torch.nn.LSTM`` / ``torch.nn.GRU`` (cuDNN); and Flax
 ``nn.RNN(OptimizedLSTMCell)`` / ``nn.RNN(GRUCell)``. The GRU is the
 reset-after variant that cuDNN computes. Shapes (B, I = H, T) =
 (16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000); forward and
@@ -59,7 +61,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
-from jrnn.kernels import _pallas, fused, pallas_gru, pallas_lstm
+from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
 # steps per loop iteration of the fused contenders beyond jrnn's default (8 on a
@@ -76,6 +78,10 @@ ONE_CHUNK = 128
 # kernels at H = 128 and 256, "pallas cooperative", were timed on an H200 on
 # 2026-11-27 and dropped: 1.42x and 1.54x the fused path's time, RESULTS.md.)
 PALLAS_VARIANTS = {f"chunk={ONE_CHUNK}": {"max_chunk": ONE_CHUNK}}
+# The cuDNN checks run at float32 precision (cuDNN's FMA math) and at jax's default,
+# where cuDNN may use TF32 products as the timed contender does: "cudnn tf32".
+TF32 = "tf32"
+OWN_CUDNN = "jrnn's cuDNN binding"  # in ``checked`` where its device checks passed
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -116,12 +122,16 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
     wide = [(jrnn.lstm(768), "pallas", f32), (jrnn.lstm(768), "pallas", bf16), (jrnn.lstm(512), "pallas", f32)]
     gru = [(jrnn.gru(128, reset_after=True), "pallas", f32), (jrnn.gru(128, reset_after=True), "pallas", bf16)]
     # the float32 H = 256 LSTM kernel took over 40 s to compile on an H200 and an H100: last
-    return batch_one + wide + scan_paths + [(jrnn.lstm(64), "cudnn", f32)] + gru + small + [
+    # jrnn's own cuDNN binding at H = 64 and 128 (cuDNN's persistent small-H kernel), LSTM and GRU
+    gru_64, gru_128 = jrnn.gru(64, reset_after=True), jrnn.gru(128, reset_after=True)
+    cudnn_checks = [(cell, "cudnn", f32, variant) for cell in (jrnn.lstm(128), gru_128, jrnn.lstm(64), gru_64)
+                    for variant in (None, TF32)]
+    return batch_one + wide + scan_paths + cudnn_checks + gru + small + [
         (jrnn.lstm(256), "pallas", f32)]
 
 
 def variant_label(variant) -> str:
-    """`` chunk=128`` for a Pallas variant (a key of ``PALLAS_VARIANTS``), ``""`` for the default."""
+    """`` chunk=128`` for a Pallas variant (a key of ``PALLAS_VARIANTS``) or `` tf32``, ``""`` for the default."""
     return f" {variant}" if variant else ""
 
 
@@ -141,23 +151,33 @@ def check_row(cell, impl, dtype, variant=None) -> dict:
 def run_check(cell, impl, dtype, variant=None) -> dict:
     """One fast path against the plain path on this device: values and gradients
     (bfloat16 params and inputs, with a float32 carry, to a looser tolerance);
-    ``variant``: a key of ``PALLAS_VARIANTS``, the kernels' settings while they are traced."""
+    ``variant``: a key of ``PALLAS_VARIANTS``, the kernels' settings while they are traced,
+    or ``TF32``: both paths at jax's default matmul precision (TF32 products), to a looser tolerance.
+    cuDNN runs without ``seq_lengths``, which jrnn's own binding does not take."""
     key = jax.random.key(0)
     lengths = jnp.array([64, 50, 1, 0, 64, 33, 10, 64])
     f32 = jnp.float32
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.fold_in(key, 1), 32))
     xs = jax.random.normal(key, (8, 64, 32)).astype(dtype)
-    options = {} if impl == "pallas" else {"seq_lengths": lengths}
+    options = {} if impl in ("pallas", "cudnn") else {"seq_lengths": lengths}
     # jitted: one compilation each, rather than one per operation
     run = jax.jit(lambda p, i: jrnn.scan(cell, p, xs, implementation=i, carry_dtype=f32, **options),
                   static_argnums=1)
     loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     row = check_row(cell, impl, dtype, variant)
-    tolerance = (1e-4, 1e-3) if dtype == f32 else (2e-2, 5e-2)  # values, gradients
+    tolerance = (1e-4, 1e-3) if dtype == f32 and variant != TF32 else (2e-2, 5e-2)  # values, gradients
+    precision = "default" if variant == TF32 else "highest"
+    if impl == "cudnn":  # which binding computes it (and why not jrnn's own), with cuDNN's algorithm; only
+        problem = cudnn.own_binding_problem()  # here, in a child process: a crash in it costs one check
+        if problem is None:
+            algo = cudnn.plan(cell.kind, variant == TF32, xs.shape[2], cell.hidden_size, *xs.shape[:2])[1]
+            row["binding"] = f"jrnn, algorithm {algo}"
+        else:
+            row["binding"] = f"jax.experimental.rnn: {problem}"
     started = time.perf_counter()
     try:
-        with jax.default_matmul_precision("highest"), kernel_settings(**PALLAS_VARIANTS.get(variant, {})):
+        with jax.default_matmul_precision(precision), kernel_settings(**PALLAS_VARIANTS.get(variant, {})):
             _, want = run(params, "plain")
             g_want = grad(params, "plain")
             _, got = run(params, impl)
@@ -254,8 +274,9 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     (with ``streamed``, also the Pallas kernels with their weights re-read each step;
     with ``only``, a list of strings, just the contenders whose names contain one);
     a jrnn contender that fails to compile, or a Pallas one whose :func:`pallas_key`
-    is not in ``checked`` (the keys whose device checks passed; ``None``: all), is
-    left out and described in ``failures``."""
+    is not in ``checked`` (the keys whose device checks passed; ``None``: all), or
+    jrnn's own cuDNN binding where ``OWN_CUDNN`` is not in it, is left out and
+    described in ``failures``."""
     I = H
     xs = jax.random.normal(jax.random.key(1), (B, T, I)).astype(dtype)
     cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
@@ -265,8 +286,15 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
         variants.append(("fused block-gates", {"split_gates": False}))
-    if on_gpu and dtype == jnp.float32 and kind == "lstm":
-        variants.append(("cudnn", {}))
+    if on_gpu and dtype == jnp.float32:
+        name = f"cudnn algorithm={cudnn.algorithm(H)}"  # jrnn's own binding: cuDNN's persistent kernel at H <= 128
+        if checked is None or OWN_CUDNN in checked:
+            variants.append((name, {}))
+        elif wanted(f"jrnn {name}", only):
+            failures.append(f"{kind} {B}, {H}, {T} float32 jrnn {name}: not timed, its device checks did not all "
+                            "pass through jrnn's own binding")
+        if kind == "lstm":
+            variants.append(("cudnn jax.experimental.rnn", {"own_binding": False}))
     if pallas_lstm.supports(cell) or pallas_gru.supports(cell):
         # (name, kernel settings, the variant whose device check gates it)
         kernels = [("pallas", {}, None), *((f"pallas {variant}", settings, variant)
@@ -287,7 +315,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
 
         def loss(p, x, impl=impl, options=options):
             layout = fused.gate_layout(options["split_gates"]) if "split_gates" in options else contextlib.nullcontext()
-            with kernel_settings(**options.get("kernel", {})), layout:
+            binding = cudnn.own_binding_disabled() if options.get("own_binding") is False else contextlib.nullcontext()
+            with kernel_settings(**options.get("kernel", {})), layout, binding:
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]
@@ -436,13 +465,18 @@ def main(argv=None) -> int:
     for row in checks:
         print(f"# check {row['cell']} {row['implementation']}: value rel err {row.get('value_rel_err', nan):.2e}, "
               f"grad rel err {row.get('grad_rel_err', nan):.2e} in {row.get('seconds', nan):.1f} s -> "
-              f"{'ok' if row['ok'] else 'FAILED'} {row.get('error', '')}", flush=True)
+              f"{'ok' if row['ok'] else 'FAILED'} {row.get('error', '')}{row.get('binding', '')}", flush=True)
     # on a GPU, a Pallas kernel is timed only where its device checks all passed (a
-    # kernel that compiles for minutes would otherwise eat the run)
+    # kernel that compiles for minutes would otherwise eat the run), jrnn's own cuDNN
+    # binding only where its checks at the timed (TF32) math all ran through it and
+    # passed (a crash in it would otherwise end the run)
     checked = None
     if on_gpu:
         pallas_rows = [row for row in checks if "pallas" in row]
         checked = {row["pallas"] for row in pallas_rows} - {row["pallas"] for row in pallas_rows if not row["ok"]}
+        timed_like = [row for row in checks if row["implementation"] == f"cudnn {TF32}"]  # the contenders' math
+        if timed_like and all(row["ok"] and row.get("binding", "").startswith("jrnn") for row in timed_like):
+            checked.add(OWN_CUDNN)
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]

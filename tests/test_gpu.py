@@ -56,6 +56,105 @@ def test_cudnn_weight_layout_is_exact(key):
     np.testing.assert_allclose(c_n[0], final.c, rtol=1e-12, atol=1e-12)
 
 
+def test_cudnn_gru_weight_layout_is_exact(key):
+    """On any backend: the flat cuDNN weight vector jrnn packs for a reset-after
+    GRU, cut where cuDNN's layout puts W_ih (3H, I), W_hh (3H, H), b_ih and b_hh
+    (PyTorch's layout: blocks r, z, n) and run by ``torch.nn.GRU``, gives jrnn's plain path."""
+    torch = pytest.importorskip("torch")
+    from jrnn.kernels import cudnn
+
+    I, H, B, T = 3, 5, 2, 6
+    cell = jrnn.gru(H, reset_after=True)
+    k_p, k_b, k_n, k_x, k_h = jax.random.split(key, 5)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), cell.init(k_p, I))
+    params = params._replace(b=jax.random.normal(k_b, params.b.shape, jnp.float64),
+                             b_hn=jax.random.normal(k_n, params.b_hn.shape, jnp.float64))
+    xs = jax.random.normal(k_x, (B, T, I), jnp.float64)
+    h0 = jax.random.normal(k_h, (B, H), jnp.float64)
+    flat = np.asarray(cudnn.pack_weights(params))
+    sizes = [3 * H * I, 3 * H * H, 3 * H, 3 * H]
+    assert flat.size == sum(sizes)
+    w_ih, w_hh, b_ih, b_hh = np.split(flat, np.cumsum(sizes)[:-1])
+    module = torch.nn.GRU(I, H, batch_first=True).double()
+    with torch.no_grad():
+        for name, value in (("weight_ih_l0", w_ih.reshape(3 * H, I)), ("weight_hh_l0", w_hh.reshape(3 * H, H)),
+                            ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
+            getattr(module, name).copy_(torch.from_numpy(np.array(value)))
+        ys, h_n = module(torch.from_numpy(np.array(xs)), torch.from_numpy(np.array(h0))[None])
+    final, ys_plain = jrnn.scan(cell, params, xs, h0, implementation="plain")
+    np.testing.assert_allclose(ys.numpy(), ys_plain, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(h_n[0].numpy(), final, rtol=1e-12, atol=1e-12)
+
+
+def test_cudnn_algorithm_follows_pytorch():
+    """cuDNN's persistent small-H kernel where PyTorch uses it for both passes (H ≤ 128)."""
+    from jrnn.kernels import cudnn
+
+    assert [cudnn.algorithm(h) for h in (1, 64, 128, 129, 768)] == [cudnn.PERSIST_STATIC_SMALL_H] * 3 + [
+        cudnn.STANDARD] * 2
+
+
+def test_cudnn_binding_builds_where_cuda_headers_are(tmp_path):
+    """Where jax's CUDA wheels are installed (their headers) beside a C++ compiler,
+    jrnn's own cuDNN binding compiles and links against cuDNN; elsewhere (CI's CPU
+    machine) there is nothing to build and :func:`build_command` says so."""
+    import subprocess
+
+    from jrnn.kernels import cudnn
+
+    command = cudnn.build_command(tmp_path / "_cudnn_rnn.so")
+    if command is None:
+        pytest.skip("no CUDA wheels' headers or no C++ compiler here")
+    result = subprocess.run(command, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    symbols = subprocess.run(["nm", "-D", str(tmp_path / "_cudnn_rnn.so")], capture_output=True, text=True,
+                             check=True).stdout
+    for name in ("JrnnCudnnRnnForward", "JrnnCudnnRnnBackward", "jrnn_cudnn_rnn_sizes"):
+        assert f" T {name}" in symbols
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cudnn_own_binding_lowers_for_cuda(kind, key, monkeypatch):
+    """On any backend: ``jrnn.scan(implementation="cudnn")`` through jrnn's own
+    binding lowers for CUDA, forward+backward, to one cuDNN forward (training)
+    and one backward call whose weight gradients and reserve space alias their
+    inputs; inference lowers to one forward call. (cuDNN's sizes, a GPU query,
+    are stood in for; running it needs a GPU: ``benchmarks/gpu.py``'s checks.)"""
+    from jrnn.kernels import cudnn
+
+    I, H, B, T = 3, 8, 2, 5
+    G = 4 if kind == "lstm" else 3
+    asked = []
+
+    def sizes(kind_, algo, tf32, input_size, hidden_size, batch, steps, training):
+        asked.append((kind_, algo, tf32, input_size, hidden_size, batch, steps, training))
+        return 4 * G * hidden_size * (input_size + hidden_size + 2), 256, 1024 if training else 0
+
+    monkeypatch.setattr(cudnn, "available", lambda: True)
+    monkeypatch.setattr(cudnn, "_own_binding_check", lambda: None)
+    monkeypatch.setattr(cudnn, "_sizes", sizes)
+    cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), cell.init(key, I))
+    xs = jnp.ones((B, T, I), jnp.float32)
+
+    def loss(p, x):
+        final, ys = jrnn.scan(cell, p, x, implementation="cudnn")
+        return jnp.sum(ys) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final))
+
+    lower = lambda f: jax.jit(f).trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
+    with jax.default_matmul_precision("default"):  # cuDNN may use TF32 products, as XLA's dots do
+        train = lower(jax.grad(loss, argnums=(0, 1)))
+        infer = lower(loss)
+    assert train.count("@jrnn_cudnn_rnn_forward") == 1 and train.count("@jrnn_cudnn_rnn_backward") == 1
+    assert "output_operand_aliases" in train
+    assert infer.count("@jrnn_cudnn_rnn_forward") == 1 and "@jrnn_cudnn_rnn_backward" not in infer
+    algo = cudnn.PERSIST_STATIC_SMALL_H
+    assert {a[:7] for a in asked} == {(kind, algo, True, I, H, B, T)} and {a[7] for a in asked} == {True, False}
+    with jax.default_matmul_precision("highest"):  # cuDNN's float32 (FMA) math then
+        lower(loss)
+    assert asked[-1][2] is False
+
+
 def test_cudnn_refused_without_gpu(key):
     if jax.default_backend() == "gpu":
         pytest.skip("a GPU is present")

@@ -100,8 +100,10 @@ def scan(
         ``"parallel"`` (:mod:`jrnn.kernels.parallel`, associative scan, for
         minGRU/minLSTM), ``"plain"`` (``lax.scan`` of ``cell.recurrent_step``
         with JAX's own autodiff) or ``"cudnn"`` (:mod:`jrnn.kernels.cudnn`:
-        LSTM on a GPU through ``jax.experimental.rnn``; one batch axis,
-        float32, no ``reverse``, ``resets`` or dropout) or ``"pallas"``
+        cuDNN on a GPU, through jrnn's own binding, with cuDNN's persistent
+        kernel where H ≤ 128, for the LSTM and the reset-after GRU without
+        ``seq_lengths``, else the LSTM through ``jax.experimental.rnn``; one
+        batch axis, float32, no ``reverse``, ``resets`` or dropout) or ``"pallas"``
         (:mod:`jrnn.kernels.pallas_lstm`, :mod:`jrnn.kernels.pallas_gru`: the
         LSTM or reset-after GRU time loop in one Pallas kernel launch; hidden
         size 16, 32, 48, 64, 96, 128, 192 or 256, and for the LSTM a multiple
