@@ -405,16 +405,16 @@ def profile_contenders(fns, case, steps, lines) -> dict:
     return profiles
 
 
-def ranked_cases(cells, shapes):
+def ranked_cases(cells, shapes, dtypes=(jnp.float32, jnp.bfloat16)):
     """``(cell, shape, dtype)`` in order of importance: the issue's target shapes
     (16, 768, 1024) and (1, 128, 1000) before the others, at each the LSTM before the
-    GRU, float32 before bfloat16."""
+    GRU, float32 before bfloat16 (of ``dtypes``)."""
     first = [(16, 768, 1024), (1, 128, 1000)]
     cells = sorted(cells, key=lambda kind: kind != "lstm")
+    dtypes = sorted(dtypes, key=lambda dtype: jnp.dtype(dtype) != jnp.float32)
     groups = [[shape for shape in shapes if shape in first], [shape for shape in shapes if shape not in first]]
     groups[0].sort(key=first.index)
-    return [(kind, shape, dtype) for group in groups for kind in cells for shape in group
-            for dtype in (jnp.float32, jnp.bfloat16)]
+    return [(kind, shape, dtype) for group in groups for kind in cells for shape in group for dtype in dtypes]
 
 
 def main(argv=None) -> int:
@@ -424,6 +424,8 @@ def main(argv=None) -> int:
     parser.add_argument("--json", help="write all results to this file")
     parser.add_argument("--shapes", help="indices into SHAPES to run, e.g. 1,2,3 (default all)")
     parser.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm, gru (default both)")
+    parser.add_argument("--dtypes", default="float32,bfloat16",
+                        help="comma-separated: float32, bfloat16 (default both)")
     parser.add_argument("--budget-s", type=float, default=220.0,
                         help="skip the cases that would end later than this many seconds after the start")
     parser.add_argument("--check-timeout", type=float, default=45.0,
@@ -492,7 +494,8 @@ def main(argv=None) -> int:
     save()
     print("| cell | B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax | compile s |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
-    for kind, (B, H, T), dtype in ranked_cases(args.cells.split(","), shapes):
+    dtypes = [jnp.dtype(name) for name in args.dtypes.split(",")]
+    for kind, (B, H, T), dtype in ranked_cases(args.cells.split(","), shapes, dtypes):
         case = f"{kind} {B}, {H}, {T} {jnp.dtype(dtype).name}"
         estimate = statistics.mean(durations) if durations else 0.0
         if time.perf_counter() - started + estimate > args.budget_s:

@@ -113,6 +113,32 @@ def test_cudnn_binding_builds_where_cuda_headers_are(tmp_path):
         assert f" T {name}" in symbols
 
 
+def test_cudnn_binding_is_built_once_into_the_cache(tmp_path, monkeypatch):
+    """The binding is compiled on first use into ``$XDG_CACHE_HOME/jrnn`` (named
+    by a hash of its source and jaxlib's version), then reused; a failed
+    compile says why; without a compiler or headers there is no library."""
+    from jrnn.kernels import cudnn
+
+    monkeypatch.setattr(cudnn, "__file__", str(tmp_path / "pkg" / "cudnn.py"))  # no library built ahead
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    builds = []
+
+    def build(output, fail=False):
+        builds.append(output)
+        return ["false"] if fail else ["touch", str(output)]
+
+    monkeypatch.setattr(cudnn, "build_command", build)
+    first = cudnn._library_path()
+    assert first.parent == tmp_path / "cache" / "jrnn" and first.exists() and first.name.startswith("_cudnn_rnn-")
+    assert cudnn._library_path() == first and len(builds) == 2  # one check of the command, one build; then reused
+    first.unlink()
+    monkeypatch.setattr(cudnn, "build_command", lambda output: build(output, fail=True))
+    with pytest.raises(RuntimeError, match="compiling cudnn_rnn.cc failed"):
+        cudnn._library_path()
+    monkeypatch.setattr(cudnn, "build_command", lambda output: None)
+    assert cudnn._library_path() is None
+
+
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
 def test_cudnn_own_binding_lowers_for_cuda(kind, key, monkeypatch):
     """On any backend: ``jrnn.scan(implementation="cudnn")`` through jrnn's own
@@ -257,6 +283,9 @@ def test_gpu_benchmark_runs_the_targets_first():
     assert [(kind, shape) for kind, shape, _ in cases[4:8:2]] == [("gru", (16, 768, 1024)), ("gru", (1, 128, 1000))]
     assert {shape for _, shape, _ in cases[8:]} == {(64, 512, 100), (16, 256, 1000)}
     assert [kind for kind, _, _ in cases[8:]] == ["lstm"] * 4 + ["gru"] * 4
+    # --dtypes float32: the same order, one dtype
+    only_f32 = gpu_benchmark.ranked_cases(["gru", "lstm"], gpu_benchmark.SHAPES, [jnp.dtype("float32")])
+    assert only_f32 == [case for case in cases if jnp.dtype(case[2]) == jnp.float32]
 
 
 def test_gpu_benchmark_times_only_the_contenders_asked_for():
