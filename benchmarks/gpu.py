@@ -78,10 +78,17 @@ ONE_CHUNK = 128
 # kernels at H = 128 and 256, "pallas cooperative", were timed on an H200 on
 # 2026-11-27 and dropped: 1.42x and 1.54x the fused path's time, RESULTS.md.)
 PALLAS_VARIANTS = {f"chunk={ONE_CHUNK}": {"max_chunk": ONE_CHUNK}}
-# The cuDNN checks run at float32 precision (cuDNN's FMA math) and at jax's default,
-# where cuDNN may use TF32 products as the timed contender does: "cudnn tf32".
+# Variants of the cuDNN checks (through jrnn's own binding where it works): the
+# matmul precision both paths run at and the cuDNN algorithm forced (None: the
+# binding's choice). "tf32" and "algorithm=1" are the math the timed contenders
+# use: jax's default precision, where cuDNN, like XLA, may use TF32 products.
+# cuDNN's PERSIST_STATIC (1), which PyTorch uses only in float16, is tried in
+# float32 where the small-H kernel does not apply.
 TF32 = "tf32"
-OWN_CUDNN = "jrnn's cuDNN binding"  # in ``checked`` where its device checks passed
+STATIC = f"algorithm={cudnn.PERSIST_STATIC}"
+CUDNN_VARIANTS = {None: ("highest", None), TF32: ("default", None), STATIC: ("default", cudnn.PERSIST_STATIC)}
+# in ``checked`` where the device checks of jrnn's own binding at the timed math passed
+OWN_CUDNN = {TF32: "jrnn's cuDNN binding", STATIC: f"jrnn's cuDNN binding, {STATIC}"}
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -126,6 +133,8 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
     gru_64, gru_128 = jrnn.gru(64, reset_after=True), jrnn.gru(128, reset_after=True)
     cudnn_checks = [(cell, "cudnn", f32, variant) for cell in (jrnn.lstm(128), gru_128, jrnn.lstm(64), gru_64)
                     for variant in (None, TF32)]
+    # cuDNN's PERSIST_STATIC in float32, where it would replace the fused path (H = 768)
+    cudnn_checks += [(cell, "cudnn", f32, STATIC) for cell in (jrnn.lstm(768), jrnn.gru(768, reset_after=True))]
     return batch_one + wide + scan_paths + cudnn_checks + gru + small + [
         (jrnn.lstm(256), "pallas", f32)]
 
@@ -152,8 +161,9 @@ def run_check(cell, impl, dtype, variant=None) -> dict:
     """One fast path against the plain path on this device: values and gradients
     (bfloat16 params and inputs, with a float32 carry, to a looser tolerance);
     ``variant``: a key of ``PALLAS_VARIANTS``, the kernels' settings while they are traced,
-    or ``TF32``: both paths at jax's default matmul precision (TF32 products), to a looser tolerance.
-    cuDNN runs without ``seq_lengths``, which jrnn's own binding does not take."""
+    or for cuDNN a key of ``CUDNN_VARIANTS``: the precision of both paths (at jax's default,
+    with TF32 products, to a looser tolerance) and the cuDNN algorithm. cuDNN runs without
+    ``seq_lengths``, which jrnn's own binding does not take."""
     key = jax.random.key(0)
     lengths = jnp.array([64, 50, 1, 0, 64, 33, 10, 64])
     f32 = jnp.float32
@@ -166,18 +176,20 @@ def run_check(cell, impl, dtype, variant=None) -> dict:
     loss = lambda p, i: jnp.sum(jnp.sin(run(p, i)[1]))
     grad = jax.jit(jax.grad(loss), static_argnums=1)
     row = check_row(cell, impl, dtype, variant)
-    tolerance = (1e-4, 1e-3) if dtype == f32 and variant != TF32 else (2e-2, 5e-2)  # values, gradients
-    precision = "default" if variant == TF32 else "highest"
+    precision, algo = CUDNN_VARIANTS[variant] if impl == "cudnn" else ("highest", None)
+    tolerance = (1e-4, 1e-3) if dtype == f32 and precision == "highest" else (2e-2, 5e-2)  # values, gradients
+    forced = cudnn.forced_algorithm(algo) if algo is not None else contextlib.nullcontext()
     if impl == "cudnn":  # which binding computes it (and why not jrnn's own), with cuDNN's algorithm; only
         problem = cudnn.own_binding_problem()  # here, in a child process: a crash in it costs one check
         if problem is None:
-            algo = cudnn.plan(cell.kind, variant == TF32, xs.shape[2], cell.hidden_size, *xs.shape[:2])[1]
+            with forced:
+                algo = cudnn.plan(cell.kind, precision != "highest", xs.shape[2], cell.hidden_size, *xs.shape[:2])[1]
             row["binding"] = f"jrnn, algorithm {algo}"
         else:
             row["binding"] = f"jax.experimental.rnn: {problem}"
     started = time.perf_counter()
     try:
-        with jax.default_matmul_precision(precision), kernel_settings(**PALLAS_VARIANTS.get(variant, {})):
+        with jax.default_matmul_precision(precision), kernel_settings(**PALLAS_VARIANTS.get(variant, {})), forced:
             _, want = run(params, "plain")
             g_want = grad(params, "plain")
             _, got = run(params, impl)
@@ -275,8 +287,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     with ``only``, a list of strings, just the contenders whose names contain one);
     a jrnn contender that fails to compile, or a Pallas one whose :func:`pallas_key`
     is not in ``checked`` (the keys whose device checks passed; ``None``: all), or
-    jrnn's own cuDNN binding where ``OWN_CUDNN`` is not in it, is left out and
-    described in ``failures``."""
+    jrnn's own cuDNN binding where its ``OWN_CUDNN`` key is not in it, is left out
+    and described in ``failures``."""
     I = H
     xs = jax.random.normal(jax.random.key(1), (B, T, I)).astype(dtype)
     cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
@@ -287,12 +299,16 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
         variants.append(("fused block-gates", {"split_gates": False}))
     if on_gpu and dtype == jnp.float32:
-        name = f"cudnn algorithm={cudnn.algorithm(H)}"  # jrnn's own binding: cuDNN's persistent kernel at H <= 128
-        if checked is None or OWN_CUDNN in checked:
-            variants.append((name, {}))
-        elif wanted(f"jrnn {name}", only):
-            failures.append(f"{kind} {B}, {H}, {T} float32 jrnn {name}: not timed, its device checks did not all "
-                            "pass through jrnn's own binding")
+        # jrnn's own binding: its choice (cuDNN's persistent small-H kernel at H <= 128), and PERSIST_STATIC
+        own = [(f"cudnn algorithm={cudnn.algorithm(H)}", {}, OWN_CUDNN[TF32])]
+        if cudnn.algorithm(H) != cudnn.PERSIST_STATIC_SMALL_H:
+            own.append((f"cudnn {STATIC}", {"cudnn_algorithm": cudnn.PERSIST_STATIC}, OWN_CUDNN[STATIC]))
+        for name, options, key in own:
+            if checked is None or key in checked:
+                variants.append((name, options))
+            elif wanted(f"jrnn {name}", only):
+                failures.append(f"{kind} {B}, {H}, {T} float32 jrnn {name}: not timed, its device checks did not "
+                                "all pass through jrnn's own binding")
         if kind == "lstm":
             variants.append(("cudnn jax.experimental.rnn", {"own_binding": False}))
     if pallas_lstm.supports(cell) or pallas_gru.supports(cell):
@@ -316,7 +332,9 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
         def loss(p, x, impl=impl, options=options):
             layout = fused.gate_layout(options["split_gates"]) if "split_gates" in options else contextlib.nullcontext()
             binding = cudnn.own_binding_disabled() if options.get("own_binding") is False else contextlib.nullcontext()
-            with kernel_settings(**options.get("kernel", {})), layout, binding:
+            forced = (cudnn.forced_algorithm(options["cudnn_algorithm"]) if "cudnn_algorithm" in options
+                      else contextlib.nullcontext())
+            with kernel_settings(**options.get("kernel", {})), layout, binding, forced:
                 carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]
@@ -476,9 +494,10 @@ def main(argv=None) -> int:
     if on_gpu:
         pallas_rows = [row for row in checks if "pallas" in row]
         checked = {row["pallas"] for row in pallas_rows} - {row["pallas"] for row in pallas_rows if not row["ok"]}
-        timed_like = [row for row in checks if row["implementation"] == f"cudnn {TF32}"]  # the contenders' math
-        if timed_like and all(row["ok"] and row.get("binding", "").startswith("jrnn") for row in timed_like):
-            checked.add(OWN_CUDNN)
+        for variant, key in OWN_CUDNN.items():  # the checks at the contenders' math
+            rows = [row for row in checks if row["implementation"] == f"cudnn {variant}"]
+            if rows and all(row["ok"] and row.get("binding", "").startswith("jrnn") for row in rows):
+                checked.add(key)
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
         shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]

@@ -94,6 +94,30 @@ def test_cudnn_algorithm_follows_pytorch():
         cudnn.STANDARD] * 2
 
 
+def test_cudnn_plan_falls_back_and_can_be_forced(monkeypatch):
+    """Where cuDNN refuses the persistent small-H kernel for a problem (its size
+    query fails), the binding takes the standard algorithm; ``forced_algorithm``
+    takes the one given, with no fallback, and refuses PERSIST_DYNAMIC."""
+    from jrnn.kernels import cudnn
+
+    def sizes(kind, algo, *rest):
+        if algo == cudnn.PERSIST_STATIC_SMALL_H:
+            raise RuntimeError("cuDNN cudnnGetRNNTempSpaceSizes: CUDNN_STATUS_NOT_SUPPORTED")
+        return 0, 0, 0
+
+    monkeypatch.setattr(cudnn, "_sizes", sizes)
+    assert cudnn.plan("lstm", True, 8, 64, 2, 5) == ("lstm", cudnn.STANDARD, True)
+    assert cudnn.plan("gru", False, 8, 768, 2, 5) == ("gru", cudnn.STANDARD, False)
+    with cudnn.forced_algorithm(cudnn.PERSIST_STATIC):
+        assert cudnn.plan("lstm", True, 8, 768, 2, 5) == ("lstm", cudnn.PERSIST_STATIC, True)
+    with cudnn.forced_algorithm(cudnn.PERSIST_STATIC_SMALL_H):
+        assert cudnn.plan("lstm", True, 8, 64, 2, 5)[1] == cudnn.PERSIST_STATIC_SMALL_H
+    assert cudnn.plan("lstm", True, 8, 768, 2, 5)[1] == cudnn.STANDARD  # the context is over
+    with pytest.raises(ValueError, match="algo: expected 0, 1 or 3, got 2"):
+        with cudnn.forced_algorithm(2):
+            pass
+
+
 def test_cudnn_binding_builds_where_cuda_headers_are(tmp_path):
     """Where jax's CUDA wheels are installed (their headers) beside a C++ compiler,
     jrnn's own cuDNN binding compiles and links against cuDNN; elsewhere (CI's CPU

@@ -47,9 +47,9 @@ import numpy as np
 
 from jrnn.cells import GRUCell, GRUParams, LSTMCell, LSTMState
 
-# cudnnRNNMode_t and cudnnRNNAlgo_t (cudnn_adv.h)
+# cudnnRNNMode_t and cudnnRNNAlgo_t (cudnn_adv.h; PERSIST_DYNAMIC, 2, needs a plan built first: not offered)
 _MODES = {"lstm": 2, "gru": 3}
-STANDARD, PERSIST_STATIC_SMALL_H = 0, 3
+STANDARD, PERSIST_STATIC, PERSIST_STATIC_SMALL_H = 0, 1, 3
 SMALL_H_MAX = 128  # PyTorch's bound for LSTM and GRU backward (forward: 192); one algorithm serves both here
 
 
@@ -151,6 +151,7 @@ def _own_library():
 
 
 _own_disabled = False
+_forced_algorithm = None
 
 
 @contextlib.contextmanager
@@ -162,6 +163,21 @@ def own_binding_disabled():
         yield
     finally:
         _own_disabled = before
+
+
+@contextlib.contextmanager
+def forced_algorithm(algo: int):
+    """Trace jrnn's own binding with cuDNN's algorithm ``algo`` (``STANDARD``,
+    ``PERSIST_STATIC`` or ``PERSIST_STATIC_SMALL_H``) instead of :func:`algorithm`'s
+    choice, and without its fallback: where cuDNN refuses it, the call fails (for comparisons)."""
+    global _forced_algorithm
+    if algo not in (STANDARD, PERSIST_STATIC, PERSIST_STATIC_SMALL_H):
+        raise ValueError(f"algo: expected {STANDARD}, {PERSIST_STATIC} or {PERSIST_STATIC_SMALL_H}, got {algo!r}")
+    before, _forced_algorithm = _forced_algorithm, algo
+    try:
+        yield
+    finally:
+        _forced_algorithm = before
 
 
 def own_binding_available() -> bool:
@@ -274,8 +290,10 @@ _own_rnn.defvjp(_own_rnn_fwd, _own_rnn_bwd)
 def plan(kind, tf32, input_size, hidden_size, batch, steps):
     """``(kind, algorithm, tf32)`` for :func:`_own_rnn` (``kind`` "lstm" or "gru";
     ``tf32``: cuDNN may use TF32 products): :func:`algorithm`'s choice, or the
-    standard algorithm where cuDNN refuses the persistent one for this problem.
-    Needs the binding (a GPU)."""
+    standard algorithm where cuDNN refuses the persistent one for this problem;
+    inside :func:`forced_algorithm`, the algorithm forced. Needs the binding (a GPU)."""
+    if _forced_algorithm is not None:
+        return kind, _forced_algorithm, tf32
     algo = algorithm(hidden_size)
     if algo != STANDARD:
         try:
