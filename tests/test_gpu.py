@@ -94,6 +94,36 @@ def test_cudnn_algorithm_follows_pytorch():
         cudnn.STANDARD] * 2
 
 
+def test_cudnn_binding_check_runs_eagerly_inside_a_trace(monkeypatch):
+    """The first ``implementation="cudnn"`` often comes inside ``jax.jit``: the
+    binding's check against ``jax.experimental.rnn`` must still compute values
+    (not trace them), pass where the two agree and say so where they differ.
+    Both are stood in for by ``jax.experimental.rnn``'s reference LSTM here."""
+    from jax.experimental import rnn
+
+    from jrnn.kernels import cudnn
+
+    def reference(xs, h0, c0, w):  # batch-major xs, (B, H) states
+        I, H = xs.shape[-1], h0.shape[-1]
+        ys, h_n, c_n = rnn.lstm_ref(xs, h0[None], c0[None], *rnn.unpack_lstm_weights(w, I, H, 1, False),
+                                    jnp.full(xs.shape[:1], xs.shape[1], jnp.int32), I, H, 1, 0.0, False)
+        return ys, h_n[0], c_n[0]
+
+    def own(config, xs, h0, c0, w, shift=0.0):  # time-major, (1, B, H) states, as the binding's
+        ys, h, c = reference(jnp.swapaxes(xs, 0, 1), h0[0], c0[0], w)
+        return jnp.swapaxes(ys, 0, 1) + shift, h[None], c[None]
+
+    monkeypatch.setattr(cudnn, "_own_library", lambda: object())
+    monkeypatch.setattr(cudnn, "_experimental_lstm", lambda xs, h0, c0, w, lengths: reference(xs, h0, c0, w))
+    monkeypatch.setattr(cudnn, "_own_rnn", own)
+    seen = []
+    jax.jit(lambda x: seen.append(cudnn._own_binding_check.__wrapped__()) or x)(jnp.ones(2))
+    monkeypatch.setattr(cudnn, "_own_rnn", lambda *args: own(*args, shift=1e-2))
+    jax.jit(lambda x: seen.append(cudnn._own_binding_check.__wrapped__()) or x)(jnp.ones(2))
+    assert seen[0] is None
+    assert seen[1].startswith("differs from jax.experimental.rnn")
+
+
 def test_cudnn_plan_falls_back_and_can_be_forced(monkeypatch):
     """Where cuDNN refuses the persistent small-H kernel for a problem (its size
     query fails), the binding takes the standard algorithm; ``forced_algorithm``

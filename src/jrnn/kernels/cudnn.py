@@ -205,18 +205,19 @@ def _own_binding_check() -> str | None:
         if _own_library() is None:
             return ("not built: no C++ compiler, or not the headers of jax's pip CUDA wheels "
                     "(nvidia-cudnn-cu12, nvidia-cuda-runtime-cu12, nvidia-cuda-nvcc-cu12)")
-        k = jax.random.split(jax.random.key(0), 4)
-        B, T, I, H = 2, 5, 8, 16
-        xs = jax.random.normal(k[0], (B, T, I), jnp.float32)
-        h0, c0 = (0.5 * jax.random.normal(kk, (B, H), jnp.float32) for kk in k[1:3])
-        w = 0.3 * jax.random.normal(k[3], (4 * H * (I + H + 2),), jnp.float32)
-        with jax.default_matmul_precision("highest"):
+        # eagerly, also when first asked while a jitted function is being traced
+        with jax.ensure_compile_time_eval(), jax.default_matmul_precision("highest"):
+            k = jax.random.split(jax.random.key(0), 4)
+            B, T, I, H = 2, 5, 8, 16
+            xs = jax.random.normal(k[0], (B, T, I), jnp.float32)
+            h0, c0 = (0.5 * jax.random.normal(kk, (B, H), jnp.float32) for kk in k[1:3])
+            w = 0.3 * jax.random.normal(k[3], (4 * H * (I + H + 2),), jnp.float32)
             ys, hy, cy = _own_rnn(("lstm", STANDARD, False), jnp.swapaxes(xs, 0, 1), h0[None], c0[None], w)
+            got = (jnp.swapaxes(ys, 0, 1), hy[0], cy[0])
             want = _experimental_lstm(xs, h0, c0, w, None)
-        got = (jnp.swapaxes(ys, 0, 1), hy[0], cy[0])
-        errors = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got, want)]
-        if not all(bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-5)) for a, b in zip(got, want)):
-            return f"differs from jax.experimental.rnn (largest differences of ys, h, c: {errors})"
+            errors = [float(jnp.max(jnp.abs(a - b))) for a, b in zip(got, want)]
+            if not all(bool(jnp.allclose(a, b, rtol=1e-4, atol=1e-5)) for a, b in zip(got, want)):
+                return f"differs from jax.experimental.rnn (largest differences of ys, h, c: {errors})"
     except Exception as error:  # noqa: BLE001 - any failure means: use jax.experimental.rnn
         return f"{type(error).__name__}: {str(error)[:300]}"
     return None
