@@ -82,13 +82,15 @@ PALLAS_VARIANTS = {f"chunk={ONE_CHUNK}": {"max_chunk": ONE_CHUNK}}
 # matmul precision both paths run at and the cuDNN algorithm forced (None: the
 # binding's choice). "tf32" and "algorithm=1" are the math the timed contenders
 # use: jax's default precision, where cuDNN, like XLA, may use TF32 products.
-# cuDNN's PERSIST_STATIC (1), which PyTorch uses only in float16, is tried in
-# float32 where the small-H kernel does not apply.
+# cuDNN's persistent PERSIST_STATIC (1), which PyTorch uses only in float16, and
+# PERSIST_DYNAMIC (2, compiled for the problem) are tried in float32 where the
+# small-H kernel does not apply.
 TF32 = "tf32"
-STATIC = f"algorithm={cudnn.PERSIST_STATIC}"
-CUDNN_VARIANTS = {None: ("highest", None), TF32: ("default", None), STATIC: ("default", cudnn.PERSIST_STATIC)}
+PERSISTENT = {f"algorithm={algo}": algo for algo in (cudnn.PERSIST_STATIC, cudnn.PERSIST_DYNAMIC)}
+CUDNN_VARIANTS = {None: ("highest", None), TF32: ("default", None),
+                  **{name: ("default", algo) for name, algo in PERSISTENT.items()}}
 # in ``checked`` where the device checks of jrnn's own binding at the timed math passed
-OWN_CUDNN = {TF32: "jrnn's cuDNN binding", STATIC: f"jrnn's cuDNN binding, {STATIC}"}
+OWN_CUDNN = {TF32: "jrnn's cuDNN binding", **{name: f"jrnn's cuDNN binding, {name}" for name in PERSISTENT}}
 START_TIMEOUT_S = 60.0  # for a child process of the checks to start jax
 
 
@@ -133,8 +135,9 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
     gru_64, gru_128 = jrnn.gru(64, reset_after=True), jrnn.gru(128, reset_after=True)
     cudnn_checks = [(cell, "cudnn", f32, variant) for cell in (jrnn.lstm(128), gru_128, jrnn.lstm(64), gru_64)
                     for variant in (None, TF32)]
-    # cuDNN's PERSIST_STATIC in float32, where it would replace the fused path (H = 768)
-    cudnn_checks += [(cell, "cudnn", f32, STATIC) for cell in (jrnn.lstm(768), jrnn.gru(768, reset_after=True))]
+    # cuDNN's persistent algorithms in float32, where they would replace the fused path (H = 768)
+    cudnn_checks += [(cell, "cudnn", f32, name) for name in PERSISTENT
+                     for cell in (jrnn.lstm(768), jrnn.gru(768, reset_after=True))]
     return batch_one + wide + scan_paths + cudnn_checks + gru + small + [
         (jrnn.lstm(256), "pallas", f32)]
 
@@ -299,10 +302,11 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
         variants.append(("fused block-gates", {"split_gates": False}))
     if on_gpu and dtype == jnp.float32:
-        # jrnn's own binding: its choice (cuDNN's persistent small-H kernel at H <= 128), and PERSIST_STATIC
+        # jrnn's own binding: its choice (cuDNN's persistent small-H kernel at H <= 128), and elsewhere
+        # cuDNN's other persistent algorithms
         own = [(f"cudnn algorithm={cudnn.algorithm(H)}", {}, OWN_CUDNN[TF32])]
         if cudnn.algorithm(H) != cudnn.PERSIST_STATIC_SMALL_H:
-            own.append((f"cudnn {STATIC}", {"cudnn_algorithm": cudnn.PERSIST_STATIC}, OWN_CUDNN[STATIC]))
+            own += [(f"cudnn {name}", {"cudnn_algorithm": algo}, OWN_CUDNN[name]) for name, algo in PERSISTENT.items()]
         for name, options, key in own:
             if checked is None or key in checked:
                 variants.append((name, options))

@@ -127,7 +127,7 @@ def test_cudnn_binding_check_runs_eagerly_inside_a_trace(monkeypatch):
 def test_cudnn_plan_falls_back_and_can_be_forced(monkeypatch):
     """Where cuDNN refuses the persistent small-H kernel for a problem (its size
     query fails), the binding takes the standard algorithm; ``forced_algorithm``
-    takes the one given, with no fallback, and refuses PERSIST_DYNAMIC."""
+    takes the one given, with no fallback, and refuses what is not one of cuDNN's."""
     from jrnn.kernels import cudnn
 
     def sizes(kind, algo, *rest):
@@ -143,9 +143,10 @@ def test_cudnn_plan_falls_back_and_can_be_forced(monkeypatch):
     with cudnn.forced_algorithm(cudnn.PERSIST_STATIC_SMALL_H):
         assert cudnn.plan("lstm", True, 8, 64, 2, 5)[1] == cudnn.PERSIST_STATIC_SMALL_H
     assert cudnn.plan("lstm", True, 8, 768, 2, 5)[1] == cudnn.STANDARD  # the context is over
-    with pytest.raises(ValueError, match="algo: expected 0, 1 or 3, got 2"):
-        with cudnn.forced_algorithm(2):
-            pass
+    with cudnn.forced_algorithm(cudnn.PERSIST_DYNAMIC):
+        assert cudnn.plan("gru", True, 8, 768, 2, 5) == ("gru", cudnn.PERSIST_DYNAMIC, True)
+    with pytest.raises(ValueError, match="algo: expected one of 0, 1, 2, 3, got 4"), cudnn.forced_algorithm(4):
+        pass
 
 
 def test_cudnn_binding_builds_where_cuda_headers_are(tmp_path):

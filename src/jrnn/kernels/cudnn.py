@@ -47,9 +47,9 @@ import numpy as np
 
 from jrnn.cells import GRUCell, GRUParams, LSTMCell, LSTMState
 
-# cudnnRNNMode_t and cudnnRNNAlgo_t (cudnn_adv.h; PERSIST_DYNAMIC, 2, needs a plan built first: not offered)
+# cudnnRNNMode_t and cudnnRNNAlgo_t (cudnn_adv.h)
 _MODES = {"lstm": 2, "gru": 3}
-STANDARD, PERSIST_STATIC, PERSIST_STATIC_SMALL_H = 0, 1, 3
+STANDARD, PERSIST_STATIC, PERSIST_DYNAMIC, PERSIST_STATIC_SMALL_H = 0, 1, 2, 3
 SMALL_H_MAX = 128  # PyTorch's bound for LSTM and GRU backward (forward: 192); one algorithm serves both here
 
 
@@ -168,11 +168,14 @@ def own_binding_disabled():
 @contextlib.contextmanager
 def forced_algorithm(algo: int):
     """Trace jrnn's own binding with cuDNN's algorithm ``algo`` (``STANDARD``,
-    ``PERSIST_STATIC`` or ``PERSIST_STATIC_SMALL_H``) instead of :func:`algorithm`'s
-    choice, and without its fallback: where cuDNN refuses it, the call fails (for comparisons)."""
+    ``PERSIST_STATIC``, ``PERSIST_DYNAMIC``, whose kernel cuDNN compiles on the
+    first call of each problem, or ``PERSIST_STATIC_SMALL_H``) instead of
+    :func:`algorithm`'s choice, and without its fallback: where cuDNN refuses
+    it, the call fails (for comparisons)."""
     global _forced_algorithm
-    if algo not in (STANDARD, PERSIST_STATIC, PERSIST_STATIC_SMALL_H):
-        raise ValueError(f"algo: expected {STANDARD}, {PERSIST_STATIC} or {PERSIST_STATIC_SMALL_H}, got {algo!r}")
+    if algo not in (STANDARD, PERSIST_STATIC, PERSIST_DYNAMIC, PERSIST_STATIC_SMALL_H):
+        raise ValueError(f"algo: expected one of {STANDARD}, {PERSIST_STATIC}, {PERSIST_DYNAMIC}, "
+                         f"{PERSIST_STATIC_SMALL_H}, got {algo!r}")
     before, _forced_algorithm = _forced_algorithm, algo
     try:
         yield

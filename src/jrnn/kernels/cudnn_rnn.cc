@@ -6,7 +6,9 @@
 // hidden state is small (LSTM and GRU: H <= 128 forward and backward), cuDNN's
 // persistent kernel that keeps the recurrent weights in registers across time
 // steps; that is what makes torch.nn.LSTM fast at batch 1. This binding lets
-// jrnn ask for it too (jrnn/kernels/cudnn.py picks the algorithm).
+// jrnn ask for it too, or for any other of cuDNN's algorithms
+// (jrnn/kernels/cudnn.py picks one). A problem's descriptors are set once per
+// handle and kept, so PERSIST_DYNAMIC compiles its kernel once.
 //
 // Layout: one layer, one direction, linear input, two bias vectors (cuDNN's
 // "double bias"), inputs and outputs sequence-major (T, B, features) with every
@@ -28,8 +30,11 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <map>
+#include <memory>
 #include <mutex>
 #include <string>
+#include <tuple>
 #include <unordered_map>
 #include <vector>
 
@@ -69,7 +74,7 @@ cudnnStatus_t HandleFor(cudaStream_t stream, cudnnHandle_t* handle) {
   return CUDNN_STATUS_SUCCESS;
 }
 
-// The descriptors of one call, destroyed with it.
+// The descriptors of one problem (see DescriptorsFor).
 class Descriptors {
  public:
   cudnnRNNDescriptor_t rnn = nullptr;
@@ -118,6 +123,8 @@ class Descriptors {
     int strides[3] = {c.batch * c.hidden_size, c.hidden_size, 1};
     JRNN_TRY(cudnnCreateTensorDescriptor(&state));
     JRNN_TRY(cudnnSetTensorNdDescriptor(state, CUDNN_DATA_FLOAT, 3, dims, strides));
+    // the dynamic persistent algorithm compiles its kernel for this batch size (NVRTC), once
+    if (c.algo == CUDNN_RNN_ALGO_PERSIST_DYNAMIC) JRNN_TRY(cudnnBuildRNNDynamic(handle, rnn, c.batch));
 #undef JRNN_TRY
     return CUDNN_STATUS_SUCCESS;
   }
@@ -126,17 +133,38 @@ class Descriptors {
   std::vector<int32_t> lengths_;
 };
 
+// The descriptors of a problem on a handle, set on first use and kept for the
+// life of the process (cuDNN only reads them in a call; setting them costs tens
+// of microseconds, and for the dynamic persistent algorithm a compilation).
+// A problem whose descriptors cuDNN refuses is refused again on each call.
+cudnnStatus_t DescriptorsFor(cudnnHandle_t handle, const Config& c, const Descriptors** out, const char** what) {
+  using Key = std::tuple<cudnnHandle_t, int, int, bool, int, int, int, int>;
+  static std::mutex mutex;
+  static auto* cache = new std::map<Key, std::unique_ptr<Descriptors>>();
+  const Key key{handle, c.mode, c.algo, c.tf32, c.input_size, c.hidden_size, c.batch, c.steps};
+  std::lock_guard<std::mutex> lock(mutex);
+  auto found = cache->find(key);
+  if (found == cache->end()) {
+    auto fresh = std::make_unique<Descriptors>();
+    cudnnStatus_t s = fresh->Set(handle, c, what);
+    if (s != CUDNN_STATUS_SUCCESS) return s;
+    found = cache->emplace(key, std::move(fresh)).first;
+  }
+  *out = found->second.get();
+  return CUDNN_STATUS_SUCCESS;
+}
+
 cudnnStatus_t Sizes(cudnnHandle_t handle, const Config& c, bool training, size_t* weights, size_t* workspace,
                     size_t* reserve, const char** what) {
-  Descriptors d;
-  cudnnStatus_t s = d.Set(handle, c, what);
+  const Descriptors* d;
+  cudnnStatus_t s = DescriptorsFor(handle, c, &d, what);
   if (s != CUDNN_STATUS_SUCCESS) return s;
   *what = "cudnnGetRNNWeightSpaceSize";
-  if ((s = cudnnGetRNNWeightSpaceSize(handle, d.rnn, weights)) != CUDNN_STATUS_SUCCESS) return s;
+  if ((s = cudnnGetRNNWeightSpaceSize(handle, d->rnn, weights)) != CUDNN_STATUS_SUCCESS) return s;
   *what = "cudnnGetRNNTempSpaceSizes";
   *reserve = 0;  // inference keeps nothing for a backward pass
-  return cudnnGetRNNTempSpaceSizes(handle, d.rnn, training ? CUDNN_FWD_MODE_TRAINING : CUDNN_FWD_MODE_INFERENCE,
-                                   d.x, workspace, training ? reserve : nullptr);
+  return cudnnGetRNNTempSpaceSizes(handle, d->rnn, training ? CUDNN_FWD_MODE_TRAINING : CUDNN_FWD_MODE_INFERENCE,
+                                   d->x, workspace, training ? reserve : nullptr);
 }
 
 Config MakeConfig(int32_t mode, int32_t algo, bool tf32, int64_t input_size, int64_t hidden_size, int64_t batch,
@@ -159,7 +187,7 @@ ffi::Error Failure(cudnnStatus_t status, const char* what) {
 // from the operand shapes (checked against each other) and the attributes.
 struct Call {
   cudnnHandle_t handle = nullptr;
-  Descriptors d;
+  const Descriptors* d = nullptr;
   bool lstm = false;
 
   ffi::Error Prepare(cudaStream_t stream, const F32& x, const F32& h0, int32_t mode, int32_t algo, bool tf32) {
@@ -173,7 +201,7 @@ struct Call {
     cudnnStatus_t s = HandleFor(stream, &handle);
     if (s != CUDNN_STATUS_SUCCESS) return Failure(s, "handle");
     const char* what = "";
-    if ((s = d.Set(handle, config, &what)) != CUDNN_STATUS_SUCCESS) return Failure(s, what);
+    if ((s = DescriptorsFor(handle, config, &d, &what)) != CUDNN_STATUS_SUCCESS) return Failure(s, what);
     return ffi::Error::Success();
   }
 };
@@ -183,7 +211,7 @@ ffi::Error ForwardImpl(cudaStream_t stream, F32 x, F32 h0, F32 c0, F32 w, ffi::B
                        bool tf32, bool training) {
   Call call;
   if (ffi::Error error = call.Prepare(stream, x, h0, mode, algo, tf32); error.failure()) return error;
-  const Descriptors& d = call.d;
+  const Descriptors& d = *call.d;
   const bool lstm = call.lstm;  // a GRU has no cell state
   cudnnStatus_t s = cudnnRNNForward(
       call.handle, d.rnn, training ? CUDNN_FWD_MODE_TRAINING : CUDNN_FWD_MODE_INFERENCE, lengths.typed_data(), d.x,
@@ -201,7 +229,7 @@ ffi::Error BackwardImpl(cudaStream_t stream, F32 x, F32 h0, F32 c0, F32 w, ffi::
                         bool tf32) {
   Call call;
   if (ffi::Error error = call.Prepare(stream, x, h0, mode, algo, tf32); error.failure()) return error;
-  const Descriptors& d = call.d;
+  const Descriptors& d = *call.d;
   const bool lstm = call.lstm;
   // the data gradients first: cuDNN's weight gradients read what they leave in the reserve space
   cudnnStatus_t s = cudnnRNNBackwardData_v8(
