@@ -343,6 +343,24 @@ def test_gpu_benchmark_runs_the_targets_first():
     assert only_f32 == [case for case in cases if jnp.dtype(case[2]) == jnp.float32]
 
 
+def test_gpu_benchmark_times_own_cudnn_only_where_its_checks_passed():
+    """On a GPU, jrnn's own cuDNN binding is timed with an algorithm only where
+    the device checks at that algorithm's math passed (its ``OWN_CUDNN`` key is
+    in ``checked``); otherwise it is reported, not compiled. (Here, without a
+    GPU, what is compiled fails at once, which shows it was tried.)"""
+    gpu_benchmark = _benchmark("gpu")
+    tried = lambda failures: sorted(f.split(" jrnn ")[1].split(":")[0] for f in failures if "not timed" not in f)
+    for hidden_size, checked, want in [
+            (16, set(), ["cudnn jax.experimental.rnn"]),
+            (16, {gpu_benchmark.OWN_CUDNN["tf32"]}, ["cudnn algorithm=3", "cudnn jax.experimental.rnn"]),
+            (256, {gpu_benchmark.OWN_CUDNN["algorithm=2"]}, ["cudnn algorithm=2", "cudnn jax.experimental.rnn"])]:
+        failures = []
+        fns = gpu_benchmark.contenders("lstm", 2, hidden_size, 5, jnp.float32, True, failures, checked=checked,
+                                       only=["cudnn"])
+        assert not fns and tried(failures) == want
+        assert all("needs a GPU backend" in f for f in failures if "not timed" not in f)
+
+
 def test_gpu_benchmark_times_only_the_contenders_asked_for():
     """``--only`` keeps a short device lease to the contenders named (by parts of
     their names), so the others are not even compiled."""
