@@ -12,17 +12,26 @@ gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU bac
 
 
 @gpu
-@pytest.mark.parametrize("lengths", [None, [12, 5, 0, 1]])
-def test_cudnn_lstm_equals_plain(lengths, key):
-    cell = jrnn.lstm(16)
-    params = cell.init(key, 8)
+@pytest.mark.parametrize("kind, hidden_size, lengths", [("lstm", 16, None), ("lstm", 16, [12, 5, 0, 1]),
+                                                        ("lstm", 256, None), ("gru", 16, None), ("gru", 256, None)])
+def test_cudnn_equals_plain(kind, hidden_size, lengths, key):
+    """Values, final carry and gradients; without ``seq_lengths`` through jrnn's own
+    binding where it works (cuDNN's small-H kernel at H = 16, the standard
+    algorithm at 256), else ``jax.experimental.rnn`` (the LSTM)."""
+    from jrnn.kernels import cudnn
+
+    if kind == "gru" and not cudnn.own_binding_available():
+        pytest.skip(f"jrnn's own cuDNN binding: {cudnn.own_binding_problem()}")
+    cell = jrnn.lstm(hidden_size) if kind == "lstm" else jrnn.gru(hidden_size, reset_after=True)
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), cell.init(key, 8))
     xs = jax.random.normal(key, (4, 12, 8), jnp.float32)  # the suite enables x64: be explicit
-    carry = jrnn.LSTMState(*(jax.random.normal(k, (4, 16), jnp.float32) for k in jax.random.split(key)))
+    states = [jax.random.normal(k, (4, hidden_size), jnp.float32) for k in jax.random.split(key)]
+    carry = jrnn.LSTMState(*states) if kind == "lstm" else states[0]
     options = {} if lengths is None else {"seq_lengths": jnp.asarray(lengths)}
 
     def loss(p, impl):
         final, ys = jrnn.scan(cell, p, xs, carry, implementation=impl, **options)
-        return jnp.sum(jnp.sin(ys)) + jnp.sum(final.c), (final, ys)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(leaf) for leaf in jax.tree.leaves(final)), (final, ys)
 
     with jax.default_matmul_precision("highest"):
         (_, (f_c, ys_c)), g_c = jax.value_and_grad(loss, has_aux=True)(params, "cudnn")
