@@ -11,7 +11,7 @@ Two bindings compute it:
   against the headers of jax's pip CUDA wheels ``nvidia-cudnn-cu12``,
   ``nvidia-cuda-runtime-cu12`` and ``nvidia-cuda-nvcc-cu12``) into
   ``$XDG_CACHE_HOME/jrnn`` (``~/.cache/jrnn``), unless a ``_cudnn_rnn.so``
-  built ahead lies beside this file. ``JRNN_CUDNN_OWN=0`` in the environment
+  built ahead lies beside this file and loads. ``JRNN_CUDNN_OWN=0`` in the environment
   switches it off, and ``with jrnn.kernels.cudnn.own_binding_disabled():``
   does so for what is traced inside it. Not yet run on a GPU (2026-11-27):
   :func:`own_binding_available` runs a small forward through it and
@@ -110,12 +110,15 @@ def build_command(output: Path) -> list[str] | None:
             f"-L{cudnn_lib}", "-l:libcudnn.so.9", f"-Wl,-rpath,{cudnn_lib}", "-Wl,--no-undefined"]
 
 
-def _library_path() -> Path | None:
-    """``_cudnn_rnn.so`` beside this file, else the one built for this source
-    and jaxlib in the cache (building it there on first use), else ``None``."""
+def _built_ahead() -> Path | None:
+    """A ``_cudnn_rnn.so`` beside this file (built on another machine, say), or ``None``."""
     ahead = Path(__file__).with_name("_cudnn_rnn.so")
-    if ahead.exists():
-        return ahead
+    return ahead if ahead.exists() else None
+
+
+def _library_path() -> Path | None:
+    """The library built for this source and jaxlib in the cache (building it
+    there on first use), or ``None`` without a compiler or the headers."""
     key = hashlib.sha256(_SOURCE.read_bytes() + jaxlib.version.__version__.encode()).hexdigest()[:16]
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache", "jrnn")
     path = cache / f"_cudnn_rnn-{key}.so"
@@ -134,15 +137,24 @@ def _library_path() -> Path | None:
 
 @functools.cache
 def _own_library():
-    """The loaded library with its FFI targets registered, or ``None``."""
-    path = _library_path()
-    if path is None:
-        return None
+    """The loaded library with its FFI targets registered (one built ahead where
+    it loads, else one built here), or ``None`` where there is none."""
     # cuDNN first, globally: jax's pip wheel by its path, else the system's by name
+    # (where neither loads, the library may still find the cuDNN that jax loaded)
     wheel = _nvidia_dir("cudnn")
     wheel_lib = wheel / "lib" / "libcudnn.so.9" if wheel else None
-    ctypes.CDLL(str(wheel_lib) if wheel_lib and wheel_lib.exists() else "libcudnn.so.9", mode=ctypes.RTLD_GLOBAL)
-    library = ctypes.CDLL(str(path))
+    with contextlib.suppress(OSError):
+        ctypes.CDLL(str(wheel_lib) if wheel_lib and wheel_lib.exists() else "libcudnn.so.9", mode=ctypes.RTLD_GLOBAL)
+    library = None
+    ahead = _built_ahead()
+    if ahead is not None:
+        with contextlib.suppress(OSError):  # e.g. built against a newer C++ runtime than this machine's
+            library = ctypes.CDLL(str(ahead))
+    if library is None:
+        path = _library_path()
+        if path is None:
+            return None
+        library = ctypes.CDLL(str(path))
     library.jrnn_cudnn_rnn_sizes.restype = ctypes.c_int
     for target, symbol in (("jrnn_cudnn_rnn_forward", "JrnnCudnnRnnForward"),
                            ("jrnn_cudnn_rnn_backward", "JrnnCudnnRnnBackward")):
