@@ -1,5 +1,5 @@
-"""The cuDNN option (its weight layout on any backend; values and gradients on a GPU only) and the GPU
-benchmark script."""
+"""The cuDNN option (on any backend: its weight layouts, what jrnn's own binding lowers to for CUDA,
+its build cache and fallbacks; values and gradients on a GPU only) and the GPU benchmark script."""
 
 import jax
 import jax.numpy as jnp
