@@ -143,7 +143,8 @@ def _all_check_cases(on_gpu: bool) -> list[tuple]:
 
 
 def variant_label(variant) -> str:
-    """`` chunk=128`` for a Pallas variant (a key of ``PALLAS_VARIANTS``) or `` tf32``, ``""`` for the default."""
+    """`` chunk=128`` for a Pallas variant (a key of ``PALLAS_VARIANTS``), `` tf32`` or `` algorithm=1`` for
+    a cuDNN one (of ``CUDNN_VARIANTS``), ``""`` for the default."""
     return f" {variant}" if variant else ""
 
 
@@ -181,18 +182,19 @@ def run_check(cell, impl, dtype, variant=None) -> dict:
     row = check_row(cell, impl, dtype, variant)
     precision, algo = CUDNN_VARIANTS[variant] if impl == "cudnn" else ("highest", None)
     tolerance = (1e-4, 1e-3) if dtype == f32 and precision == "highest" else (2e-2, 5e-2)  # values, gradients
-    forced = cudnn.forced_algorithm(algo) if algo is not None else contextlib.nullcontext()
+    # a fresh context each time: one made by contextlib.contextmanager can be entered once
+    forced = lambda: cudnn.forced_algorithm(algo) if algo is not None else contextlib.nullcontext()
     if impl == "cudnn":  # which binding computes it (and why not jrnn's own), with cuDNN's algorithm; only
         problem = cudnn.own_binding_problem()  # here, in a child process: a crash in it costs one check
         if problem is None:
-            with forced:
-                algo = cudnn.plan(cell.kind, precision != "highest", xs.shape[2], cell.hidden_size, *xs.shape[:2])[1]
-            row["binding"] = f"jrnn, algorithm {algo}"
+            with forced():
+                chosen = cudnn.plan(cell.kind, precision != "highest", xs.shape[2], cell.hidden_size, *xs.shape[:2])
+            row["binding"] = f"jrnn, algorithm {chosen[1]}"
         else:
             row["binding"] = f"jax.experimental.rnn: {problem}"
     started = time.perf_counter()
     try:
-        with jax.default_matmul_precision(precision), kernel_settings(**PALLAS_VARIANTS.get(variant, {})), forced:
+        with jax.default_matmul_precision(precision), kernel_settings(**PALLAS_VARIANTS.get(variant, {})), forced():
             _, want = run(params, "plain")
             g_want = grad(params, "plain")
             _, got = run(params, impl)
@@ -489,7 +491,8 @@ def main(argv=None) -> int:
     for row in checks:
         print(f"# check {row['cell']} {row['implementation']}: value rel err {row.get('value_rel_err', nan):.2e}, "
               f"grad rel err {row.get('grad_rel_err', nan):.2e} in {row.get('seconds', nan):.1f} s -> "
-              f"{'ok' if row['ok'] else 'FAILED'} {row.get('error', '')}{row.get('binding', '')}", flush=True)
+              f"{'ok' if row['ok'] else 'FAILED'} {row.get('error', '')}"
+              f"{'; binding: ' + row['binding'] if 'binding' in row else ''}", flush=True)
     # on a GPU, a Pallas kernel is timed only where its device checks all passed (a
     # kernel that compiles for minutes would otherwise eat the run), jrnn's own cuDNN
     # binding only where its checks at the timed (TF32) math all ran through it and

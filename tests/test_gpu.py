@@ -369,6 +369,24 @@ def test_gpu_benchmark_times_own_cudnn_only_where_its_checks_passed():
         assert all("needs a GPU backend" in f for f in failures if "not timed" not in f)
 
 
+def test_gpu_benchmark_cudnn_check_with_a_forced_algorithm(monkeypatch):
+    """A device check of jrnn's own binding with a forced algorithm names the
+    binding and algorithm, then runs the paths under that algorithm (entering
+    ``forced_algorithm`` a second time: a context made by ``contextmanager``
+    cannot be reused). Without a GPU the cuDNN path itself then fails, and says why."""
+    from jrnn.kernels import cudnn
+
+    gpu_benchmark = _benchmark("gpu")
+    monkeypatch.setattr(cudnn, "own_binding_problem", lambda: None)
+    seen = []
+    monkeypatch.setattr(cudnn, "plan", lambda kind, tf32, *shape: seen.append(cudnn._forced_algorithm) or
+                        (kind, cudnn._forced_algorithm, tf32))
+    row = gpu_benchmark.run_check(jrnn.lstm(16), "cudnn", jnp.float32, "algorithm=2")
+    assert row["implementation"] == "cudnn algorithm=2" and row["binding"] == "jrnn, algorithm 2"
+    assert seen == [cudnn.PERSIST_DYNAMIC] and not row["ok"]
+    assert "needs a GPU backend" in row["error"]
+
+
 def test_gpu_benchmark_times_only_the_contenders_asked_for():
     """``--only`` keeps a short device lease to the contenders named (by parts of
     their names), so the others are not even compiled."""
