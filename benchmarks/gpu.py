@@ -40,6 +40,12 @@ its row (``device_profile.py``).
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
     python benchmarks/gpu.py --quick                 # tiny shapes; runs on CPU too
     python benchmarks/gpu.py --cells lstm --shapes 0,3 --only fused,flax --profile   # where the time goes
+    python benchmarks/gpu.py --shapes 16x128x1000 --dtypes float32 --only "=jrnn fused,cudnn,=jrnn auto,torch"
+
+``--shapes`` takes indices into ``SHAPES`` or ``BxHxT`` (I = H); an ``--only``
+part that starts with "=" keeps the contender of exactly that name. On a GPU,
+"jrnn auto" (``jrnn.scan``'s default) is timed where H ≤ 128, float32, where it
+may take cuDNN's persistent kernel.
 """
 
 from __future__ import annotations
@@ -101,8 +107,9 @@ def rel_err(a, b) -> float:
 
 def wanted(name: str, only) -> bool:
     """Whether ``--only`` (``only``: its parts, or ``None`` for all) keeps the
-    contender ``name``: one of the parts is in the name."""
-    return only is None or any(part in name for part in only)
+    contender ``name``: one of the parts is in the name, or, for a part that
+    starts with "=", is the name."""
+    return only is None or any(name == part[1:] if part.startswith("=") else part in name for part in only)
 
 
 def check_cases(on_gpu: bool, only=None) -> list[tuple]:
@@ -317,6 +324,8 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
                                 "all pass through jrnn's own binding")
         if kind == "lstm":
             variants.append(("cudnn jax.experimental.rnn", {"own_binding": False}))
+        if H <= cudnn.SMALL_H_MAX and (checked is None or OWN_CUDNN[TF32] in checked):
+            variants.append(("auto", {}))  # where jrnn.scan's default may take cuDNN's persistent kernel
     if pallas_lstm.supports(cell) or pallas_gru.supports(cell):
         # (name, kernel settings, the variant whose device check gates it)
         kernels = [("pallas", {}, None), *((f"pallas {variant}", settings, variant)
@@ -341,7 +350,7 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
             forced = (cudnn.forced_algorithm(options["cudnn_algorithm"]) if "cudnn_algorithm" in options
                       else contextlib.nullcontext())
             with kernel_settings(**options.get("kernel", {})), layout, binding, forced:
-                carry_dtype = None if impl == "cudnn" else jnp.float32  # cuDNN takes one dtype
+                carry_dtype = None if impl in ("cudnn", "auto") else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]
             return jnp.sum(ys.astype(jnp.float32)), ys
@@ -446,7 +455,8 @@ def main(argv=None) -> int:
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--json", help="write all results to this file")
-    parser.add_argument("--shapes", help="indices into SHAPES to run, e.g. 1,2,3 (default all)")
+    parser.add_argument("--shapes", help="comma-separated: indices into SHAPES or BxHxT, e.g. 1,3,64x128x1000 "
+                        "(default all of SHAPES)")
     parser.add_argument("--cells", default="lstm,gru", help="comma-separated: lstm, gru (default both)")
     parser.add_argument("--dtypes", default="float32,bfloat16",
                         help="comma-separated: float32, bfloat16 (default both)")
@@ -461,7 +471,7 @@ def main(argv=None) -> int:
     parser.add_argument("--streamed", action="store_true",
                         help="also time the Pallas kernels with on-chip weights re-read at each step")
     parser.add_argument("--only", help="comma-separated: check and time only the contenders whose names contain "
-                        "one of these (e.g. 'fused,pallas,torch,flax')")
+                        "one of these, or with a leading '=', are it (e.g. 'fused,pallas,torch,flax')")
     parser.add_argument("--profile", action="store_true",
                         help="after timing a case, run each JAX contender's forward+backward once under jax's "
                         "profiler and report its kernels per time step (benchmarks/device_profile.py)")
@@ -507,7 +517,8 @@ def main(argv=None) -> int:
                 checked.add(key)
     shapes = [(2, 16, 20)] if args.quick else SHAPES
     if args.shapes and not args.quick:
-        shapes = [SHAPES[int(i)] for i in args.shapes.split(",")]
+        shapes = [tuple(map(int, part.split("x"))) if "x" in part else SHAPES[int(part)]
+                  for part in args.shapes.split(",")]
     results, skipped, durations, failures, profile_lines = [], [], [], [], []
 
     def save():  # after every case, so that a run cut off by a time limit keeps what it measured

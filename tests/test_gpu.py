@@ -41,6 +41,26 @@ def test_cudnn_equals_plain(kind, hidden_size, lengths, key):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), g_c, g_p)
 
 
+@gpu
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_auto_takes_cudnn_on_one_gpu_and_equals_plain(kind, key):
+    """On one GPU with jrnn's own binding working, ``jrnn.scan``'s default runs an
+    H = 32 float32 cell through cuDNN's persistent kernel: values and gradients equal the plain path's."""
+    from jrnn.kernels import cudnn
+
+    if jax.device_count() != 1 or not cudnn.own_binding_available():
+        pytest.skip(f"{jax.device_count()} devices; jrnn's own cuDNN binding: {cudnn.own_binding_problem()}")
+    cell = jrnn.lstm(32) if kind == "lstm" else jrnn.gru(32, reset_after=True)
+    params = jax.tree.map(lambda a: a.astype(jnp.float32), cell.init(key, 8))
+    xs = jax.random.normal(key, (3, 10, 8), jnp.float32)
+    loss = lambda p, impl: jnp.sum(jnp.sin(jrnn.scan(cell, p, xs, implementation=impl)[1]))
+    with jax.default_matmul_precision("highest"):
+        assert "jrnn_cudnn_rnn_backward" in jax.jit(jax.grad(loss), static_argnums=1).lower(params, "auto").as_text()
+        (v_a, g_a), (v_p, g_p) = (jax.value_and_grad(loss)(params, impl) for impl in ("auto", "plain"))
+    np.testing.assert_allclose(v_a, v_p, rtol=1e-4)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), g_a, g_p)
+
+
 def test_cudnn_weight_layout_is_exact(key):
     """On any backend: the flat cuDNN weight vector jrnn packs, unpacked by
     ``jax.experimental.rnn`` and run through its reference LSTM (the equations
@@ -244,6 +264,84 @@ def test_cudnn_own_binding_lowers_for_cuda(kind, key, monkeypatch):
     assert asked[-1][2] is False
 
 
+def _as_if_on_one_gpu(monkeypatch, refuses=False):
+    """Stand in for a single GPU with jrnn's own binding working; cuDNN's sizes
+    (a GPU query) are faked, refusing every problem with ``refuses``. Returns
+    the problems asked about."""
+    from jrnn.kernels import cudnn
+
+    asked = []
+
+    def sizes(kind, algo, tf32, input_size, hidden_size, batch, steps, training):
+        asked.append((kind, algo, input_size, hidden_size, batch, steps))
+        if refuses:
+            raise RuntimeError("CUDNN_STATUS_NOT_SUPPORTED")
+        gates = 4 if kind == "lstm" else 3
+        return 4 * gates * hidden_size * (input_size + hidden_size + 2), 256, 1024 if training else 0
+
+    monkeypatch.setattr(cudnn, "available", lambda: True)
+    monkeypatch.setattr(cudnn, "_own_binding_check", lambda: None)
+    monkeypatch.setattr(cudnn, "_sizes", sizes)
+    monkeypatch.setattr(jax, "device_count", lambda *backend: 1)
+    return asked
+
+
+def test_cudnn_auto_applies_only_where_the_persistent_kernel_does(monkeypatch, key):
+    """``implementation="auto"`` takes cuDNN on one GPU for a float32 LSTM or
+    reset-after GRU with H ≤ 128 and nothing cuDNN does not do, asking cuDNN
+    about this (B, T, I); anything else stays on jrnn's own loops."""
+    from jrnn.kernels import cudnn
+
+    asked = _as_if_on_one_gpu(monkeypatch)
+    lstm, gru = jrnn.lstm(8), jrnn.gru(8, reset_after=True)
+    xs = jnp.ones((2, 5, 3), jnp.float32)
+
+    def applies(cell, xs=xs, dtype=jnp.float32, time_major=False, plain_loop=True):
+        params = jax.tree.map(lambda a: a.astype(dtype), cell.init(key, 3))
+        carry = cell.initial_carry((xs.shape[1 if time_major else 0],), dtype)
+        return cudnn.auto_applies(cell, params, xs.astype(dtype), carry, time_major=time_major,
+                                  plain_loop=plain_loop)
+
+    assert applies(lstm) and applies(gru) and asked[-1] == ("gru", cudnn.PERSIST_STATIC_SMALL_H, 3, 8, 2, 5)
+    assert applies(lstm, xs=jnp.ones((5, 2, 3)), time_major=True) and asked[-1][4:] == (2, 5)
+    assert applies(jrnn.lstm(cudnn.SMALL_H_MAX))
+    assert not applies(jrnn.lstm(cudnn.SMALL_H_MAX + 1))
+    assert not applies(jrnn.gru(8)) and not applies(jrnn.simple_rnn(8))
+    assert not applies(lstm, dtype=jnp.bfloat16) and not applies(lstm, plain_loop=False)
+    assert not applies(lstm, xs=jnp.ones((2, 2, 5, 3)))
+    monkeypatch.setattr(jax, "device_count", lambda *backend: 2)  # a custom call would not shard with the batch
+    assert not applies(lstm)
+    _as_if_on_one_gpu(monkeypatch, refuses=True)  # cuDNN refuses its persistent kernel for this problem
+    assert not applies(lstm)
+    _as_if_on_one_gpu(monkeypatch)
+    with cudnn.own_binding_disabled():
+        assert not applies(lstm)
+    monkeypatch.setattr(cudnn, "available", lambda: False)
+    assert not applies(lstm)
+
+
+def test_scan_auto_lowers_to_cudnn_where_it_applies(monkeypatch, key):
+    """On a (stood-in) single GPU, ``jrnn.scan``'s default runs a float32 LSTM
+    through jrnn's cuDNN binding, forward and backward, and keeps the fused loop
+    where cuDNN does not apply (``seq_lengths``, H > 128, bfloat16)."""
+    _as_if_on_one_gpu(monkeypatch)
+
+    def lowered(cell, xs, **options):
+        params = jax.tree.map(lambda a: a.astype(xs.dtype), cell.init(key, xs.shape[-1]))
+        loss = lambda p, x: jnp.sum(jrnn.scan(cell, p, x, **options)[1])
+        return jax.jit(jax.grad(loss, argnums=(0, 1))).trace(params, xs).lower(
+            lowering_platforms=("cuda",)).as_text()
+
+    xs = jnp.ones((2, 5, 3), jnp.float32)
+    text = lowered(jrnn.lstm(8), xs)
+    assert "@jrnn_cudnn_rnn_forward" in text and "@jrnn_cudnn_rnn_backward" in text
+    assert "@jrnn_cudnn_rnn_forward" in lowered(jrnn.gru(8, reset_after=True), xs, time_major=True)
+    for cell, x, options in [(jrnn.lstm(8), xs, {"seq_lengths": jnp.array([5, 3])}), (jrnn.lstm(136), xs, {}),
+                             (jrnn.lstm(8), xs.astype(jnp.bfloat16), {}), (jrnn.lstm(8), xs, {"reverse": True}),
+                             (jrnn.lstm(8), xs, {"truncate_every": 2}), (jrnn.lstm(8), xs, {"implementation": "fused"})]:
+        assert "jrnn_cudnn" not in lowered(cell, x, **options), options
+
+
 def test_cudnn_refused_without_gpu(key):
     if jax.default_backend() == "gpu":
         pytest.skip("a GPU is present")
@@ -351,6 +449,7 @@ def test_gpu_benchmark_runs_the_targets_first():
     assert only_f32 == [case for case in cases if jnp.dtype(case[2]) == jnp.float32]
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="shows what is tried by its failing without a GPU")
 def test_gpu_benchmark_times_own_cudnn_only_where_its_checks_passed():
     """On a GPU, jrnn's own cuDNN binding is timed with an algorithm only where
     the device checks at that algorithm's math passed (its ``OWN_CUDNN`` key is
@@ -369,6 +468,7 @@ def test_gpu_benchmark_times_own_cudnn_only_where_its_checks_passed():
         assert all("needs a GPU backend" in f for f in failures if "not timed" not in f)
 
 
+@pytest.mark.skipif(jax.default_backend() == "gpu", reason="shows what is tried by its failing without a GPU")
 def test_gpu_benchmark_cudnn_check_with_a_forced_algorithm(monkeypatch):
     """A device check of jrnn's own binding with a forced algorithm names the
     binding and algorithm, then runs the paths under that algorithm (entering

@@ -56,3 +56,17 @@ def test_memory_option_errors(key):
         jrnn.scan(cell, params, jnp.ones((3, 1)), checkpoint_every=0)
     with pytest.raises(ValueError, match="expected at most one of them"):
         jrnn.scan(cell, params, jnp.ones((3, 1)), checkpoint_every=2, truncate_every=2)
+
+
+@pytest.mark.parametrize("implementation", ["cudnn", "pallas"])
+@pytest.mark.parametrize("option", ["checkpoint_every", "truncate_every"])
+def test_segments_refused_where_the_whole_sequence_runs_at_once(implementation, option, key):
+    """cuDNN and the Pallas kernels run the whole sequence in one call: segments
+    are refused, not ignored (truncation would change the gradients)."""
+    cell = jrnn.lstm(16)
+    params = cell.init(key, 2)
+    with pytest.raises(ValueError, match=f"{option}: implementation '{implementation}' runs the whole sequence"):
+        jrnn.scan(cell, params, jnp.ones((1, 6, 2)), implementation=implementation, **{option: 3})
+    # a segment as long as the sequence is no segment
+    if implementation == "pallas":
+        jrnn.scan(cell, params, jnp.ones((1, 6, 2)), implementation=implementation, **{option: 6})

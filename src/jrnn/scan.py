@@ -93,8 +93,12 @@ def scan(
       recurrent_dropout: variational dropout rate on ``h_{t-1}`` where it enters
         the recurrent products. Active only when ``dropout_key`` is given.
       dropout_key: PRNG key for the dropout masks; ``None`` means inference (no dropout).
-      implementation: ``"auto"`` (default: ``"parallel"`` for minGRU/minLSTM,
-        else ``"fused"`` unless ``resets`` are given), ``"fused"``
+      implementation: ``"auto"`` (default: ``"parallel"`` for minGRU/minLSTM;
+        on one GPU, ``"cudnn"`` where cuDNN's persistent kernel applies, an LSTM
+        or reset-after GRU with H ≤ 128, float32, and none of ``seq_lengths``,
+        ``reverse``, ``resets``, recurrent dropout or segments
+        (:func:`jrnn.kernels.cudnn.auto_applies`); else ``"fused"`` unless
+        ``resets`` are given), ``"fused"``
         (:mod:`jrnn.kernels.fused`: one-pass gate math and a hand-written BPTT
         whose weight gradients are single large matrix products),
         ``"parallel"`` (:mod:`jrnn.kernels.parallel`, associative scan, for
@@ -103,7 +107,7 @@ def scan(
         cuDNN on a GPU, through jrnn's own binding, with cuDNN's persistent
         kernel where H ≤ 128, for the LSTM and the reset-after GRU without
         ``seq_lengths``, else the LSTM through ``jax.experimental.rnn``; one
-        batch axis, float32, no ``reverse``, ``resets`` or dropout) or ``"pallas"``
+        batch axis, float32, no ``reverse``, ``resets``, recurrent dropout or segments) or ``"pallas"``
         (:mod:`jrnn.kernels.pallas_lstm`, :mod:`jrnn.kernels.pallas_gru`: the
         LSTM or reset-after GRU time loop in one Pallas kernel launch; hidden
         size 16, 32, 48, 64, 96, 128, 192 or 256, and for the LSTM a multiple
@@ -162,6 +166,7 @@ def scan(
             raise ValueError(f"{name}: expected a positive int or None, got {value!r}")
     if checkpoint_every is not None and truncate_every is not None:
         raise ValueError("checkpoint_every, truncate_every: expected at most one of them, got both")
+    auto = implementation == "auto"
     implementation = _pick_implementation(cell, implementation, resets is not None)
     cell.check_input("xs", xs, params)
 
@@ -199,6 +204,16 @@ def scan(
                 k_rec, recurrent_dropout, (*batch_shape, cell.hidden_size), xs.dtype
             )
 
+    segment = checkpoint_every or truncate_every
+    if segment is not None and segment >= num_steps:
+        segment = None
+    plain_loop = seq_lengths is None and not reverse and resets is None and recurrent_mask is None and segment is None
+    if auto and cudnn.auto_applies(cell, params, xs, carry, time_major=time_major, plain_loop=plain_loop):
+        implementation = "cudnn"
+    if implementation in ("cudnn", "pallas") and segment is not None:
+        option = "checkpoint_every" if checkpoint_every is not None else "truncate_every"
+        raise ValueError(f"{option}: implementation {implementation!r} runs the whole sequence at once, got "
+                         f"{option}={segment} < T={num_steps}; use 'fused'")
     if implementation == "cudnn":
         return _cudnn(cell, params, xs, carry, seq_lengths, time_major, reverse, resets, recurrent_mask)
     if not time_major:  # move the (small) inputs, not the (G times wider) projections
@@ -226,8 +241,7 @@ def scan(
     options = dict(reverse=reverse, unroll=unroll, recurrent_mask=recurrent_mask)
     if resets is not None:
         options["resets"] = resets
-    segment = checkpoint_every or truncate_every
-    if segment is None or segment >= num_steps:
+    if segment is None:
         if implementation == "fused" and not time_major:  # the loop writes batch-major ys itself
             return loop(cell, params, project(xs), carry, seq_lengths=seq_lengths, batch_major_ys=True, **options)
         carry, ys = loop(cell, params, project(xs), carry, seq_lengths=seq_lengths, **options)

@@ -328,6 +328,31 @@ def _tf32() -> bool:
 # ---- jax.experimental.rnn ------------------------------------------------------------
 
 
+def auto_applies(cell, params, xs, carry, *, time_major: bool, plain_loop: bool) -> bool:
+    """Whether ``implementation="auto"`` runs this problem on cuDNN's persistent
+    small-H kernel (as Keras's LSTM/GRU layers take cuDNN where they can): on a
+    single GPU, with jrnn's own binding working, for an LSTM or reset-after GRU
+    with H ≤ 128 that cuDNN accepts at this (B, T, I), float32 inputs, params and
+    carry, one batch axis, and none of what cuDNN does not do (``plain_loop``
+    false: ``seq_lengths``, ``reverse``, ``resets``, recurrent dropout or segments).
+    With several devices a custom call would not shard with the batch: jrnn's fused
+    loop runs there. ``xs``: ``(B, T, I)``, or ``(T, B, I)`` with ``time_major``."""
+    if not (plain_loop and xs.ndim == 3 and available() and jax.device_count() == 1):
+        return False
+    if not (isinstance(cell, LSTMCell) or (isinstance(cell, GRUCell) and cell.reset_after)):
+        return False
+    if cell.hidden_size > SMALL_H_MAX:
+        return False
+    leaves = (xs, *jax.tree.leaves(params), *jax.tree.leaves(carry))
+    if any(jnp.dtype(leaf.dtype) != jnp.float32 for leaf in leaves):
+        return False
+    if not own_binding_available():
+        return False
+    steps, batch, inputs = xs.shape if time_major else (xs.shape[1], xs.shape[0], xs.shape[2])
+    # the persistent kernel, unless cuDNN refuses it for this problem (plan then falls back)
+    return plan(cell.kind, _tf32(), inputs, cell.hidden_size, batch, steps)[1] == PERSIST_STATIC_SMALL_H
+
+
 def _experimental_lstm(xs, h0, c0, w, seq_lengths):
     from jax.experimental import rnn
 
