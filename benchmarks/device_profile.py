@@ -13,7 +13,7 @@ host plane that carry XLA's ``hlo_op`` stat (its thunks, which nest: a
 ``while`` contains its body's). They are grouped by operation kind: the HLO
 name (the ``hlo_op`` stat where the event has one, else the kernel's name)
 without its number, so ``loop_add_fusion.3`` and ``loop_add_fusion.7`` are one
-``loop_add_fusion``. Tested on CPU; not yet run on a GPU (2026-11-27).
+``loop_add_fusion``. Tested on CPU, and run on an H200 (2026-11-27, RESULTS.md).
 
 ``busy`` is the union of the kernels' intervals and ``span`` runs from the
 first kernel's start to the last one's end, so ``span - busy`` is the time the

@@ -13,9 +13,10 @@ Two bindings compute it:
   ``$XDG_CACHE_HOME/jrnn`` (``~/.cache/jrnn``), unless a ``_cudnn_rnn.so``
   built ahead lies beside this file and loads. ``JRNN_CUDNN_OWN=0`` in the environment
   switches it off, and ``with jrnn.kernels.cudnn.own_binding_disabled():``
-  does so for what is traced inside it. Not yet run on a GPU (2026-11-27):
-  :func:`own_binding_available` runs a small forward through it and
-  ``jax.experimental.rnn`` and keeps it only where they agree.
+  does so for what is traced inside it. Checked on an H200 (2026-11-27);
+  before its first use :func:`own_binding_available` runs a small forward
+  through it and ``jax.experimental.rnn`` and keeps it only where they agree.
+  ``implementation="auto"`` takes it where :func:`auto_applies`.
 - **jax.experimental.rnn** (cuDNN's standard algorithm, a GEMM per step):
   the LSTM, with or without ``seq_lengths``, where jrnn's own is missing.
 
