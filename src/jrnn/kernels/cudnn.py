@@ -326,9 +326,6 @@ def _tf32() -> bool:
     return str(jax.config.jax_default_matmul_precision).lower() not in ("highest", "float32", "f32_f32_f32")
 
 
-# ---- jax.experimental.rnn ------------------------------------------------------------
-
-
 def auto_applies(cell, params, xs, carry, *, time_major: bool, plain_loop: bool) -> bool:
     """Whether ``implementation="auto"`` runs this problem on cuDNN's persistent
     small-H kernel (as Keras's LSTM/GRU layers take cuDNN where they can): on a
@@ -352,6 +349,9 @@ def auto_applies(cell, params, xs, carry, *, time_major: bool, plain_loop: bool)
     steps, batch, inputs = xs.shape if time_major else (xs.shape[1], xs.shape[0], xs.shape[2])
     # the persistent kernel, unless cuDNN refuses it for this problem (plan then falls back)
     return plan(cell.kind, _tf32(), inputs, cell.hidden_size, batch, steps)[1] == PERSIST_STATIC_SMALL_H
+
+
+# ---- jax.experimental.rnn ------------------------------------------------------------
 
 
 def _experimental_lstm(xs, h0, c0, w, seq_lengths):
