@@ -82,11 +82,12 @@ def test_wrong_carry_is_refused_not_broadcast(kind, batch, carry_batch, extra):
     if extra:
         carry = jax.tree.map(lambda c: jnp.concatenate([c, c[..., :1]], axis=-1), carry)
     xs = jnp.ones((*batch, 4, 2))
+    run = lambda: jax.eval_shape(lambda c: jrnn.scan(cell, params, xs, c), carry)  # shapes are checked while tracing
     if tuple(carry_batch) == tuple(batch) and not extra:
-        jrnn.scan(cell, params, xs, carry)
+        run()
         return
     try:
-        jrnn.scan(cell, params, xs, carry)
+        run()
     except ValueError as err:
         assert str(err).startswith("carry")
     else:
