@@ -31,8 +31,8 @@ of importance (the issue's target shapes first, (16, 768, 1024) then
 pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
 one run fits a short device lease. A jrnn contender that fails to compile is
 reported and left out; ``--json`` is rewritten after every case. With
-``--profile``, each JAX contender's forward+backward then runs once more under
-jax's profiler, and its kernels per time step, the device's busy and idle
+``--profile``, each contender's forward+backward then runs once more under
+jax's profiler (on a GPU it records PyTorch's kernels too), and its kernels per time step, the device's busy and idle
 time and the costliest kernel kinds are printed after the table and added to
 its row (``device_profile.py``).
 
@@ -418,9 +418,11 @@ def time_all(fns, repeats):
 
 
 def profile_contenders(fns, case, steps, lines) -> dict:
-    """``{name: kernel profile}`` of each JAX contender's forward+backward (the
-    programs jax's profiler sees; ``benchmarks/device_profile.py``), one run each;
-    a line per contender goes to ``lines``, a failure too (the timings stand)."""
+    """``{name: kernel profile}`` of each contender's forward+backward
+    (``benchmarks/device_profile.py``), one run each: on a GPU jax's profiler
+    records every kernel of the process, PyTorch's too, so cuDNN's gaps under
+    PyTorch and under jrnn compare; on CPU it sees XLA's programs only. A line
+    per contender goes to ``lines``, a failure too (the timings stand)."""
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:  # a module beside this script, also where gpu.py is loaded by path (tests)
         sys.path.insert(0, here)
@@ -428,8 +430,6 @@ def profile_contenders(fns, case, steps, lines) -> dict:
 
     profiles = {}
     for name, (_, fwd_bwd, _) in fns.items():
-        if not name.startswith(("jrnn", "flax")):
-            continue
         try:
             profiles[name] = device_profile.kernel_profile(fwd_bwd, steps=steps)
             lines.append(f"# profile {case} {name} fwd+bwd: {device_profile.summary(profiles[name])}")
@@ -473,8 +473,9 @@ def main(argv=None) -> int:
     parser.add_argument("--only", help="comma-separated: check and time only the contenders whose names contain "
                         "one of these, or with a leading '=', are it (e.g. 'fused,pallas,torch,flax')")
     parser.add_argument("--profile", action="store_true",
-                        help="after timing a case, run each JAX contender's forward+backward once under jax's "
-                        "profiler and report its kernels per time step (benchmarks/device_profile.py)")
+                        help="after timing a case, run each contender's forward+backward once under jax's "
+                        "profiler (PyTorch's kernels too, on a GPU) and report its kernels per time step "
+                        "(benchmarks/device_profile.py)")
     parser.add_argument("--checks-only", action="store_true", help=argparse.SUPPRESS)  # a child of check_in_children
     parser.add_argument("--first-check", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 import jrnn
 
@@ -48,3 +49,12 @@ def test_kernel_profile_of_a_time_loop():
     assert profile["per_step"]["launches"] == profile["launches"] / 40
     assert sum(op["launches"] for op in profile["ops"]) == profile["launches"]
     assert "kernels/step" in device_profile.summary(profile)
+
+
+def test_kernel_profile_of_work_outside_xla():
+    """A function that runs no XLA program (PyTorch's, on CPU) profiles as no
+    kernels, and its summary still prints (on a GPU jax's profiler records PyTorch's kernels too)."""
+    device_profile = _device_profile()
+    profile = device_profile.kernel_profile(lambda: np.ones((64, 64)) @ np.ones((64, 64)), steps=4)
+    assert profile["launches"] == 0 and profile["busy_ms"] == profile["span_ms"] == 0
+    assert device_profile.summary(profile).startswith("0.000 kernels/step, busy 0.00 of 0.00 us/step (idle 0 %)")

@@ -353,7 +353,7 @@ def test_cudnn_refused_without_gpu(key):
 def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     """``benchmarks/gpu.py --quick`` (the script a GPU run uses, on tiny shapes) runs
     its device checks and times both cells here too; a failed check exits 1.
-    ``--profile`` adds each JAX contender's kernels to its row and prints them."""
+    ``--profile`` adds each contender's kernels to its row and prints them."""
     import json
     import subprocess
     import sys
@@ -371,7 +371,7 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
             ("gru", "jrnn pallas")} <= timed
     assert all(r["fwd_bwd_ms"] > 0 for r in result["results"])
     profiled = {r["contender"] for r in result["results"] if r["profile"] and r["profile"]["launches"] > 0}
-    assert profiled == {r["contender"] for r in result["results"] if r["contender"].startswith(("jrnn", "flax"))}
+    assert profiled >= {r["contender"] for r in result["results"] if r["contender"].startswith(("jrnn", "flax"))}
     assert "# profile lstm 2, 16, 20 float32 jrnn fused fwd+bwd: " in out.stdout
 
 
