@@ -32,7 +32,8 @@ pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
 one run fits a short device lease. A jrnn contender that fails to compile is
 reported and left out; ``--json`` is rewritten after every case. With
 ``--profile``, each contender's forward+backward then runs once more under
-jax's profiler (on a GPU it records PyTorch's kernels too), and its kernels per time step, the device's busy and idle
+jax's profiler (on a GPU it should record PyTorch's kernels too: not yet seen), and its kernels per time step,
+the device's busy and idle
 time and the costliest kernel kinds are printed after the table and added to
 its row (``device_profile.py``).
 
@@ -420,8 +421,9 @@ def time_all(fns, repeats):
 def profile_contenders(fns, case, steps, lines) -> dict:
     """``{name: kernel profile}`` of each contender's forward+backward
     (``benchmarks/device_profile.py``), one run each: on a GPU jax's profiler
-    records every kernel of the process, PyTorch's too, so cuDNN's gaps under
-    PyTorch and under jrnn compare; on CPU it sees XLA's programs only. A line
+    (CUPTI, process-wide) should record PyTorch's kernels too, so that cuDNN's
+    gaps under PyTorch and under jrnn compare (not yet run so); on CPU it sees
+    XLA's programs only. A line
     per contender goes to ``lines``, a failure too (the timings stand)."""
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:  # a module beside this script, also where gpu.py is loaded by path (tests)
@@ -474,7 +476,7 @@ def main(argv=None) -> int:
                         "one of these, or with a leading '=', are it (e.g. 'fused,pallas,torch,flax')")
     parser.add_argument("--profile", action="store_true",
                         help="after timing a case, run each contender's forward+backward once under jax's "
-                        "profiler (PyTorch's kernels too, on a GPU) and report its kernels per time step "
+                        "profiler (on a GPU, PyTorch's kernels too) and report its kernels per time step "
                         "(benchmarks/device_profile.py)")
     parser.add_argument("--checks-only", action="store_true", help=argparse.SUPPRESS)  # a child of check_in_children
     parser.add_argument("--first-check", type=int, default=0, help=argparse.SUPPRESS)

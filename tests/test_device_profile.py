@@ -53,7 +53,7 @@ def test_kernel_profile_of_a_time_loop():
 
 def test_kernel_profile_of_work_outside_xla():
     """A function that runs no XLA program (PyTorch's, on CPU) profiles as no
-    kernels, and its summary still prints (on a GPU jax's profiler records PyTorch's kernels too)."""
+    kernels, and its summary still prints (on a GPU jax's profiler should record PyTorch's kernels too)."""
     device_profile = _device_profile()
     profile = device_profile.kernel_profile(lambda: np.ones((64, 64)) @ np.ones((64, 64)), steps=4)
     assert profile["launches"] == 0 and profile["busy_ms"] == profile["span_ms"] == 0
