@@ -32,10 +32,10 @@ pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
 one run fits a short device lease. A jrnn contender that fails to compile is
 reported and left out; ``--json`` is rewritten after every case. With
 ``--profile``, each contender's forward+backward then runs once more under
-jax's profiler (on a GPU it should record PyTorch's kernels too: not yet seen), and its kernels per time step,
-the device's busy and idle
-time and the costliest kernel kinds are printed after the table and added to
-its row (``device_profile.py``).
+jax's profiler (on a GPU it should record PyTorch's kernels too: not yet
+seen), and its kernels per time step, the device's busy and idle time and the
+costliest kernel kinds are printed after the table and added to its row
+(``device_profile.py``).
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
