@@ -423,8 +423,8 @@ def profile_contenders(fns, case, steps, lines) -> dict:
     (``benchmarks/device_profile.py``), one run each: on a GPU jax's profiler
     (CUPTI, process-wide) should record PyTorch's kernels too, so that cuDNN's
     gaps under PyTorch and under jrnn compare (not yet run so); on CPU it sees
-    XLA's programs only. A line
-    per contender goes to ``lines``, a failure too (the timings stand)."""
+    XLA's programs only. A line per contender goes to ``lines``, a failure too
+    (the timings stand)."""
     here = os.path.dirname(os.path.abspath(__file__))
     if here not in sys.path:  # a module beside this script, also where gpu.py is loaded by path (tests)
         sys.path.insert(0, here)

@@ -65,6 +65,14 @@ def algorithm(hidden_size: int) -> int:
     return PERSIST_STATIC_SMALL_H if hidden_size <= SMALL_H_MAX else STANDARD
 
 
+def own_kind(cell) -> str | None:
+    """``"lstm"`` or ``"gru"`` where jrnn's own binding computes ``cell`` (an LSTM,
+    a reset-after GRU), else ``None``."""
+    if isinstance(cell, LSTMCell):
+        return "lstm"
+    return "gru" if isinstance(cell, GRUCell) and cell.reset_after else None
+
+
 def _gru_blocks(array):
     """jrnn GRU blocks (z, r, n) -> cuDNN's (r, −z, n) along the last axis."""
     z, r, n = jnp.split(array, 3, axis=-1)
@@ -125,11 +133,12 @@ def _library_path() -> Path | None:
     path = cache / f"_cudnn_rnn-{key}.so"
     if path.exists():
         return path
-    if build_command(path) is None:
-        return None
     cache.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=cache) as folder:
-        built = subprocess.run(build_command(Path(folder, path.name)), capture_output=True, text=True, check=False)
+        command = build_command(Path(folder, path.name))
+        if command is None:
+            return None
+        built = subprocess.run(command, capture_output=True, text=True, check=False)
         if built.returncode != 0:
             raise RuntimeError(f"compiling {_SOURCE.name} failed: {built.stderr[-500:]}")
         os.replace(Path(folder, path.name), path)  # atomic: a concurrent build or reader sees all or nothing
@@ -337,9 +346,8 @@ def auto_applies(cell, params, xs, carry, *, time_major: bool, plain_loop: bool)
     loop runs there. ``xs``: ``(B, T, I)``, or ``(T, B, I)`` with ``time_major``."""
     if not (plain_loop and xs.ndim == 3 and available() and jax.device_count() == 1):
         return False
-    if not (isinstance(cell, LSTMCell) or (isinstance(cell, GRUCell) and cell.reset_after)):
-        return False
-    if cell.hidden_size > SMALL_H_MAX:
+    kind = own_kind(cell)
+    if kind is None or cell.hidden_size > SMALL_H_MAX:
         return False
     leaves = (xs, *jax.tree.leaves(params), *jax.tree.leaves(carry))
     if any(jnp.dtype(leaf.dtype) != jnp.float32 for leaf in leaves):
@@ -348,7 +356,7 @@ def auto_applies(cell, params, xs, carry, *, time_major: bool, plain_loop: bool)
         return False
     steps, batch, inputs = xs.shape if time_major else (xs.shape[1], xs.shape[0], xs.shape[2])
     # the persistent kernel, unless cuDNN refuses it for this problem (plan then falls back)
-    return plan(cell.kind, _tf32(), inputs, cell.hidden_size, batch, steps)[1] == PERSIST_STATIC_SMALL_H
+    return plan(kind, _tf32(), inputs, cell.hidden_size, batch, steps)[1] == PERSIST_STATIC_SMALL_H
 
 
 # ---- jax.experimental.rnn ------------------------------------------------------------
@@ -370,15 +378,16 @@ def cudnn_scan(cell, params, xs, carry, *, seq_lengths=None):
     returns ``(final carry, ys (B, T, H))``. jrnn's own binding where it is
     available and every sequence has full length, else ``jax.experimental.rnn`` (LSTM)."""
     own = seq_lengths is None and own_binding_available()
-    is_gru = isinstance(cell, GRUCell) and cell.reset_after
-    if not (isinstance(cell, LSTMCell) or (is_gru and own)):
+    kind = own_kind(cell)
+    is_gru = kind == "gru"
+    if not (kind == "lstm" or (is_gru and own)):
         supported = ("jrnn.lstm cells and jrnn.gru(reset_after=True) cells without seq_lengths" if own_binding_available()
                      else "jrnn.lstm cells only (jrnn's own cuDNN binding is not built or not working here)")
         raise ValueError(f"implementation: 'cudnn' supports {supported}, got {cell!r}")
     w = pack_weights(params)
     if own:
         B, T, I = xs.shape
-        config = plan("gru" if is_gru else "lstm", _tf32(), I, cell.hidden_size, B, T)
+        config = plan(kind, _tf32(), I, cell.hidden_size, B, T)
         h0 = carry if is_gru else carry.h
         c0 = jnp.zeros_like(h0) if is_gru else carry.c
         ys, hy, cy = _own_rnn(config, jnp.swapaxes(xs, 0, 1), h0[None], c0[None], w)
