@@ -1,5 +1,7 @@
 """Cells against the float64 NumPy reference; streaming equals scanning."""
 
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,11 +23,12 @@ def test_step_matches_reference(name, cell, kind, opts, batch_shape, key):
     assert h.shape == (*batch_shape, 5)
     flat_x = np.asarray(x).reshape(-1, 4)
     flat_carry = jax.tree.map(lambda c: np.asarray(c).reshape(-1, 5), to_ref_carry(carry))
+    flat_new_carry = jax.tree.map(lambda c: np.asarray(c).reshape(-1, 5), new_carry)
     for b in range(flat_x.shape[0]):
         state = tuple(c[b] for c in flat_carry) if kind == "lstm" else flat_carry[b]
         want_carry, want_h = reference.step(kind, params, state, flat_x[b], **opts)
         np.testing.assert_allclose(np.asarray(h).reshape(-1, 5)[b], want_h, rtol=1e-12, atol=1e-12)
-        got_carry = jax.tree.map(lambda c: np.asarray(c).reshape(-1, 5)[b], new_carry)
+        got_carry = jax.tree.map(operator.itemgetter(b), flat_new_carry)
         assert_carry_close(got_carry, want_carry, rtol=1e-12, atol=1e-12)
 
 

@@ -55,7 +55,7 @@ def test_jacobian_spectrum_equals_explicit_jacobian(key):
             plus, minus = flat.copy(), flat.copy()
             plus[k] += eps
             minus[k] -= eps
-            f = lambda s: np.concatenate(reference.step("lstm", params, (s[:3], s[3:]), x)[0])
+            f = lambda s, x=x: np.concatenate(reference.step("lstm", params, (s[:3], s[3:]), x)[0])
             jac[:, k] = (f(plus) - f(minus)) / (2 * eps)
         np.testing.assert_allclose(sigma[t], np.linalg.svd(jac, compute_uv=False)[0], rtol=1e-6)
         np.testing.assert_allclose(rho[t], np.abs(np.linalg.eigvals(jac)).max(), rtol=1e-6)

@@ -10,9 +10,9 @@ import jrnn
 
 nn = pytest.importorskip("flax.linen")
 nnx = pytest.importorskip("flax.nnx")
-import jrnn.linen  # noqa: E402
-import jrnn.nnx  # noqa: E402
-from jrnn._named import from_named  # noqa: E402
+import jrnn.linen
+import jrnn.nnx
+from jrnn._named import from_named
 
 LAYERS = [jrnn.lstm(5), jrnn.gru(4, reset_after=True),
           jrnn.stacked([jrnn.simple_rnn(3), jrnn.bidirectional(jrnn.lstm(2))])]

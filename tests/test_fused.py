@@ -96,6 +96,7 @@ def test_auto_picks_fused_and_mixed_precision(key):
     assert final.c.dtype == jnp.float32 and ys.dtype == jnp.float32
     final_p, ys_p = jrnn.scan(cell, params, xs, carry, implementation="plain")
     np.testing.assert_allclose(ys, ys_p, rtol=1e-2, atol=1e-2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-2), final, final_p)
     with pytest.raises(ValueError, match="implementation: expected one of"):
         jrnn.scan(cell, params, xs, implementation="cuda")
 

@@ -1,5 +1,8 @@
 """minGRU/minLSTM (parallel and sequential), mid-sequence resets, mixed precision."""
 
+import itertools
+import operator
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,6 +73,7 @@ def test_long_sequence_parallel_equals_loop(cell, kind, key):
     final, ys = jax.jit(lambda p, x: jrnn.scan(cell, p, x))(params, xs)
     want_final, want_ys = min_reference(kind, params, xs, np.zeros((2, 4)))
     np.testing.assert_allclose(ys, want_ys, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(final, want_final, rtol=1e-4, atol=1e-5)
     loss = lambda p, impl: jnp.mean(jrnn.scan(cell, p, xs, implementation=impl)[1] ** 2)
     g_par = jax.jit(jax.grad(lambda p: loss(p, "parallel")))(params)
     g_seq = jax.jit(jax.grad(lambda p: loss(p, "plain")))(params)
@@ -105,11 +109,12 @@ def test_resets_equal_separate_segments(name, cell, kind, opts, key):
     resets = jnp.zeros((2, 10), bool).at[0, 4].set(True).at[1, 7].set(True).at[1, 2].set(True)
     final, ys = jrnn.scan(cell, params, xs, carry, resets=resets)
     for b, cuts in ((0, [0, 4, 10]), (1, [0, 2, 7, 10])):
-        for start, stop in zip(cuts[:-1], cuts[1:]):
-            c_b = jax.tree.map(lambda c: c[b], carry)
+        c_b = jax.tree.map(operator.itemgetter(b), carry)
+        for start, stop in itertools.pairwise(cuts):
             seg_final, seg_ys = jrnn.scan(cell, params, xs[b, start:stop], c_b)
             np.testing.assert_allclose(ys[b, start:stop], seg_ys, rtol=1e-12, atol=1e-12)
-        jax.tree.map(lambda f, s: np.testing.assert_allclose(f[b], s, rtol=1e-12), final, seg_final)
+        final_b = jax.tree.map(operator.itemgetter(b), final)
+        jax.tree.map(lambda f, s: np.testing.assert_allclose(f, s, rtol=1e-12), final_b, seg_final)
     checkpointed = jrnn.scan(cell, params, xs, carry, resets=resets, checkpoint_every=3)[1]
     np.testing.assert_allclose(checkpointed, ys, rtol=1e-12, atol=1e-12)
 

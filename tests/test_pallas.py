@@ -28,6 +28,7 @@ def _check_lstm_loop(T, B, H, loop):
     hs, (h, c) = loop(px, w, h0, c0)
     want_hs, (want_h, want_c) = pallas_lstm.reference(px, w, h0, c0)
     np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-5)
     np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-5)
 
     def loss(f):
@@ -73,7 +74,7 @@ def test_wide_kernel_is_nan_when_its_programs_cannot_all_run(monkeypatch):
     h0 = c0 = jnp.zeros((B, H))
     loop = lambda *a: pallas_lstm.lstm_loop(*a, True, None, 2)
     hs, (h, c) = loop(px, w, h0, c0)
-    assert np.isnan(hs).all() and np.isnan(c).all()
+    assert np.isnan(hs).all() and np.isnan(h).all() and np.isnan(c).all()
     grads = jax.grad(lambda *a: jnp.sum(loop(*a)[0]), argnums=(0, 1))(px, w, h0, c0)
     assert all(np.isnan(g).all() for g in grads)
 

@@ -176,7 +176,7 @@ def test_sigkill_during_a_checkpoint_write_keeps_the_last_good_one(tmp_path):
     partial = [n for n in os.listdir(tmp_path) if n.startswith(".tmp-")]
     assert partial, "the writer was not caught mid-write"
     newest = ckpt.latest_step(tmp_path)
-    step, meta = ckpt.read_meta(tmp_path, newest)  # the newest complete step is intact
+    _, meta = ckpt.read_meta(tmp_path, newest)  # the newest complete step is intact
     assert meta["note"] in ("good", "big")
     ckpt.save(tmp_path, newest + 1, {"w": np.zeros(2, np.float32)}, {"note": "after"})  # and saving goes on
     assert ckpt.read_meta(tmp_path)[1]["note"] == "after"

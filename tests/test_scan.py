@@ -96,7 +96,7 @@ def test_float32_carry_with_bfloat16_params_stays_float32(key):
     cell = jrnn.lstm(4)
     params = cell.init(key, 3, jnp.bfloat16)
     carry = cell.initial_carry((2,), jnp.float32)
-    final, ys = jrnn.scan(cell, params, jnp.ones((2, 5, 3), jnp.bfloat16), carry)
+    final, _ = jrnn.scan(cell, params, jnp.ones((2, 5, 3), jnp.bfloat16), carry)
     assert final.c.dtype == jnp.float32 and final.h.dtype == jnp.float32
 
 
@@ -157,6 +157,7 @@ def test_no_batch_dims(key):
     want_final, want_ys = reference.run("gru", params, xs)
     assert ys.shape == (6, 4) and final.shape == (4,)
     np.testing.assert_allclose(ys, want_ys, rtol=1e-12)
+    np.testing.assert_allclose(final, want_final, rtol=1e-12)
 
 
 def test_lengths_clip_under_jit(key):

@@ -1,6 +1,7 @@
 """fit: loss falls, determinism, early stopping, checkpoints (atomic, exact resume)."""
 
 import os
+from pathlib import Path
 
 import jax
 import numpy as np
@@ -111,8 +112,8 @@ def test_damaged_or_foreign_checkpoints(tmp_path):
         ckpt.read_meta(tmp_path)
     params = _model().init(jax.random.key(0))
     path = ckpt.save(tmp_path, 1, params, {})
-    data = open(path, "rb").read()
-    open(path, "wb").write(data[: len(data) // 2])  # truncated
+    data = Path(path).read_bytes()
+    Path(path).write_bytes(data[: len(data) // 2])  # truncated
     with pytest.raises(ckpt.CheckpointError, match="damaged"):
         ckpt.restore(tmp_path, params)
     np.savez(tmp_path / "step_00000002.npz", x=np.zeros(3))  # foreign npz

@@ -24,8 +24,8 @@ from jrnn.cells import (
     lstm,
     simple_rnn,
 )
-from jrnn.min_cells import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams, min_gru, min_lstm
 from jrnn.layers import Bidirectional, BidirectionalParams, Stacked, bidirectional, stacked
+from jrnn.min_cells import MinGRUCell, MinGRUParams, MinLSTMCell, MinLSTMParams, min_gru, min_lstm
 from jrnn.scan import scan
 
 __version__ = "0.1.0"

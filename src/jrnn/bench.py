@@ -20,7 +20,7 @@ import platform
 import statistics
 import sys
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
@@ -58,7 +58,7 @@ def _jax_contender(name, loss_of_params, params, xs):
     temp = None
     try:
         temp = int(compiled.memory_analysis().temp_size_in_bytes)
-    except Exception:  # memory analysis is not available on every backend
+    except Exception:  # noqa: BLE001, S110 - memory analysis is not available on every backend
         pass
     return Contender(name, lambda: jax.block_until_ready(fwd(params, xs)),
                      lambda: jax.block_until_ready(compiled(params, xs)), compile_seconds, temp)

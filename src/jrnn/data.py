@@ -7,7 +7,7 @@ Everything here is NumPy on the host; arrays go to the device batch by batch.
 from __future__ import annotations
 
 import dataclasses
-from typing import Iterator, Sequence
+from collections.abc import Iterator, Sequence
 
 import numpy as np
 import pandas as pd
@@ -110,8 +110,8 @@ def chronological_split(num_rows: int, fractions: Sequence[float] = (0.7, 0.15, 
     fractions = tuple(float(f) for f in fractions)
     if len(fractions) != 3 or min(fractions) < 0 or abs(sum(fractions) - 1) > 1e-9:
         raise ValueError(f"fractions: expected three non-negative numbers summing to 1, got {fractions}")
-    a = int(round(num_rows * fractions[0]))
-    b = a + int(round(num_rows * fractions[1]))
+    a = round(num_rows * fractions[0])
+    b = a + round(num_rows * fractions[1])
     return [(0, a), (a, b), (b, num_rows)]
 
 
@@ -123,7 +123,7 @@ class Scaler:
     scale: np.ndarray
 
     @classmethod
-    def fit(cls, array) -> "Scaler":
+    def fit(cls, array) -> Scaler:
         array = np.asarray(array, np.float64)
         std = array.std(axis=0)
         return cls(array.mean(axis=0), np.where(std > 0, std, 1.0))
@@ -140,7 +140,7 @@ class Scaler:
         return {"mean": self.mean.tolist(), "scale": self.scale.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Scaler":
+    def from_dict(cls, d: dict) -> Scaler:
         return cls(np.asarray(d["mean"], np.float64), np.asarray(d["scale"], np.float64))
 
 

@@ -12,7 +12,7 @@ All three run the cell's own ``step``/``gates``; no equation is written twice.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp

@@ -94,7 +94,7 @@ class Forecaster:
                 "mode": self.mode, "dropout": self.dropout}
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "Forecaster":
+    def from_config(cls, config: dict[str, Any]) -> Forecaster:
         config = dict(config)
         return cls(from_config(config.pop("cell")), **config)
 

@@ -25,7 +25,8 @@ such uniform under ``pytorch`` and zeros otherwise.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp

@@ -19,8 +19,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm, parallel
-from jrnn.min_cells import _MinCell
 from jrnn._checks import (
     as_array,
     check_array,
@@ -31,7 +29,8 @@ from jrnn._checks import (
     check_shape,
     is_concrete,
 )
-
+from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm, parallel
+from jrnn.min_cells import _MinCell
 
 IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain", "cudnn", "pallas")
 # default time steps per loop iteration on a GPU (benchmarks/RESULTS.md, "GPU"): on

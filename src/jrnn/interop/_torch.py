@@ -16,7 +16,7 @@ from jrnn.interop._blocks import IDENTITY, RZN_KEEP_GATE, combine, from_jrnn, ma
 
 
 def _kind(module):
-    import torch.nn as nn
+    from torch import nn
 
     for kinds, kind in (((nn.LSTM, nn.LSTMCell), "lstm"), ((nn.GRU, nn.GRUCell), "gru"),
                         ((nn.RNN, nn.RNNCell), "simple_rnn")):
@@ -102,7 +102,7 @@ def _torch_weights(cell, params):
 
 
 def _module_class(cell, as_cell):
-    import torch.nn as nn
+    from torch import nn
 
     table = {"lstm": (nn.LSTM, nn.LSTMCell), "gru": (nn.GRU, nn.GRUCell), "simple_rnn": (nn.RNN, nn.RNNCell)}
     return table[cell.kind][as_cell]

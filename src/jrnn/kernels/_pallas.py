@@ -159,7 +159,8 @@ def _specs(shapes_and_kinds, cooperative):
         elif kind == "b":
             specs.append(pl.BlockSpec((BLOCK_B, shape[1]), index(lambda b: (b, 0))))
         else:
-            specs.append(pl.BlockSpec(shape, index(lambda b, n=len(shape): (0,) * n)))
+            origin = (0,) * len(shape)
+            specs.append(pl.BlockSpec(shape, index(lambda b, origin=origin: origin)))
     return specs
 
 

@@ -101,7 +101,7 @@ class _LSTM:
 
     @staticmethod
     def backward(cell, p, res, d_carry, dy, mask):
-        h_in, c_prev, t, tc = res
+        _, c_prev, t, tc = res
         dh, dc = d_carry
         dh = dh + dy
         scale = _column(_LSTM_SCALE, t.dtype)
@@ -182,7 +182,7 @@ class _SimpleRNN:
 
     @staticmethod
     def backward(cell, p, res, dh, dy, mask):
-        h_in, h_new = res
+        _, h_new = res
         dh = dh + dy
         if cell.activation == "tanh":
             dpre = dh * (1 - h_new * h_new)
