@@ -122,3 +122,4 @@ def test_bench_quick_smoke(tmp_path):
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert {r["contender"] for r in rows} >= {"jrnn (auto)", "jrnn (plain)", "torch.nn.LSTM"}
     assert all(r["forward_backward_ms"] > 0 for r in rows)
+    assert all(r["xla_temp_mib"] is not None for r in rows if r["contender"].startswith("jrnn"))

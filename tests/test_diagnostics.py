@@ -102,3 +102,14 @@ def test_adding_problem():
     assert (X[:, :10, 1].sum(axis=1) == 1).all() and (X[:, 10:, 1].sum(axis=1) == 1).all()
     X2, _ = datasets.adding_problem(100, 20, seed=3)
     np.testing.assert_array_equal(X, X2)
+
+
+def test_train_step_memory_is_xlas_temp_bytes_or_none():
+    from jrnn._report import xla_temp_bytes
+    from jrnn.forecast import Forecaster
+
+    model = Forecaster(jrnn.gru(4), 2, 1)
+    X, Y = jnp.ones((8, 6, 2)), jnp.ones((8, 1))
+    memory = gradient_study.train_step_memory(model, model.init(jax.random.key(0)), (X, Y))
+    assert isinstance(memory, int) and memory >= 0
+    assert xla_temp_bytes(object()) is None  # a backend without memory analysis

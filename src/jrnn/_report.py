@@ -1,4 +1,5 @@
-"""Writing a command's outputs: JSON and PNG figures (matplotlib, headless)."""
+"""Writing a command's outputs: JSON and PNG figures (matplotlib, headless), and
+the memory figures they report."""
 
 from __future__ import annotations
 
@@ -13,6 +14,15 @@ def write_json(result: dict, out_dir: str, json_path: str | None, default_name: 
     with open(path, "w") as f:
         json.dump(result, f, indent=2)
     return path
+
+
+def xla_temp_bytes(compiled) -> int | None:
+    """XLA's temporary memory (bytes) of a compiled program, or ``None`` where the
+    backend has no memory analysis."""
+    try:
+        return int(compiled.memory_analysis().temp_size_in_bytes)
+    except Exception:  # noqa: BLE001 - memory analysis is not available on every backend
+        return None
 
 
 def figure(size=(8, 4.5)):

@@ -27,6 +27,7 @@ import jax.numpy as jnp
 import numpy as np
 
 import jrnn
+from jrnn._report import xla_temp_bytes
 from jrnn.kernels import native
 
 SIZES = {  # (B, T, I, H)
@@ -55,13 +56,9 @@ def _jax_contender(name, loss_of_params, params, xs):
     started = time.perf_counter()
     compiled = grad.lower(params, xs).compile()
     compile_seconds = time.perf_counter() - started
-    temp = None
-    try:
-        temp = int(compiled.memory_analysis().temp_size_in_bytes)
-    except Exception:  # noqa: BLE001, S110 - memory analysis is not available on every backend
-        pass
     return Contender(name, lambda: jax.block_until_ready(fwd(params, xs)),
-                     lambda: jax.block_until_ready(compiled(params, xs)), compile_seconds, temp)
+                     lambda: jax.block_until_ready(compiled(params, xs)), compile_seconds,
+                     xla_temp_bytes(compiled))
 
 
 def _jrnn(cell, I, xs, implementation="auto", native_loops=True):

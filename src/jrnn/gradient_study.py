@@ -24,7 +24,7 @@ import optax
 
 import jrnn
 from jrnn import datasets
-from jrnn._report import figure, save, write_json
+from jrnn._report import figure, save, write_json, xla_temp_bytes
 from jrnn.diagnostics import gradient_norms, gradient_ratio
 from jrnn.forecast import Forecaster
 from jrnn.train import fit, predict
@@ -101,10 +101,7 @@ def train_step_memory(model, params, batch) -> int | None:
     """XLA's temporary memory (bytes) for one jitted training step (forward + backward)."""
     X, Y = batch
     grad = jax.jit(jax.grad(lambda p: jnp.mean((model.apply(p, X) - Y) ** 2)))
-    try:
-        return int(grad.lower(params).compile().memory_analysis().temp_size_in_bytes)
-    except Exception:  # noqa: BLE001 - memory analysis is not available on every backend
-        return None
+    return xla_temp_bytes(grad.lower(params).compile())
 
 
 def run_study(*, gradient_steps: int = 100, train_steps: int = 50, epochs: int = 12, num_train: int = 4096,
