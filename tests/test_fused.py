@@ -101,6 +101,49 @@ def test_auto_picks_fused_and_mixed_precision(key):
         jrnn.scan(cell, params, xs, implementation="cuda")
 
 
+SECOND_ORDER_CASES = [  # (dtype, loops, tolerance, scan options)
+    pytest.param(jnp.float32, contextlib.nullcontext, 2e-4, {}, id="f32-native"),  # native where built
+    pytest.param(jnp.float32, contextlib.nullcontext, 2e-4, {"seq_lengths": [4, 0, 2], "reverse": True},
+                 id="f32-native-lengths-reverse"),
+    pytest.param(jnp.float64, native.disabled, 1e-10, {"seq_lengths": [4, 0, 2], "reverse": True},
+                 id="f64-xla-lengths-reverse"),
+]
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("dtype,loops,tol,options", SECOND_ORDER_CASES)
+def test_fused_second_derivatives_equal_plain(name, cell, kind, opts, dtype, loops, tol, options, key):
+    """Derivatives of the fused VJP itself equal the plain driver's: reverse over
+    reverse (a gradient penalty), forward over reverse (a Hessian-vector product)
+    and ``jax.hessian``. The native loops differentiate as the XLA loops, which
+    compute the same function."""
+    k_p, k_c, k_x, k_v = jax.random.split(key, 4)
+    params = random_params(cell, k_p, 3, dtype, scale=0.4)
+    carry = random_carry(cell, k_c, (3,), dtype)
+    xs = jax.random.normal(k_x, (3, 4, 3), dtype)
+    primals = (params, carry, xs)
+    leaves, tree = jax.tree.flatten(primals)
+    tangents = jax.tree.unflatten(tree, [jax.random.normal(k, leaf.shape, dtype)
+                                         for k, leaf in zip(jax.random.split(k_v, len(leaves)), leaves)])
+
+    def loss(params, carry, xs, impl):
+        final, ys = _run(cell, params, carry, xs, impl, options)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+    gradient = lambda impl: lambda *primals: jax.grad(loss, argnums=(0, 1, 2))(*primals, impl)
+    derivatives = {
+        "gradient penalty": lambda impl: jax.grad(
+            lambda *a: sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient(impl)(*a))), argnums=(0, 1, 2))(*primals),
+        "Hessian-vector product": lambda impl: jax.jvp(gradient(impl), primals, tangents)[1],
+        "Hessian in xs": lambda impl: jax.hessian(lambda xs: loss(params, carry, xs, impl))(xs),
+    }
+    with loops():
+        for what, derivative in derivatives.items():
+            fused, plain = (jax.jit(derivative, static_argnums=0)(impl) for impl in ("fused", "plain"))
+            for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(plain), strict=True):
+                np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=what)
+
+
 LSTM_CELL = [c for c in CELLS if c[0] == "lstm"]
 
 

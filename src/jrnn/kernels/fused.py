@@ -223,7 +223,9 @@ def project(x, w_x):
 
 
 def _project_fwd(x, w_x):
-    return project(x, w_x), (x, w_x)
+    # the product itself, not ``project``: a forward-mode derivative of the VJP
+    # (``jax.hessian``) reaches here and cannot differentiate a custom_vjp call
+    return x @ w_x, (x, w_x)
 
 
 def _project_bwd(saved, g):
@@ -252,20 +254,28 @@ def _loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask):
     return _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=False)[0]
 
 
-def _native_or(native_fn, xla_fn, cell, *arrays):
-    """``native_fn`` on CPU where :mod:`jrnn.kernels.native` computes this cell, else ``xla_fn``."""
-    if not native.applies(cell, *arrays):
-        return xla_fn()
-    return jax.lax.platform_dependent(cpu=native_fn, default=xla_fn)
+def _native_or(native_fn, xla_fn, cell, checked, *args):
+    """``native_fn(*args)`` on CPU where :mod:`jrnn.kernels.native` computes this
+    cell for the ``checked`` arrays, else ``xla_fn(*args)``, the same function.
+
+    The native call's derivatives are ``xla_fn``'s. The fused VJP never
+    differentiates its loops, but a second derivative (``jax.grad`` of a
+    gradient, ``jax.jacrev`` of ``jax.jacrev``) differentiates the VJP itself.
+    """
+    if not native.applies(cell, *checked):
+        return xla_fn(*args)
+    either = jax.custom_jvp(lambda *args: jax.lax.platform_dependent(*args, cpu=native_fn, default=xla_fn))
+    either.defjvp(lambda primals, tangents: jax.jvp(xla_fn, primals, tangents))
+    return either(*args)
 
 
 def _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
     """The time loop; with ``save`` it also returns each step's residuals for the VJP.
     ``ys`` is ``(B, T, H)`` with ``batch_major``, else ``(T, B, H)``."""
     return _native_or(
-        lambda: native.forward(cell, reverse, batch_major, p, projected, carry, valid, mask, save=save),
-        lambda: _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=save),
-        cell, projected, *p.values(), *jax.tree.leaves(carry))
+        functools.partial(native.forward, cell, reverse, batch_major, save=save),
+        functools.partial(_scan_forward, cell, reverse, unroll, batch_major, save=save),
+        cell, (projected, *p.values(), *jax.tree.leaves(carry)), p, projected, carry, valid, mask)
 
 
 def _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
@@ -305,10 +315,9 @@ def _loop_bwd(cell, reverse, unroll, batch_major, saved, cotangents):
     p, valid, mask, res = saved
     d_final, d_ys = cotangents
     d_carry, d_projected = _native_or(
-        lambda: native.backward(cell, reverse, batch_major, p, res, d_final, d_ys, valid, mask),
-        lambda: _scan_backward(cell, reverse, unroll, p, res, d_final,
-                               jnp.swapaxes(d_ys, 0, 1) if batch_major else d_ys, valid, mask),
-        cell, d_ys, *p.values(), *jax.tree.leaves(d_final))
+        functools.partial(native.backward, cell, reverse, batch_major),
+        functools.partial(_scan_backward, cell, reverse, unroll, batch_major),
+        cell, (d_ys, *p.values(), *jax.tree.leaves(d_final)), p, res, d_final, d_ys, valid, mask)
     impl = _IMPLS[type(cell)]
     d_p = impl.weight_grads(cell, res, d_projected)
     d_p["b"] = d_projected.sum(axis=(0, 1))
@@ -317,9 +326,11 @@ def _loop_bwd(cell, reverse, unroll, batch_major, saved, cotangents):
     return d_p, d_projected, d_carry, d_valid, d_mask
 
 
-def _scan_backward(cell, reverse, unroll, p, res, d_final, d_ys, valid, mask):
-    """The reverse time loop: ``(d_initial_carry, d_projected)``."""
+def _scan_backward(cell, reverse, unroll, batch_major, p, res, d_final, d_ys, valid, mask):
+    """The reverse time loop: ``(d_initial_carry, d_projected)``; ``d_ys`` laid out as ``ys``."""
     impl = _IMPLS[type(cell)]
+    if batch_major:
+        d_ys = jnp.swapaxes(d_ys, 0, 1)
     p_bwd = {**p, "w_h_t": p["w_h"].T}  # transposed once, outside the loop
 
     def body(d_carry, inputs):
