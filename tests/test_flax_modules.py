@@ -123,3 +123,24 @@ def test_nnx_optimizer_and_jit():
     a = model.rnn(xs, deterministic=True)
     np.testing.assert_array_equal(a, model.rnn(xs, deterministic=True))
     assert not np.allclose(model.rnn(xs), a)  # dropout active when not deterministic
+
+
+@pytest.mark.parametrize("adapter", ["linen", "nnx"])
+def test_modules_pass_the_implementation_on(adapter, key):
+    """``implementation="plain"`` reaches ``jrnn.scan``: forward-mode derivatives and
+    ``jax.export`` work, with the default path's values; a wrong name is refused."""
+    layer = jrnn.stacked([jrnn.lstm(4), jrnn.bidirectional(jrnn.gru(3))])
+    xs = jax.random.normal(key, (2, 5, 3), jnp.float32)
+    if adapter == "linen":
+        variables = jrnn.linen.RNN(layer).init(key, xs)
+        run = lambda implementation, x: jrnn.linen.RNN(layer, implementation=implementation).apply(variables, x)
+    else:
+        run = lambda implementation, x: jrnn.nnx.RNN(layer, 3, rngs=nnx.Rngs(0), implementation=implementation)(x)
+
+    np.testing.assert_allclose(run("plain", xs), run("auto", xs), rtol=1e-5, atol=1e-6)
+    forward_mode = jax.jacfwd(lambda x: run("plain", x).sum())(xs)
+    np.testing.assert_allclose(forward_mode, jax.grad(lambda x: run("auto", x).sum())(xs), rtol=1e-4, atol=1e-6)
+    exported = jax.export.export(jax.jit(lambda x: run("plain", x)))(xs)  # refuses jrnn's native custom calls
+    np.testing.assert_allclose(exported.call(xs), run("plain", xs), rtol=1e-6, atol=1e-7)
+    with pytest.raises(ValueError, match="implementation: expected one of"):
+        run("cuda", xs)

@@ -41,9 +41,11 @@ def from_named(template, named):
     return jax.tree.unflatten(treedef, leaves)
 
 
-def run_layer(layer, params, xs, *, seq_lengths, initial_carry, reverse, time_major, unroll, rates, dropout_key):
+def run_layer(layer, params, xs, *, seq_lengths, initial_carry, reverse, time_major, unroll, rates, dropout_key,
+              implementation):
     """Call a jrnn cell or layer with the options the Flax adapters expose."""
-    options = {"seq_lengths": seq_lengths, "time_major": time_major, "unroll": unroll, "dropout_key": dropout_key}
+    options = {"seq_lengths": seq_lengths, "time_major": time_major, "unroll": unroll, "dropout_key": dropout_key,
+               "implementation": implementation}
     if reverse:
         options["reverse"] = True
     if any(rates.values()):

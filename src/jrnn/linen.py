@@ -27,6 +27,8 @@ class RNN(nn.Module):
         ``'dropout'`` RNG stream unless deterministic.
       deterministic: default for ``__call__``'s ``deterministic``.
       param_dtype: dtype of the params.
+      implementation: as :func:`jrnn.scan` (``"auto"``); ``"plain"`` for
+        forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``) and ``jax.export``.
 
     Params are one entry, ``"layer"``: a dict ``{"w_x", "w_h", "b", ...}`` (nested
     by layer index or direction for stacked and bidirectional layers).
@@ -46,6 +48,7 @@ class RNN(nn.Module):
     recurrent_dropout: float = 0.0
     deterministic: bool | None = None
     param_dtype: Any = jnp.float32
+    implementation: str = "auto"
 
     @nn.compact
     def __call__(self, xs, *, seq_lengths=None, initial_carry=None, reverse: bool = False,
@@ -62,5 +65,5 @@ class RNN(nn.Module):
             dropout_key = self.make_rng("dropout")
         carry, ys = run_layer(self.layer, params, xs, seq_lengths=seq_lengths, initial_carry=initial_carry,
                               reverse=reverse, time_major=self.time_major, unroll=self.unroll,
-                              rates=rates, dropout_key=dropout_key)
+                              rates=rates, dropout_key=dropout_key, implementation=self.implementation)
         return (carry, ys) if return_carry else ys

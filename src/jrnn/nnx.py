@@ -24,6 +24,8 @@ class RNN(nnx.Module):
       rngs: ``nnx.Rngs``; ``params`` initialises, ``dropout`` (if any rate > 0) drives dropout.
       time_major, unroll, dropout, recurrent_dropout: as :func:`jrnn.scan`.
       deterministic: default for ``__call__`` (``nnx.view`` / ``model.eval()`` work too).
+      implementation: as :func:`jrnn.scan` (``"auto"``); ``"plain"`` for
+        forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``) and ``jax.export``.
 
     Example:
       >>> import jax.numpy as jnp, jrnn
@@ -35,9 +37,9 @@ class RNN(nnx.Module):
 
     def __init__(self, layer, input_size: int, *, rngs: nnx.Rngs, time_major: bool = False, unroll: int | None = None,
                  dropout: float = 0.0, recurrent_dropout: float = 0.0, deterministic: bool = False,
-                 param_dtype: Any = jnp.float32):
+                 param_dtype: Any = jnp.float32, implementation: str = "auto"):
         self.layer = layer
-        self.time_major, self.unroll = time_major, unroll
+        self.time_major, self.unroll, self.implementation = time_major, unroll, implementation
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
         self.deterministic = deterministic
         params = layer.init(rngs.params(), input_size, param_dtype)
@@ -56,5 +58,5 @@ class RNN(nnx.Module):
         carry, ys = run_layer(self.layer, params, xs, seq_lengths=seq_lengths, initial_carry=initial_carry,
                               reverse=reverse, time_major=self.time_major, unroll=self.unroll,
                               rates={"dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout},
-                              dropout_key=dropout_key)
+                              dropout_key=dropout_key, implementation=self.implementation)
         return (carry, ys) if return_carry else ys
