@@ -61,6 +61,69 @@ def test_data_parallel_equals_single_device():
     assert "last batch of 4" in result["error"]
 
 
+SHARD_MAP_SCRIPT = textwrap.dedent("""
+    import json, os
+    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
+    import contextlib, jax, jax.numpy as jnp, numpy as np, jrnn
+    from jax.sharding import Mesh, PartitionSpec as P
+    from jrnn.kernels import native
+    mesh = Mesh(np.array(jax.devices()), ("data",))
+    net = jrnn.stacked([jrnn.bidirectional(jrnn.lstm(4)), jrnn.gru(3, reset_after=True), jrnn.simple_rnn(2)])
+    params = net.init(jax.random.key(0), 3)
+    xs = jax.random.normal(jax.random.key(1), (8, 6, 3))
+    lengths = jnp.array([6, 2, 0, 5, 6, 1, 3, 4])
+
+    def loss(params, xs, lengths, implementation):
+        return jnp.sum(net(params, xs, seq_lengths=lengths, implementation=implementation)[1] ** 2)
+
+    def per_device(params, xs, lengths, implementation):
+        value, grads = jax.value_and_grad(loss)(params, xs, lengths, implementation)
+        return jax.lax.psum(value, "data"), grads  # grads of replicated params: summed by JAX
+
+    result = {}
+    for name, implementation, loops in [("plain", "plain", contextlib.nullcontext), ("fused", "fused",
+                                        contextlib.nullcontext), ("fused-xla", "fused", native.disabled)]:
+        with loops():
+            sharded = jax.jit(jax.shard_map(lambda p, x, l: per_device(p, x, l, implementation), mesh=mesh,
+                                            in_specs=(P(), P("data"), P("data")), out_specs=(P(), P())))
+            value, grads = sharded(params, xs, lengths)
+            want_value, want_grads = jax.value_and_grad(loss)(params, xs, lengths, implementation)
+        result[name] = max([abs(float(value - want_value)) / abs(float(want_value))] + [
+            float(jnp.linalg.norm(a - b) / jnp.linalg.norm(b)) for a, b in zip(jax.tree.leaves(grads),
+                                                                                 jax.tree.leaves(want_grads))])
+    result["native"] = native.available()
+    print(json.dumps(result))
+""")
+
+
+def test_scan_inside_shard_map_equals_one_device():
+    """``jrnn.scan`` (through stacked and bidirectional layers, with lengths) inside
+    ``jax.shard_map`` over a batch-sharded mesh: loss and gradients equal one
+    device's, for the plain path, the fused path with native loops (one call per
+    device, on its shard) and with XLA loops."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    out = subprocess.run([sys.executable, "-c", SHARD_MAP_SCRIPT], capture_output=True, text=True, env=env,
+                         timeout=600)
+    assert out.returncode == 0, out.stderr
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result.pop("native") or os.environ.get("JRNN_NATIVE") == "0"
+    for name, relative_error in result.items():
+        assert relative_error < 1e-5, (name, relative_error)
+
+
+def test_sharded_benchmark_quick_runs():
+    """``benchmarks/sharded.py --quick`` on two emulated CPU devices prints a row per contender."""
+    script = os.path.join(os.path.dirname(__file__), os.pardir, "benchmarks", "sharded.py")
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2"}
+    out = subprocess.run([sys.executable, script, "--quick"], capture_output=True, text=True, env=env, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line.endswith(" |")][1:]
+    assert [row.split(" | ")[0][2:] for row in rows] == [
+        "shard_map, native loops", "automatic sharding, native loops", "one device, native loops",
+        "automatic sharding, XLA loops"]
+    assert "devices: 2" in out.stdout
+
+
 def _task():
     rng = np.random.default_rng(0)
     X = rng.normal(size=(64, 6, 2)).astype(np.float32)

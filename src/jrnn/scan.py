@@ -29,6 +29,7 @@ from jrnn._checks import (
     check_shape,
     is_concrete,
 )
+from jrnn._varying import vary_like
 from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm, parallel
 from jrnn.min_cells import _MinCell
 
@@ -203,6 +204,7 @@ def scan(
                 k_rec, recurrent_dropout, (*batch_shape, cell.hidden_size), xs.dtype
             )
 
+    carry = vary_like(carry, xs, params, seq_lengths, resets, recurrent_mask)  # inside jax.shard_map
     segment = checkpoint_every or truncate_every
     if segment is not None and segment >= num_steps:
         segment = None

@@ -34,6 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jrnn._varying import sum_like
 from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
 from jrnn.kernels import native
 
@@ -230,7 +231,7 @@ def _project_fwd(x, w_x):
 
 def _project_bwd(saved, g):
     x, w_x = saved
-    d_w = x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1])
+    d_w = sum_like(x.reshape(-1, x.shape[-1]).T @ g.reshape(-1, g.shape[-1]), w_x)
     return (g @ w_x.T).astype(x.dtype), d_w.astype(w_x.dtype)
 
 
@@ -321,6 +322,7 @@ def _loop_bwd(cell, reverse, unroll, batch_major, saved, cotangents):
     impl = _IMPLS[type(cell)]
     d_p = impl.weight_grads(cell, res, d_projected)
     d_p["b"] = d_projected.sum(axis=(0, 1))
+    d_p = jax.tree.map(sum_like, d_p, p)
     d_valid = None if valid is None else jnp.zeros(valid.shape, jax.dtypes.float0)
     d_mask = None if mask is None else jnp.zeros_like(mask)
     return d_p, d_projected, d_carry, d_valid, d_mask

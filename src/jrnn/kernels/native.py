@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from jrnn._varying import vary_like
 from jrnn.cells import GRUCell, LSTMCell, SimpleRNNCell
 
 _SYMBOLS = {
@@ -114,8 +115,9 @@ def _call(target, shapes, *args, aliases=None, **attrs):
     call, which took as long as the loop that fills them."""
     out_types = [jax.ShapeDtypeStruct(s, jnp.float32) for s in shapes]
     attrs = {k: np.bool_(v) for k, v in attrs.items()}
-    return jax.ffi.ffi_call(target, out_types, vmap_method="sequential",
-                            input_output_aliases=aliases)(*args, **attrs)
+    outputs = jax.ffi.ffi_call(target, out_types, vmap_method="sequential",
+                               input_output_aliases=aliases)(*args, **attrs)
+    return vary_like(outputs, *args)  # inside jax.shard_map, each device's call computes its own shard
 
 
 def _ys_shape(T, B, H, batch_major):
