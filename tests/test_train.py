@@ -49,6 +49,17 @@ def test_loss_falls_and_same_seed_same_result():
     assert not np.allclose(other.w_out, params.w_out)
 
 
+@pytest.mark.parametrize("option,message", [
+    ({"epochs": 0}, "epochs: expected a positive int, got 0"),
+    ({"patience": 0}, "patience: expected a positive int or None, got 0"),
+    ({"seed": -1}, "seed: expected a non-negative int, got -1"),
+    ({"batch_size": 0}, "batch_size: expected a positive int, got 0"),
+])
+def test_bad_options_name_the_argument(option, message):
+    with pytest.raises(ValueError, match=message):
+        _fit(**option)
+
+
 def test_early_stopping_restores_best():
     params, history = _fit(optimizer=optax.sgd(0.0), epochs=20, patience=3)  # never improves
     assert history.stopped_early and len(history.train_loss) == 4 and history.best_epoch == 0

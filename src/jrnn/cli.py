@@ -19,13 +19,32 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"jrnn: error: {message} (see '{self.prog} --help')\n")
 
 
-def _positive_int(text: str) -> int:
+def _int_at_least(minimum: int, expected: str):
+    """An argparse type: an int ``>= minimum``, else an error that says ``expected``."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"expected {expected}, got {value}")
+        return value
+
+    return parse
+
+
+_positive_int = _int_at_least(1, "a positive integer")
+_seed = _int_at_least(0, "a non-negative integer")  # numpy's generators refuse negative seeds
+
+
+def _positive_float(text: str) -> float:
     try:
-        value = int(text)
+        value = float(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text}")
     return value
 
 
@@ -35,10 +54,10 @@ def _add_model_options(p, *, epochs: int, lr: float, patience: int):
     p.add_argument("--hidden", type=_positive_int, default=32, help="hidden units per layer (default 32)")
     p.add_argument("--epochs", type=_positive_int, default=epochs, help=f"epoch budget (default {epochs})")
     p.add_argument("--batch-size", type=_positive_int, default=32, help="mini-batch size (default 32)")
-    p.add_argument("--lr", type=float, default=lr, help=f"Adam learning rate (default {lr:g})")
+    p.add_argument("--lr", type=_positive_float, default=lr, help=f"Adam learning rate (default {lr:g})")
     p.add_argument("--patience", type=_positive_int, default=patience,
                    help=f"early stopping: epochs without a better validation loss (default {patience})")
-    p.add_argument("--seed", type=int, default=0, help="seed for init, shuffling and dropout (default 0)")
+    p.add_argument("--seed", type=_seed, default=0, help="seed for init, shuffling and dropout (default 0)")
     p.add_argument("--nan", choices=("error", "drop", "interpolate"), default="error",
                    help="what to do with missing values (default: error)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -85,7 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--gradient-steps", type=_positive_int, default=100, help="T for the gradient profile (default 100)")
     p.add_argument("--train-steps", type=_positive_int, default=50, help="T for the training runs (default 50)")
     p.add_argument("--epochs", type=_positive_int, default=12, help="training epochs per run (default 12)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=_seed, default=0)
     p.add_argument("--out", default="jrnn-diagnose", help="folder for the plot and JSON (default ./jrnn-diagnose/)")
     p.add_argument("--json", help="path of the JSON file (default OUT/diagnose.json)")
 

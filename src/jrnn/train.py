@@ -158,6 +158,8 @@ def fit(
         raise ValueError(f"epochs: expected a positive int, got {epochs!r}")
     if patience is not None and patience < 1:
         raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
     place = _placement(mesh, batch_size, len(train[0]), drop_last)
     tx = make_optimizer(optax.adam(1e-3) if optimizer is None else optimizer, clip_norm)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
