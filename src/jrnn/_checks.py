@@ -25,6 +25,15 @@ def check_floating(name: str, value) -> None:
         raise TypeError(f"{name}: expected a floating dtype, got {value.dtype}")
 
 
+def check_init_args(input_size, dtype) -> None:
+    """A cell's ``init``: ``ValueError`` unless ``input_size`` is a positive int,
+    ``TypeError`` unless ``dtype`` is a floating dtype."""
+    if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
+        raise ValueError(f"input_size: expected a positive int, got {input_size!r}")
+    if not jnp.issubdtype(dtype, jnp.floating):
+        raise TypeError(f"dtype: expected a floating dtype, got {jnp.dtype(dtype)}")
+
+
 def check_integer(name: str, value) -> None:
     """``TypeError`` unless ``value`` has an integer dtype."""
     if not jnp.issubdtype(value.dtype, jnp.integer):

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn import initializers as inits
-from jrnn._checks import check_array, check_floating, check_shape
+from jrnn._checks import check_array, check_floating, check_init_args, check_shape
 
 
 class SimpleRNNParams(NamedTuple):
@@ -102,8 +102,7 @@ class Cell:
 
     def init(self, key: jax.Array, input_size: int, dtype=jnp.float32):
         """Draw parameters for inputs of size ``input_size`` (see :mod:`jrnn.initializers`)."""
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-            raise ValueError(f"input_size: expected a positive int, got {input_size!r}")
+        check_init_args(input_size, dtype)
         initializer = inits.resolve(self.init_preset, self.hidden_size)
         k_x, k_h, k_b, k_hn = jax.random.split(key, 4)
         shapes = self.param_shapes(input_size)

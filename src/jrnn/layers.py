@@ -57,6 +57,7 @@ class Bidirectional:
                 "bidirectional: expected jrnn cells for forward and backward, got "
                 f"{type(self.forward).__name__} and {type(self.backward).__name__}"
             )
+        self.output_size()  # a merge other than concat needs equal hidden sizes
 
     def init(self, key, input_size: int, dtype=jnp.float32) -> BidirectionalParams:
         k_f, k_b = jax.random.split(key)

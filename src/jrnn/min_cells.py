@@ -16,6 +16,7 @@ from typing import ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from jrnn._checks import check_init_args
 from jrnn.cells import CELL_TYPES, Cell
 
 
@@ -41,8 +42,7 @@ class _MinCell(Cell):
         return {"w_x": (input_size, self.gate_size), "b": (self.gate_size,)}
 
     def init(self, key, input_size: int, dtype=jnp.float32):
-        if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
-            raise ValueError(f"input_size: expected a positive int, got {input_size!r}")
+        check_init_args(input_size, dtype)
         from jrnn import initializers as inits
 
         initializer = inits.resolve(self.init_preset, self.hidden_size)
