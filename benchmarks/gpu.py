@@ -244,7 +244,8 @@ def check_in_children(on_gpu: bool, timeout_s: float, budget_s: float, max_spins
                                   "--check-timeout", str(timeout_s), "--max-spins", str(max_spins),
                                   *(["--only", ",".join(only)] if only else [])],
                                  stdout=subprocess.PIPE, bufsize=0,  # unbuffered: select() sees every line
-                                 env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})  # we hold the GPU's memory
+                                 # we hold the GPU's memory
+                                 env={**os.environ, "XLA_PYTHON_CLIENT_PREALLOCATE": "false"})
         with selectors.DefaultSelector() as selector:
             selector.register(child.stdout, selectors.EVENT_READ)
             if selector.select(START_TIMEOUT_S):  # the child's first line says that its jax is up
@@ -532,7 +533,8 @@ def main(argv=None) -> int:
                           f, indent=1)
 
     save()
-    print("| cell | B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax | compile s |")
+    print("| cell | B, I=H, T | dtype | contender | fwd ms | fwd+bwd ms | fwd+bwd / torch | fwd+bwd / flax "
+          "| compile s |")
     print("|---|---|---|---|---:|---:|---:|---:|---:|")
     dtypes = [jnp.dtype(name) for name in args.dtypes.split(",")]
     for kind, (B, H, T), dtype in ranked_cases(args.cells.split(","), shapes, dtypes):
@@ -555,8 +557,8 @@ def main(argv=None) -> int:
                    "vs_flax": None if flax_fb is None else fb / flax_fb, "profile": profiles.get(name)}
             results.append(row)
             fmt = lambda v: "" if v is None else f"{v:.2f}"
-            print(f"| {kind} | {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | {fmt(row['vs_torch'])} | "
-                  f"{fmt(row['vs_flax'])} | {fmt(row['compile_s'])} |", flush=True)
+            print(f"| {kind} | {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | "
+                  f"{fmt(row['vs_torch'])} | {fmt(row['vs_flax'])} | {fmt(row['compile_s'])} |", flush=True)
         save()
     total_s = time.perf_counter() - started
     print(f"# {len(durations)} cases in {total_s:.0f} s" + (f"; skipped (over --budget-s): {'; '.join(skipped)}"

@@ -67,7 +67,8 @@ def main(argv=None) -> int:
         if args.quick:
             cmd.append("--quick")
         r = json.loads(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
-        print(f"| {name} | {r['fwd_bwd_s']} | {r['compile_s']} | {r['xla_temp_mib']} | {r['peak_rss_mib']} |", flush=True)
+        print(f"| {name} | {r['fwd_bwd_s']} | {r['compile_s']} | {r['xla_temp_mib']} | {r['peak_rss_mib']} |",
+              flush=True)
     return 0
 
 

@@ -70,7 +70,8 @@ def run(kind, params, xs, carry=None, *, seq_lengths=None, reverse=False, **cell
     if carry is None:
         carry = (np.zeros((n, H)), np.zeros((n, H))) if kind == "lstm" else np.zeros((n, H))
     else:
-        carry = tuple(np.asarray(c, np.float64).reshape(n, H) for c in carry) if kind == "lstm" else np.asarray(carry, np.float64).reshape(n, H)
+        as_rows = lambda c: np.asarray(c, np.float64).reshape(n, H)
+        carry = tuple(as_rows(c) for c in carry) if kind == "lstm" else as_rows(carry)
     ys = np.zeros((n, T, H))
     finals = []
     for b in range(n):

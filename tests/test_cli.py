@@ -75,7 +75,8 @@ def _bad_inputs(tmp_path, weather_csv):
         ([*base, "nope", "--csv", weather_csv], "columns: 'nope' not in the data"),
         ([*base, "wind", "--csv", tmp_path / "text.csv"], "column 'wind': expected numbers"),
         ([*base, "wind", "--csv", tmp_path / "nan.csv"], "NaN or infinite values in ['wind'] (first at row 3)"),
-        ([*base, "wind", "--csv", tmp_path / "short.csv", "--features", "wind"], "data: expected at least 31 rows (seq_len 30 + horizon 1), got 20"),
+        ([*base, "wind", "--csv", tmp_path / "short.csv", "--features", "wind"],
+         "data: expected at least 31 rows (seq_len 30 + horizon 1), got 20"),
         ([*base, "wind", "--csv", weather_csv, "--cell", "transformer"], "argument --cell: invalid choice"),
         ([*base, "wind", "--csv", weather_csv, "--lr", "-1"], "argument --lr: expected a positive number, got -1"),
         (["compare", "--lr", "nan"], "argument --lr: expected a positive number, got nan"),
@@ -85,7 +86,8 @@ def _bad_inputs(tmp_path, weather_csv):
         (["compare", "--cells", "lstm,transformer"], "cell: expected one of"),
         (["frobnicate"], "argument COMMAND: invalid choice"),
         (["bench", "--sizes", "C3,Z9"], "argument --sizes: expected names from C1, C3, C4, C5, got 'C3,Z9'"),
-        (["bench", "--cells", "lstm,rnn"], "argument --cells: expected names from lstm, gru, simple_rnn, got 'lstm,rnn'"),
+        (["bench", "--cells", "lstm,rnn"],
+         "argument --cells: expected names from lstm, gru, simple_rnn, got 'lstm,rnn'"),
     ]
 
 

@@ -67,7 +67,8 @@ def test_prepare_no_leakage_and_train_only_scaling():
         rows = prepared.scaler.inverse_transform(X[..., 0], [0])
         targets = prepared.unscale_targets(Y)[:, 0]
         assert rows.min() >= start - 1e-3 and targets.max() <= stop - 1 + 1e-3
-        np.testing.assert_allclose(targets, prepared.target_rows(("train", "val", "test")[prepared.splits.index((start, stop))]), atol=1e-3)
+        split = ("train", "val", "test")[prepared.splits.index((start, stop))]
+        np.testing.assert_allclose(targets, prepared.target_rows(split), atol=1e-3)
     train_rows = frame.loc[: e0 - 1, ["a", "b"]].to_numpy()
     np.testing.assert_allclose(prepared.scaler.mean, train_rows.mean(axis=0))
     np.testing.assert_allclose(prepared.scaler.scale, train_rows.std(axis=0))

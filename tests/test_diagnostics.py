@@ -11,7 +11,8 @@ from tests import reference
 from tests.helpers import random_params
 
 
-@pytest.mark.parametrize("cell,kind", [(jrnn.simple_rnn(3), "simple_rnn"), (jrnn.lstm(3), "lstm"), (jrnn.gru(3), "gru")])
+@pytest.mark.parametrize("cell,kind",
+                         [(jrnn.simple_rnn(3), "simple_rnn"), (jrnn.lstm(3), "lstm"), (jrnn.gru(3), "gru")])
 def test_gradient_norms_equal_finite_differences(cell, kind, key):
     params = random_params(cell, key, 2)
     xs = jax.random.normal(key, (2, 5, 2), jnp.float64)

@@ -338,7 +338,8 @@ def test_scan_auto_lowers_to_cudnn_where_it_applies(monkeypatch, key):
     assert "@jrnn_cudnn_rnn_forward" in lowered(jrnn.gru(8, reset_after=True), xs, time_major=True)
     for cell, x, options in [(jrnn.lstm(8), xs, {"seq_lengths": jnp.array([5, 3])}), (jrnn.lstm(136), xs, {}),
                              (jrnn.lstm(8), xs.astype(jnp.bfloat16), {}), (jrnn.lstm(8), xs, {"reverse": True}),
-                             (jrnn.lstm(8), xs, {"truncate_every": 2}), (jrnn.lstm(8), xs, {"implementation": "fused"})]:
+                             (jrnn.lstm(8), xs, {"truncate_every": 2}),
+                             (jrnn.lstm(8), xs, {"implementation": "fused"})]:
         assert "jrnn_cudnn" not in lowered(cell, x, **options), options
 
 

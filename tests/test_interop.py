@@ -40,7 +40,8 @@ def _final_hidden(carry):
 # ----------------------------------------------------------------------------- PyTorch
 TORCH_CASES = [
     (kind, layers, bidi, bias)
-    for kind, layers, bidi, bias in itertools.product(["RNN", "RNN_relu", "LSTM", "GRU"], [1, 2], [False, True], [True, False])
+    for kind, layers, bidi, bias in itertools.product(["RNN", "RNN_relu", "LSTM", "GRU"], [1, 2], [False, True],
+                                                      [True, False])
     if not (not bias and layers == 2)
 ]
 
@@ -62,7 +63,8 @@ def test_torch_modules(kind, num_layers, bidirectional, bias, I, H):
     h_n = (state[0] if kind == "LSTM" else state).detach().numpy()
     flat = []
     for layer_carry in (carries if isinstance(network, jrnn.Stacked) else (carries,)):
-        flat.extend(layer_carry if isinstance(layer_carry, tuple) and not isinstance(layer_carry, jrnn.LSTMState) else (layer_carry,))
+        several = isinstance(layer_carry, tuple) and not isinstance(layer_carry, jrnn.LSTMState)
+        flat.extend(layer_carry if several else (layer_carry,))
     np.testing.assert_allclose(np.stack([_final_hidden(c) for c in flat]), h_n, **TOL)
     _assert_identical(interop.from_torch(interop.to_torch(network, params))[1], params)
 
@@ -171,7 +173,8 @@ def test_flax_nnx_cells(name):
     nnx = pytest.importorskip("flax.nnx")
     flax_cell = getattr(nnx, name)(I, H, rngs=nnx.Rngs(0))
     state = nnx.state(flax_cell, nnx.Param)
-    nnx.update(flax_cell, jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape, a.dtype), state))
+    nudge = lambda a: a + 0.3 * jax.random.normal(jax.random.key(2), a.shape, a.dtype)
+    nnx.update(flax_cell, jax.tree.map(nudge, state))
     xs = _xs(8)
     want = nnx.RNN(flax_cell)(xs)
     cell, params = interop.from_flax(flax_cell)
@@ -193,7 +196,8 @@ def test_flax_refusals():
 def test_equinox_cells(name):
     eqx = pytest.importorskip("equinox")
     module = getattr(eqx.nn, name)(I, H, key=jax.random.key(0))
-    module = jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape, a.dtype) if eqx.is_array(a) else a, module)
+    nudge = lambda a: a + 0.3 * jax.random.normal(jax.random.key(3), a.shape, a.dtype) if eqx.is_array(a) else a
+    module = jax.tree.map(nudge, module)
     xs = _xs(9)
 
     def run(seq):

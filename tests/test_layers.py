@@ -80,7 +80,8 @@ def test_stacked_dropout_between_layers(key):
     assert not np.allclose(plain, dropped)
     np.testing.assert_array_equal(dropped, again)
     single = jrnn.stacked([jrnn.gru(4)], dropout=0.5)  # nothing between layers to drop
-    np.testing.assert_array_equal(single(params[:1], xs, dropout_key=key)[1], jrnn.scan(net.layers[0], params[0], xs)[1])
+    np.testing.assert_array_equal(single(params[:1], xs, dropout_key=key)[1],
+                                  jrnn.scan(net.layers[0], params[0], xs)[1])
 
 
 def test_layer_errors(key):

@@ -8,7 +8,8 @@ import pytest
 import jrnn
 
 
-@pytest.mark.parametrize("cell", [jrnn.lstm(4), jrnn.gru(3, reset_after=True), jrnn.gru(3)], ids=["lstm", "gru_ra", "gru"])
+@pytest.mark.parametrize("cell", [jrnn.lstm(4), jrnn.gru(3, reset_after=True), jrnn.gru(3)],
+                         ids=["lstm", "gru_ra", "gru"])
 @pytest.mark.parametrize("implementation", ["fused", "plain"])
 @pytest.mark.parametrize("options", [{}, {"reverse": True}, {"seq_lengths": [23, 0, 9]}])
 def test_checkpoint_every_changes_nothing(cell, implementation, options, key):

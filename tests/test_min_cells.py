@@ -82,7 +82,8 @@ def test_long_sequence_parallel_equals_loop(cell, kind, key):
 
 
 @pytest.mark.parametrize("cell,kind", MIN_CELLS, ids=["min_gru", "min_lstm"])
-@pytest.mark.parametrize("options", [{}, {"reverse": True}, {"seq_lengths": [9, 4]}, {"seq_lengths": [9, 4], "reverse": True}])
+@pytest.mark.parametrize("options", [{}, {"reverse": True}, {"seq_lengths": [9, 4]},
+                                     {"seq_lengths": [9, 4], "reverse": True}])
 def test_parallel_equals_sequential_with_options(cell, kind, options, key):
     params = random_params(cell, key, 3)
     xs = jax.random.normal(key, (2, 9, 3), jnp.float64)

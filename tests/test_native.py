@@ -45,7 +45,8 @@ def test_dispatch(key):
         assert "jrnn_" not in _compiled_text(cell, params, xs32, implementation="plain")
         with native.disabled():
             assert "jrnn_" not in _compiled_text(cell, params, xs32)
-        grad = jax.jit(jax.grad(lambda p, cell=cell: jrnn.scan(cell, p, xs32)[1].sum())).lower(params).compile().as_text()
+        grad = jax.jit(jax.grad(lambda p, cell=cell: jrnn.scan(cell, p, xs32)[1].sum()))
+        grad = grad.lower(params).compile().as_text()
         assert "_backward\"" in grad
     for cell, dtype in ((jrnn.lstm(5), jnp.float64), (jrnn.lstm(5), jnp.bfloat16), (jrnn.gru(5), jnp.float64)):
         params = cell.init(key, 3, dtype)

@@ -49,7 +49,8 @@ def _call(case):
     options = {"reverse": case["reverse"]}
     if case["lengths"] is not None:
         lengths = np.asarray(case["lengths"], np.int32)
-        options["seq_lengths"] = lengths.reshape(case["batch"]) if lengths.size == np.prod(case["batch"], dtype=int) else lengths
+        one_per_sequence = lengths.size == np.prod(case["batch"], dtype=int)
+        options["seq_lengths"] = lengths.reshape(case["batch"]) if one_per_sequence else lengths
     run = lambda p, x: jrnn.scan(cell, p, x, **options)
     return cell, (jax.jit(run) if case["jit"] else run)(params, xs)
 

@@ -36,7 +36,8 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     single, h1 = fit(model.apply, init, (X, Y), (X[:32], Y[:32]), **options)
     mesh = Mesh(np.array(jax.devices()), ("data",))
     multi, h8 = fit(model.apply, init, (X, Y), (X[:32], Y[:32]), mesh=mesh, **options)
-    diff = max(float(np.linalg.norm(a - b) / np.linalg.norm(b)) for a, b in zip(jax.tree.leaves(multi), jax.tree.leaves(single)))
+    diff = max(float(np.linalg.norm(a - b) / np.linalg.norm(b))
+               for a, b in zip(jax.tree.leaves(multi), jax.tree.leaves(single)))
     sharding = str(multi.w_out.sharding)
     try:
         fit(model.apply, init, (X[:100], Y[:100]), mesh=mesh, **options)
@@ -138,7 +139,8 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
     fit(model.apply, model.init(jax.random.key(0)), (X, Y), epochs=2, **options)
     bad = X.copy()
     bad[37, 2, 1] = np.nan
-    with pytest.raises(NonFiniteLossError, match=r"loss is nan at epoch 2, batch \d \(step \d+\).*last good checkpoint is epoch 1"):
+    message = r"loss is nan at epoch 2, batch \d \(step \d+\).*last good checkpoint is epoch 1"
+    with pytest.raises(NonFiniteLossError, match=message):
         fit(model.apply, model.init(jax.random.key(0)), (bad, Y), epochs=4, resume=True, **options)
     assert ckpt.latest_step(tmp_path) == 1
     ckpt.read_meta(tmp_path)  # still readable

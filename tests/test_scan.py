@@ -217,7 +217,8 @@ class TestVariationalDropout:
         jax.tree.map(lambda a, b: np.testing.assert_array_equal(a, b), got, want)
 
 
-@pytest.mark.parametrize("cell", [jrnn.lstm(3), jrnn.gru(3, reset_after=True), jrnn.min_gru(3)], ids=["lstm", "gru", "min_gru"])
+@pytest.mark.parametrize("cell", [jrnn.lstm(3), jrnn.gru(3, reset_after=True), jrnn.min_gru(3)],
+                         ids=["lstm", "gru", "min_gru"])
 @pytest.mark.parametrize("shape", [(2, 0, 2), (0, 4, 2)], ids=["no-steps", "no-batch"])
 def test_empty_time_or_batch(cell, shape, key):
     """Found by the property tests: zero steps or an empty batch work, gradients too."""

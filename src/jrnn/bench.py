@@ -196,7 +196,8 @@ def time_interleaved(items: list[Contender], repeats: int, warmup: int = 2) -> d
 
 def machine_info() -> dict:
     info = {"python": platform.python_version(), "jax": jax.__version__, "backend": jax.default_backend(),
-            "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine()}
+            "devices": [str(d) for d in jax.devices()], "cpus": os.cpu_count(),
+            "processor": platform.processor() or platform.machine()}
     try:
         import torch
 
@@ -244,7 +245,8 @@ def markdown(rows: list[dict]) -> str:
     lines = [head]
     for r in rows:
         lines.append(f"| {r['cell']} | {r['size']} {tuple(r['B_T_I_H'])} | {r['contender']} | {r['forward_ms']:.1f} | "
-                     f"{r['forward_backward_ms']:.1f} | {fmt(r.get('fb_vs_torch'))} | {fmt(r.get('fb_vs_best_jax_peer'))} | "
+                     f"{r['forward_backward_ms']:.1f} | {fmt(r.get('fb_vs_torch'))} | "
+                     f"{fmt(r.get('fb_vs_best_jax_peer'))} | "
                      f"{fmt(r.get('fwd_vs_torch'))} | {fmt(r['compile_s'])} | {fmt(r['xla_temp_mib'])} |")
     return "\n".join(lines)
 

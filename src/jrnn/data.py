@@ -312,7 +312,8 @@ def prepare(
     dates = None
     if date_column is not None:
         if date_column not in frame.columns:
-            raise ValueError(f"date_column: {date_column!r} not in the data; available: {', '.join(map(str, frame.columns))}")
+            available = ", ".join(map(str, frame.columns))
+            raise ValueError(f"date_column: {date_column!r} not in the data; available: {available}")
         dates = pd.to_datetime(frame[date_column], errors="coerce")
         if dates.isna().any():
             raise ValueError(f"date_column: {date_column!r} has values that are not dates")

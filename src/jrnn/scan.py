@@ -257,7 +257,8 @@ def _cudnn(cell, params, xs, carry, seq_lengths, time_major, reverse, resets, re
         raise ValueError(f"implementation: 'cudnn' needs a GPU backend, got {jax.default_backend()!r}")
     dtypes = {jnp.dtype(a.dtype) for a in (xs, params.w_x, params.w_h, *jax.tree.leaves(carry))}
     if dtypes != {jnp.dtype(jnp.float32)}:
-        raise TypeError(f"implementation: 'cudnn' needs float32 inputs, params and carry, got {sorted(map(str, dtypes))}")
+        raise TypeError("implementation: 'cudnn' needs float32 inputs, params and carry, "
+                        f"got {sorted(map(str, dtypes))}")
     if reverse or resets is not None or recurrent_mask is not None or xs.ndim != 3:
         raise ValueError("implementation: 'cudnn' supports one batch axis and no reverse, resets or "
                          "recurrent dropout; use 'fused'")

@@ -110,7 +110,9 @@ def from_flax(module, params=None):
             b_in, b_rec = _bias(tree["i"], H, w_x.dtype), _bias(tree["h"], H, w_h.dtype)
         else:
             H = tree["h" + gates[0]]["kernel"].shape[0]
-            cat = lambda side, key: np.concatenate([_bias(tree[side + g], H, tree[side + g]["kernel"].dtype) if key == "bias" else tree[side + g]["kernel"] for g in gates], axis=-1)
+            part = lambda side, g, key: (_bias(tree[side + g], H, tree[side + g]["kernel"].dtype) if key == "bias"
+                                         else tree[side + g]["kernel"])
+            cat = lambda side, key: np.concatenate([part(side, g, key) for g in gates], axis=-1)
             w_x, w_h, b_in, b_rec = cat("i", "kernel"), cat("h", "kernel"), cat("i", "bias"), cat("h", "bias")
     if kind == "gru":
         cell = jrnn.gru(H, reset_after=True)

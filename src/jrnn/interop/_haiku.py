@@ -19,7 +19,8 @@ KINDS = ("lstm", "gru", "vanilla_rnn")
 
 def _module(params, kind, name):
     name = name or kind
-    found = {k: v for k, v in params.items() if k == name or k.startswith(name + "/") or k.endswith("/" + name) or ("/" + name + "/") in k}
+    found = {k: v for k, v in params.items()
+             if k == name or k.startswith(name + "/") or k.endswith("/" + name) or ("/" + name + "/") in k}
     if not found:
         refuse(f"params: no haiku module named {name!r}; modules: {', '.join(params)}")
     return {k: {p: np.asarray(a) for p, a in v.items()} for k, v in found.items()}
@@ -59,4 +60,5 @@ def from_haiku(params, kind: str, *, name: str | None = None):
     H = to_hidden["w"].shape[1]
     b = to_hidden["b"] + to_hidden_rec.get("b", np.zeros(H, to_hidden["b"].dtype))
     cell = jrnn.simple_rnn(H, activation="relu")
-    return cell, make_params(cell, *to_jrnn(IDENTITY[1], to_hidden["w"], to_hidden_rec["w"], b), dtype=to_hidden["w"].dtype)
+    return cell, make_params(cell, *to_jrnn(IDENTITY[1], to_hidden["w"], to_hidden_rec["w"], b),
+                             dtype=to_hidden["w"].dtype)

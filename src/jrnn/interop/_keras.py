@@ -48,11 +48,13 @@ def _from_layer(layer):
         recurrent = _activation_name(cell_cfg.recurrent_activation)
         if (activation, recurrent) != ("tanh", "sigmoid"):
             refuse(f"layer: activations ({activation!r}, {recurrent!r}) differ from jrnn's (tanh, sigmoid)")
-        cell = jrnn.lstm(cell_cfg.units) if kind == "lstm" else jrnn.gru(cell_cfg.units, reset_after=bool(cell_cfg.reset_after))
+        cell = (jrnn.lstm(cell_cfg.units) if kind == "lstm"
+                else jrnn.gru(cell_cfg.units, reset_after=bool(cell_cfg.reset_after)))
     weights = layer.get_weights()
     kernel, recurrent_kernel = weights[0], weights[1]
     G, H = cell.num_blocks, cell.hidden_size
-    bias = weights[2] if cell_cfg.use_bias else np.zeros((2, G * H) if getattr(cell, "reset_after", False) else G * H, kernel.dtype)
+    bias_shape = (2, G * H) if getattr(cell, "reset_after", False) else G * H
+    bias = weights[2] if cell_cfg.use_bias else np.zeros(bias_shape, kernel.dtype)
     b_hn = None
     if getattr(cell, "reset_after", False):
         b_in, b_rec = bias[0], bias[1]
@@ -84,7 +86,8 @@ def from_keras(layer):
             refuse(f"layer: Bidirectional merge_mode={layer.merge_mode!r} has no jrnn equivalent")
         f_cell, f_params = _from_layer(layer.forward_layer)
         b_cell, b_params = _from_layer(layer.backward_layer)
-        return jrnn.bidirectional(f_cell, b_cell, merge=MERGES[layer.merge_mode]), jrnn.BidirectionalParams(f_params, b_params)
+        network = jrnn.bidirectional(f_cell, b_cell, merge=MERGES[layer.merge_mode])
+        return network, jrnn.BidirectionalParams(f_params, b_params)
     return _from_layer(layer)
 
 
@@ -139,7 +142,8 @@ def to_keras(network, params):
             keras_layer.build((None, None, size))
             keras_layer.set_weights(_keras_weights(layer, layer_params))
         else:
-            raise TypeError(f"network: expected jrnn cells, bidirectional or stacked layers, got {type(layer).__name__}")
+            raise TypeError("network: expected jrnn cells, bidirectional or stacked layers, "
+                            f"got {type(layer).__name__}")
         input_size = size if input_size is None else input_size
         built.append(keras_layer)
     if isinstance(network, jrnn.Stacked):

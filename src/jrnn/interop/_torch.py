@@ -14,6 +14,7 @@ import numpy as np
 import jrnn
 from jrnn.interop._blocks import IDENTITY, RZN_KEEP_GATE, combine, from_jrnn, make_params, refuse, split_layers, to_jrnn
 
+_WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # a layer's are these + "_l{k}" (+ "_reverse")
 
 def _kind(module):
     from torch import nn
@@ -72,14 +73,14 @@ def from_torch(module):
     kind, is_cell = _kind(module)
     cell = _make_cell(kind, module.hidden_size, module)
     if is_cell:
-        return cell, _convert(cell, *(_np(getattr(module, n, None)) for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")))
+        return cell, _convert(cell, *(_np(getattr(module, n, None)) for n in _WEIGHTS))
     if getattr(module, "proj_size", 0):
         refuse(f"module: proj_size={module.proj_size} (a projected LSTM) has no exact jrnn equivalent")
     layers = []
     for k in range(module.num_layers):
         directions = []
         for suffix in ("", "_reverse")[: 1 + module.bidirectional]:
-            names = (f"weight_ih_l{k}{suffix}", f"weight_hh_l{k}{suffix}", f"bias_ih_l{k}{suffix}", f"bias_hh_l{k}{suffix}")
+            names = tuple(f"{n}_l{k}{suffix}" for n in _WEIGHTS)
             directions.append(_convert(cell, *(_np(getattr(module, n, None)) for n in names)))
         if module.bidirectional:
             layers.append((jrnn.bidirectional(cell, cell), jrnn.BidirectionalParams(*directions)))
@@ -133,7 +134,7 @@ def to_torch(network, params, *, batch_first: bool = True, as_cell: bool = False
         if not isinstance(network, jrnn.Cell):
             refuse(f"as_cell: only a single jrnn cell converts to a torch *Cell, got {type(network).__name__}")
         module = _module_class(base, True)(params.w_x.shape[0], base.hidden_size, **_kwargs(base))
-        _load(module, ("weight_ih", "weight_hh", "bias_ih", "bias_hh"), _torch_weights(base, params))
+        _load(module, _WEIGHTS, _torch_weights(base, params))
         return module
     bidirectional = isinstance(first, jrnn.Bidirectional)
     for layer, _ in layers:
@@ -151,7 +152,7 @@ def to_torch(network, params, *, batch_first: bool = True, as_cell: bool = False
     for k, (layer, layer_params) in enumerate(layers):
         directions = (layer_params.forward, layer_params.backward) if bidirectional else (layer_params,)
         for suffix, p in zip(("", "_reverse"), directions):
-            names = tuple(f"{n}_l{k}{suffix}" for n in ("weight_ih", "weight_hh", "bias_ih", "bias_hh"))
+            names = tuple(f"{n}_l{k}{suffix}" for n in _WEIGHTS)
             _load(module, names, _torch_weights(base, p))
     return module
 

@@ -381,7 +381,8 @@ def cudnn_scan(cell, params, xs, carry, *, seq_lengths=None):
     kind = own_kind(cell)
     is_gru = kind == "gru"
     if not (kind == "lstm" or (is_gru and own)):
-        supported = ("jrnn.lstm cells and jrnn.gru(reset_after=True) cells without seq_lengths" if own_binding_available()
+        supported = ("jrnn.lstm cells and jrnn.gru(reset_after=True) cells without seq_lengths"
+                     if own_binding_available()
                      else "jrnn.lstm cells only (jrnn's own cuDNN binding is not built or not working here)")
         raise ValueError(f"implementation: 'cudnn' supports {supported}, got {cell!r}")
     w = pack_weights(params)

@@ -155,7 +155,8 @@ def _gru_forward(reset_after, reverse, batch_major, p, projected, h0, valid, mas
     """Residuals ``(h, h_in, z, r, n, hn)``; ``hn = h·W_hn + b_hn`` exists only with ``reset_after``."""
     T, B, G = projected.shape
     H = G // 3
-    target, biases = ("jrnn_gru_forward", (p["b"], p["b_hn"])) if reset_after else ("jrnn_gru_before_forward", (p["b"],))
+    target, biases = (("jrnn_gru_forward", (p["b"], p["b_hn"])) if reset_after
+                      else ("jrnn_gru_before_forward", (p["b"],)))
     res_shapes = [(T, B, H) if save else (0,)] * (6 if reset_after else 5)
     ys, h, *res = _call(target, [_ys_shape(T, B, H, batch_major), (B, H), *res_shapes],
                         projected, p["w_h"], *biases, h0, *_none_as_empty(valid, mask),
