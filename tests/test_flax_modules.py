@@ -140,7 +140,8 @@ def test_modules_pass_the_implementation_on(adapter, key):
     np.testing.assert_allclose(run("plain", xs), run("auto", xs), rtol=1e-5, atol=1e-6)
     forward_mode = jax.jacfwd(lambda x: run("plain", x).sum())(xs)
     np.testing.assert_allclose(forward_mode, jax.grad(lambda x: run("auto", x).sum())(xs), rtol=1e-4, atol=1e-6)
-    exported = jax.export.export(jax.jit(lambda x: run("plain", x)))(xs)  # refuses jrnn's native custom calls
+    # jax.export refuses the native loops' custom calls, which "auto" takes on CPU
+    exported = jax.export.export(jax.jit(lambda x: run("plain", x)))(xs)
     np.testing.assert_allclose(exported.call(xs), run("plain", xs), rtol=1e-6, atol=1e-7)
     with pytest.raises(ValueError, match="implementation: expected one of"):
         run("cuda", xs)

@@ -131,7 +131,7 @@ def test_fused_second_derivatives_equal_plain(name, cell, kind, opts, dtype, loo
         final, ys = _run(cell, params, carry, xs, impl, options)
         return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
 
-    gradient = lambda impl: lambda *primals: jax.grad(loss, argnums=(0, 1, 2))(*primals, impl)
+    gradient = lambda impl: lambda *args: jax.grad(loss, argnums=(0, 1, 2))(*args, impl)
     derivatives = {
         "gradient penalty": lambda impl: jax.grad(
             lambda *a: sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient(impl)(*a))), argnums=(0, 1, 2))(*primals),
