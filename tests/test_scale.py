@@ -22,10 +22,12 @@ from jrnn.train import NonFiniteLossError, fit
 DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     import json, os
     os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=8"
-    import jax, numpy as np, optax, jrnn
-    from jax.sharding import Mesh
+    import re, tempfile
+    import jax, jax.numpy as jnp, numpy as np, optax, jrnn
+    from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
     from jrnn.forecast import Forecaster
-    from jrnn.train import fit
+    from jrnn.kernels import native
+    from jrnn.train import TrainState, fit, make_train_step
     assert len(jax.devices()) == 8, jax.devices()
     rng = np.random.default_rng(0)
     X = rng.normal(size=(128, 10, 3)).astype(np.float32)
@@ -44,8 +46,37 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
         error = None
     except ValueError as err:
         error = str(err)
+
+    # params that arrive sharded over a second mesh axis keep their sharding
+    mesh2 = Mesh(np.array(jax.devices()).reshape(4, 2), ("data", "model"))
+    wide = lambda a: P(None, "model") if a.ndim == 2 and a.shape[1] % 2 == 0 else P()
+    sharded = jax.tree.map(lambda a: jax.device_put(a, NamedSharding(mesh2, wide(a))), init)
+    multi2, h42 = fit(model.apply, sharded, (X, Y), (X[:32], Y[:32]), mesh=mesh2, **options)
+    diff2 = max(float(np.linalg.norm(a - b) / np.linalg.norm(b))
+                for a, b in zip(jax.tree.leaves(multi2), jax.tree.leaves(single)))
+    specs = [str(a.sharding.spec) for a in jax.tree.leaves(multi2)]
+    with tempfile.TemporaryDirectory() as directory:  # stopped after 2 epochs, resumed: the same, sharded alike
+        fit(model.apply, sharded, (X, Y), (X[:32], Y[:32]), mesh=mesh2, checkpoint_dir=directory,
+            **{**options, "epochs": 2})
+        resumed, _ = fit(model.apply, sharded, (X, Y), (X[:32], Y[:32]), mesh=mesh2, checkpoint_dir=directory,
+                         resume=True, **options)
+    resumed_diff = max(float(np.abs(a - b).max()) for a, b in zip(jax.tree.leaves(resumed), jax.tree.leaves(multi2)))
+    resumed_specs = [str(a.sharding.spec) for a in jax.tree.leaves(resumed)]
+
+    # each device's native loops run on its own rows of the batch (32 / 8 = 4)
+    state = TrainState(jnp.zeros((), jnp.int32), init, optax.adam(1e-2).init(init))
+    Xs, Ys = jax.device_put((X[:32], Y[:32]), NamedSharding(mesh, P("data")))
+    step = make_train_step(model.apply, optax.adam(1e-2), mesh=mesh)
+    hlo = step.lower(state, Xs, Ys, jax.random.key(0)).compile().as_text()
+    loop_batches = sorted({int(m) for m in re.findall(r"f32\\[10,(\\d+),32\\].*custom_call_target=.jrnn_lstm", hlo)})
+
+    dropout_model = Forecaster(jrnn.lstm(8), 3, 1, num_layers=2, dropout=0.5)
+    _, h_dropout = fit(dropout_model.apply, dropout_model.init(jax.random.key(0)), (X, Y), mesh=mesh, **options)
     print(json.dumps({"loss1": h1.train_loss, "loss8": h8.train_loss, "param_rel_diff": diff,
-                      "sharding": sharding, "error": error}))
+                      "sharding": sharding, "error": error, "loss_4x2": h42.train_loss, "param_rel_diff_4x2": diff2,
+                      "specs_4x2": specs, "resumed_diff": resumed_diff, "resumed_specs": resumed_specs,
+                      "native": native.available(), "loop_batches": loop_batches,
+                      "dropout_loss": h_dropout.train_loss}))
 """)
 
 
@@ -60,6 +91,13 @@ def test_data_parallel_equals_single_device():
     assert "NamedSharding" in result["sharding"]
     assert "batch_size: with a mesh of 8 devices along 'data'" in result["error"]
     assert "last batch of 4" in result["error"]
+    np.testing.assert_allclose(result["loss_4x2"], result["loss1"], rtol=1e-6)
+    assert result["param_rel_diff_4x2"] < 1e-6
+    assert result["specs_4x2"][:2] == ["P(None, 'model')"] * 2  # the LSTM's w_x (3, 32) and w_h (8, 32)
+    assert result["resumed_specs"] == result["specs_4x2"] and result["resumed_diff"] == 0
+    if result["native"]:
+        assert result["loop_batches"] == [4]  # forward and backward calls, on 4 rows each, not the whole 32
+    assert np.isfinite(result["dropout_loss"]).all()  # dropout between two layers, inside shard_map
 
 
 SHARD_MAP_SCRIPT = textwrap.dedent("""
@@ -121,7 +159,7 @@ def test_sharded_benchmark_quick_runs():
     rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and line.endswith(" |")][1:]
     assert [row.split(" | ")[0][2:] for row in rows] == [
         "shard_map, native loops", "automatic sharding, native loops", "one device, native loops",
-        "automatic sharding, XLA loops"]
+        "automatic sharding, XLA loops", "train step, shard_map (fit with a mesh)", "train step, automatic sharding"]
     assert "devices: 2" in out.stdout
 
 

@@ -121,7 +121,9 @@ def read_meta(directory, step: int | None = None) -> tuple[int, dict[str, Any]]:
 
 
 def restore(directory, like, step: int | None = None):
-    """The arrays of the newest (or the given) step, with the tree structure of ``like``.
+    """The arrays of the newest (or the given) step, with the tree structure of ``like``;
+    NumPy arrays, except where ``like`` has arrays on a mesh (``NamedSharding``):
+    those come back with the same sharding.
 
     Raises:
       CheckpointError: missing, damaged, or arrays that do not fit ``like``.
@@ -143,8 +145,15 @@ def restore(directory, like, step: int | None = None):
                 raise CheckpointError(
                     f"checkpoint: array {i} in {path} has shape {got.shape}, expected {np.shape(want)}"
                 )
-            leaves.append(got.astype(np.asarray(want).dtype, copy=False))
+            dtype = want.dtype if hasattr(want, "dtype") else np.asarray(want).dtype
+            leaves.append(_placed_like(want, got.astype(dtype, copy=False)))
     return jax.tree.unflatten(jax.tree.structure(like), leaves)
+
+
+def _placed_like(want, array: np.ndarray):
+    if isinstance(getattr(want, "sharding", None), jax.sharding.NamedSharding):
+        return jax.device_put(array, want.sharding)
+    return array
 
 
 def _short(err: Exception) -> str:

@@ -75,20 +75,60 @@ def make_optimizer(optimizer: optax.GradientTransformation, clip_norm: float | N
     return optax.chain(optax.clip_by_global_norm(clip_norm), optimizer)
 
 
-def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, loss_fn=mse):
-    """One jitted step: forward, loss, gradients and the optax update together."""
+def make_train_step(apply_fn: Callable, tx: optax.GradientTransformation, loss_fn=mse, *, mesh=None):
+    """One jitted step: forward, loss, gradients and the optax update together.
+
+    With ``mesh``, the loss and gradients run in ``jax.shard_map`` over the mesh's
+    first axis: each device computes its own rows of the batch (jrnn's native CPU
+    loops are custom calls that XLA would otherwise run on the whole batch on
+    every device), the loss is the mean over the devices (``loss_fn`` must be a
+    mean over the batch) and the gradients of the params, replicated along that
+    axis, are summed over it. The mesh's other axes stay with XLA, so params
+    sharded along them keep their sharding. Each device draws its own dropout
+    masks (``dropout_key`` folded with its index).
+    """
+    if mesh is None:
+        loss_and_grads = _loss_and_grads(apply_fn, loss_fn)
+    else:
+        loss_and_grads = _data_parallel(apply_fn, loss_fn, mesh)
 
     @jax.jit
     def train_step(state: TrainState, X, Y, dropout_key):
-        def loss_of(params):
-            return loss_fn(apply_fn(params, X, dropout_key=dropout_key), Y)
-
-        loss, grads = jax.value_and_grad(loss_of)(state.params)
+        loss, grads = loss_and_grads(state.params, X, Y, dropout_key)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return TrainState(state.step + 1, params, opt_state), loss
 
     return train_step
+
+
+def _loss_and_grads(apply_fn: Callable, loss_fn, mean_over=None):
+    """``(params, X, Y, dropout_key) -> (loss, grads)``; ``mean_over``: a mesh
+    axis the loss is averaged over (inside ``shard_map``)."""
+
+    def loss_and_grads(params, X, Y, dropout_key):
+        def loss_of(params):
+            loss = loss_fn(apply_fn(params, X, dropout_key=dropout_key), Y)
+            return loss if mean_over is None else jax.lax.pmean(loss, mean_over)
+
+        return jax.value_and_grad(loss_of)(params)
+
+    return loss_and_grads
+
+
+def _data_parallel(apply_fn: Callable, loss_fn, mesh):
+    from jax.sharding import PartitionSpec as P
+
+    axis = mesh.axis_names[0]
+    per_device = _loss_and_grads(apply_fn, loss_fn, mean_over=axis)
+
+    def own_masks(params, X, Y, dropout_key):
+        if dropout_key is not None:
+            dropout_key = jax.random.fold_in(dropout_key, jax.lax.axis_index(axis))
+        return per_device(params, X, Y, dropout_key)
+
+    return jax.shard_map(own_masks, mesh=mesh, in_specs=(P(), P(axis), P(axis), P()), out_specs=P(),
+                         axis_names={axis})
 
 
 def predict(apply_fn: Callable, params, X, batch_size: int = 512) -> np.ndarray:
@@ -134,11 +174,13 @@ def fit(
       checkpoint_dir: save after every epoch (atomically); with ``resume=True``
         continue from the newest checkpoint there exactly as if uninterrupted.
       checkpoint_meta: extra JSON stored with each checkpoint (model config, scaling).
-      mesh: a ``jax.sharding.Mesh``: data parallelism with XLA SPMD. Each batch is
-        split along the mesh's first axis, params and optimizer state are
-        replicated; the result equals single-device training up to float
-        rounding. ``batch_size`` (and the last partial batch, unless ``drop_last``)
-        must divide by that axis' size.
+      mesh: a ``jax.sharding.Mesh``: data parallelism. Each batch is split along
+        the mesh's first axis and each device computes the loss and gradients of
+        its rows (``jax.shard_map``; see :func:`make_train_step`); params and
+        optimizer state are replicated, except arrays that arrive already sharded
+        over ``mesh``, which keep their sharding. Without dropout the result
+        equals single-device training up to float rounding. ``batch_size`` (and
+        the last partial batch, unless ``drop_last``) must divide by that axis' size.
       drop_last: skip the last partial batch of each epoch.
       check_numerics: run each step under ``jax.experimental.checkify`` float
         checks, so the first NaN or Inf raises at the operation that made it
@@ -171,7 +213,9 @@ def fit(
         history = History.from_dict(meta["history"])
         start_epoch = meta["epoch"] + 1
     state, best_params = place.replicate(state), place.replicate(best_params)
-    train_step = make_train_step(apply_fn, tx)
+    # checkify's error state in scan carries breaks shard_map's typing (JAX 0.10):
+    # checked steps shard with XLA instead
+    train_step = make_train_step(apply_fn, tx, mesh=None if check_numerics else mesh)
     if check_numerics:
         from jax.experimental import checkify
 
@@ -246,7 +290,16 @@ class _Placement:
     replicated: Any = None
 
     def replicate(self, tree):
-        return tree if self.replicated is None else jax.device_put(tree, self.replicated)
+        """Put ``tree`` on the mesh, replicated, except arrays already sharded over it."""
+        if self.replicated is None:
+            return tree
+        mesh = self.replicated.mesh
+
+        def place(leaf):
+            on_mesh = isinstance(leaf, jax.Array) and getattr(leaf.sharding, "mesh", None) == mesh
+            return leaf if on_mesh else jax.device_put(leaf, self.replicated)
+
+        return jax.tree.map(place, tree)
 
     def split(self, X, Y):
         return (X, Y) if self.data is None else jax.device_put((X, Y), self.data)
