@@ -19,25 +19,49 @@ def on_chip(request):
     return request.param
 
 
+def _run(fn, *args):
+    """``fn(*args)`` jitted, compiled without LLVM's optimisations: interpret mode
+    makes each kernel a large XLA program whose optimisation took most of these
+    tests' time, and what the program computes does not depend on it."""
+    return jax.jit(fn).lower(*args).compile({"xla_backend_optimization_level": "0"})(*args)
+
+
+def _outputs_and_grads(loop, loss):
+    """``(*args) -> (loop(*args), gradients of loss(loop(*args)) in every argument)``."""
+
+    def loss_and_outputs(*args):
+        out = loop(*args)
+        return loss(out), out
+
+    def run(*args):
+        grads, out = jax.grad(loss_and_outputs, argnums=tuple(range(len(args))), has_aux=True)(*args)
+        return out, grads
+
+    return run
+
+
+def _assert_trees_close(got, want, rtol, atol):
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=rtol, atol=atol), got, want)
+
+
+def _check_loop(loop, reference, args, loss):
+    """``loop(*args)`` equals ``reference(*args)``: the outputs of the forward call
+    alone, and the outputs and gradients of ``loss`` under ``jax.grad``."""
+    _assert_trees_close(_run(loop, *args), reference(*args), 1e-5, 1e-5)
+    (got_out, got_grads), (want_out, want_grads) = (_run(_outputs_and_grads(f, loss), *args)
+                                                    for f in (loop, reference))
+    _assert_trees_close(got_out, want_out, 1e-5, 1e-5)
+    _assert_trees_close(got_grads, want_grads, 1e-4, 1e-5)
+
+
 def _check_lstm_loop(T, B, H, loop):
     """``loop(px, w, h0, c0)`` equals the plain-JAX reference, values and gradients."""
     k = jax.random.split(jax.random.key(T * B + H), 4)
     px = jax.random.normal(k[0], (T, B, 4 * H), jnp.float32)
     w = jax.random.normal(k[1], (H, 4 * H), jnp.float32) * H**-0.5
     h0, c0 = (jax.random.normal(kk, (B, H), jnp.float32) for kk in k[2:])
-    hs, (h, c) = loop(px, w, h0, c0)
-    want_hs, (want_h, want_c) = pallas_lstm.reference(px, w, h0, c0)
-    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(c, want_c, rtol=1e-5, atol=1e-5)
-
-    def loss(f):
-        return lambda *a: jnp.sum(jnp.sin(f(*a)[0])) + jnp.sum(f(*a)[1][1] ** 2) + jnp.sum(f(*a)[1][0])
-
-    got = jax.grad(loss(loop), argnums=(0, 1, 2, 3))(px, w, h0, c0)
-    want = jax.grad(loss(pallas_lstm.reference), argnums=(0, 1, 2, 3))(px, w, h0, c0)
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    _check_loop(loop, pallas_lstm.reference, (px, w, h0, c0),
+                lambda out: jnp.sum(jnp.sin(out[0])) + jnp.sum(out[1][1] ** 2) + jnp.sum(out[1][0]))
 
 
 @pytest.mark.parametrize("T,B,H", [(1, 16, 16), (6, 32, 48), (3, 16, 128)])  # 1, 3 and 2 chunks
@@ -91,18 +115,8 @@ def _check_gru_loop(T, B, H, on_chip):
     w = jax.random.normal(k[1], (H, 3 * H), jnp.float32) * H**-0.5
     b_hn = jax.random.normal(k[2], (H,), jnp.float32)
     h0 = jax.random.normal(k[3], (B, H), jnp.float32)
-    hs, h = pallas_gru.gru_loop(px, w, b_hn, h0, True, on_chip)
-    want_hs, want_h = pallas_gru.reference(px, w, b_hn, h0)
-    np.testing.assert_allclose(hs, want_hs, rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(h, want_h, rtol=1e-5, atol=1e-5)
-
-    def loss(f):
-        return lambda *a: jnp.sum(jnp.sin(f(*a)[0])) + jnp.sum(f(*a)[1] ** 2)
-
-    got = jax.grad(loss(lambda *a: pallas_gru.gru_loop(*a, True, on_chip)), argnums=(0, 1, 2, 3))(px, w, b_hn, h0)
-    want = jax.grad(loss(pallas_gru.reference), argnums=(0, 1, 2, 3))(px, w, b_hn, h0)
-    for a, b in zip(got, want):
-        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    _check_loop(lambda *a: pallas_gru.gru_loop(*a, True, on_chip), pallas_gru.reference, (px, w, b_hn, h0),
+                lambda out: jnp.sum(jnp.sin(out[0])) + jnp.sum(out[1] ** 2))
 
 
 _CELLS = {"lstm": jrnn.lstm(16), "gru": jrnn.gru(16, reset_after=True), "wide-lstm": jrnn.lstm(320)}
@@ -122,7 +136,8 @@ def test_scan_pallas_equals_plain(cell, batch, key):
         final, ys = jrnn.scan(cell, p, x, carry, implementation=impl)
         return jnp.sum(ys**2) + sum(jnp.sum(c) for c in jax.tree.leaves(final)), (final, ys)
 
-    (_, (f_k, ys_k)), g_k = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, "pallas")
+    (_, (f_k, ys_k)), g_k = _run(jax.value_and_grad(lambda p, x: loss(p, x, "pallas"), argnums=(0, 1), has_aux=True),
+                                 params, xs)
     (_, (f_p, ys_p)), g_p = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(params, xs, "plain")
     np.testing.assert_allclose(ys_k, ys_p, rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), f_k, f_p)
@@ -175,7 +190,7 @@ def test_scan_pallas_bfloat16(cell, key):
         final, ys = jrnn.scan(cell, p, xs, implementation=impl, carry_dtype=jnp.float32)
         return jnp.sum(ys**2) + sum(jnp.sum(c) for c in jax.tree.leaves(final)), ys
 
-    (_, ys_k), g_k = jax.value_and_grad(loss, has_aux=True)(params, "pallas")
+    (_, ys_k), g_k = _run(jax.value_and_grad(lambda p: loss(p, "pallas"), has_aux=True), params)
     (_, ys_p), g_p = jax.value_and_grad(loss, has_aux=True)(params, "plain")
     assert ys_k.dtype == ys_p.dtype == jnp.float32
     np.testing.assert_allclose(ys_k, ys_p, rtol=2e-2, atol=2e-2)
