@@ -29,7 +29,7 @@ def test_multi_step_forecast_is_autoregressive_scan(key):
     # The scan over history + the forecasts fed back gives the same outputs.
     inputs = np.concatenate([history, got[:-1]], axis=0)
     _, ys = model.network(params.rnn, jnp.asarray(inputs, jnp.float32))
-    scanned = np.asarray(ys @ params.w_out + params.b_out)
+    scanned = np.asarray(ys @ params.w_out + params.b_out[None])
     np.testing.assert_allclose(got, scanned[len(history) - 1 :], rtol=1e-5, atol=1e-6)
 
 

@@ -109,6 +109,15 @@ KERAS_CASES = [("SimpleRNN", {}), ("SimpleRNN", {"activation": "relu"}), ("LSTM"
                ("GRU", {"reset_after": True}), ("GRU", {"reset_after": False})]
 
 
+@pytest.fixture
+def keras():
+    """Keras 3 on JAX broadcasts arrays of different ranks itself: its layers run
+    with rank promotion allowed (the suite raises on it, see conftest.py)."""
+    keras = pytest.importorskip("keras")
+    with jax.numpy_rank_promotion("allow"):
+        yield keras
+
+
 def _keras_randomize(layer, seed=0):
     rng = np.random.default_rng(seed)
     layer.set_weights([rng.normal(size=w.shape).astype(np.float32) * 0.5 for w in layer.get_weights()])
@@ -117,8 +126,7 @@ def _keras_randomize(layer, seed=0):
 
 @pytest.mark.parametrize("name,options", KERAS_CASES)
 @pytest.mark.parametrize("I,H", [(I, H), (2, 11)], ids=["4x5", "2x11"])
-def test_keras_layers(name, options, I, H):
-    keras = pytest.importorskip("keras")
+def test_keras_layers(name, options, I, H, keras):
     layer = getattr(keras.layers, name)(H, return_sequences=True, return_state=True, **options)
     xs = _xs(5, shape=(B, T, I))
     layer(xs)
@@ -134,8 +142,7 @@ def test_keras_layers(name, options, I, H):
 
 
 @pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave"])
-def test_keras_bidirectional_and_sequential(merge):
-    keras = pytest.importorskip("keras")
+def test_keras_bidirectional_and_sequential(merge, keras):
     layer = keras.layers.Bidirectional(keras.layers.GRU(H, return_sequences=True), merge_mode=merge)
     xs = _xs(6)
     layer(xs)

@@ -24,6 +24,7 @@ import jax.numpy as jnp
 
 from jrnn import initializers as inits
 from jrnn._checks import check_array, check_floating, check_init_args, check_shape
+from jrnn._ranks import add_bias
 
 
 class SimpleRNNParams(NamedTuple):
@@ -164,7 +165,7 @@ class Cell:
     # -- computation ------------------------------------------------------------
     def project_input(self, params, x: jax.Array) -> jax.Array:
         """``x @ w_x + b``: ``(..., I) -> (..., G*H)``; run once for all time steps."""
-        return x @ params.w_x + params.b
+        return add_bias(x @ params.w_x, params.b)
 
     def gates(self, params, carry, projected_x, recurrent_mask=None) -> dict[str, jax.Array]:
         """The step's activations by name (LSTM: i, f, g, o; GRU: z, r, n; SimpleRNN: h).
@@ -332,7 +333,7 @@ class GRUCell(Cell):
         if self.reset_after:
             hw = h_in @ params.w_h
             z, r = _split_blocks(jax.nn.sigmoid(projected_x[..., : 2 * H] + hw[..., : 2 * H]), 2)
-            n = jnp.tanh(projected_x[..., 2 * H :] + r * (hw[..., 2 * H :] + params.b_hn))
+            n = jnp.tanh(projected_x[..., 2 * H :] + r * add_bias(hw[..., 2 * H :], params.b_hn))
         else:
             zr = projected_x[..., : 2 * H] + h_in @ params.w_h[:, : 2 * H]
             z, r = _split_blocks(jax.nn.sigmoid(zr), 2)

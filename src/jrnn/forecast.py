@@ -15,6 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrnn import checkpoint as ckpt
+from jrnn._ranks import add_bias
 from jrnn.cells import Cell, from_config
 from jrnn.data import TARGET_MODES, Scaler
 from jrnn.layers import stacked
@@ -73,7 +74,7 @@ class Forecaster:
         """Predictions for windows ``X (*batch, L, I)``."""
         _, ys = self.network(params.rnn, X, dropout_key=dropout_key)
         hidden = ys[..., -1, :] if self.mode == "last" else ys
-        return hidden @ params.w_out + params.b_out
+        return add_bias(hidden @ params.w_out, params.b_out)
 
     # -- streaming -------------------------------------------------------------
     def initial_state(self, batch_shape=(), dtype=jnp.float32) -> tuple:
@@ -86,7 +87,7 @@ class Forecaster:
         for layer_params, carry in zip(params.rnn, state):
             carry, h = self.cell.step(layer_params, carry, h)
             new_state.append(carry)
-        return tuple(new_state), h @ params.w_out + params.b_out
+        return tuple(new_state), add_bias(h @ params.w_out, params.b_out)
 
     def config(self) -> dict[str, Any]:
         return {"cell": self.cell.config(), "input_size": self.input_size,

@@ -24,6 +24,7 @@ import optax
 
 import jrnn
 from jrnn import datasets
+from jrnn._ranks import add_bias
 from jrnn._report import figure, save, write_json, xla_temp_bytes
 from jrnn.diagnostics import gradient_norms, gradient_ratio
 from jrnn.forecast import Forecaster
@@ -77,7 +78,8 @@ def gradient_profile(model, params, X, Y):
         (layer,) = params64.rnn
 
         def loss(ys):
-            return jnp.mean((ys[:, -1] @ params64.w_out + params64.b_out - jnp.asarray(Y, jnp.float64)) ** 2)
+            prediction = add_bias(ys[:, -1] @ params64.w_out, params64.b_out)
+            return jnp.mean((prediction - jnp.asarray(Y, jnp.float64)) ** 2)
 
         norms = gradient_norms(model.cell, layer, jnp.asarray(X, jnp.float64), loss)
         return np.asarray(norms.mean(axis=0)), float(gradient_ratio(norms))

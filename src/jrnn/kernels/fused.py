@@ -34,6 +34,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jrnn._ranks import add_bias
 from jrnn._varying import sum_like
 from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
 from jrnn.kernels import native
@@ -44,13 +45,14 @@ _LSTM_SCALE = (0.5, 0.5, 1.0, 0.5)  # i, f, g, o
 _LSTM_ADD = (0.5, 0.5, 0.0, 0.5)
 
 
-def _column(values, dtype):
-    return jnp.asarray(values, dtype)[:, None]
+def _column(values, like):
+    """``values`` per gate as a ``(…, 4, 1)`` column of ``like``'s rank and dtype."""
+    return jax.lax.broadcast_to_rank(jnp.asarray(values, like.dtype)[:, None], like.ndim)
 
 
 def _lstm_activation(t):
     """Gate activations from the gate tanh values ``t (B, 4, H)``: ``t·scale + add``."""
-    return t * _column(_LSTM_SCALE, t.dtype) + _column(_LSTM_ADD, t.dtype)
+    return t * _column(_LSTM_SCALE, t) + _column(_LSTM_ADD, t)
 
 
 def _lstm_gates(pre, H, split):
@@ -60,7 +62,8 @@ def _lstm_gates(pre, H, split):
     if split:
         t = [jnp.tanh(pre[..., k * H:(k + 1) * H] * s) for k, s in enumerate(_LSTM_SCALE)]
         return jnp.stack(t, axis=-2), [tk * s + a for tk, s, a in zip(t, _LSTM_SCALE, _LSTM_ADD)]
-    t = jnp.tanh(pre.reshape(*pre.shape[:-1], 4, H) * _column(_LSTM_SCALE, pre.dtype))
+    gates = pre.reshape(*pre.shape[:-1], 4, H)
+    t = jnp.tanh(gates * _column(_LSTM_SCALE, gates))
     act = _lstm_activation(t)
     return t, [act[..., k, :] for k in range(4)]
 
@@ -105,7 +108,7 @@ class _LSTM:
         _, c_prev, t, tc = res
         dh, dc = d_carry
         dh = dh + dy
-        scale = _column(_LSTM_SCALE, t.dtype)
+        scale = _column(_LSTM_SCALE, t)
         act = _lstm_activation(t)
         i, f, g, o = act[..., 0, :], act[..., 1, :], act[..., 2, :], act[..., 3, :]
         dc = dc + dh * o * (1 - tc * tc)
@@ -132,7 +135,7 @@ class _GRU:
             hw = h_in @ p["w_h"]
             zr = jax.nn.sigmoid(px[..., : 2 * H] + hw[..., : 2 * H])
             z, r = zr[..., :H], zr[..., H:]
-            hn = hw[..., 2 * H :] + p["b_hn"]
+            hn = add_bias(hw[..., 2 * H :], p["b_hn"])
             n = jnp.tanh(px[..., 2 * H :] + r * hn)
             aux = hn
         else:
@@ -296,7 +299,7 @@ def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, m
 
     def body(carry, inputs):
         px, ok = inputs
-        new, y, res = step(cell, p, carry, px + p["b"], mask)
+        new, y, res = step(cell, p, carry, add_bias(px, p["b"]), mask)
         if ok is not None:
             ok = ok[:, None]
             new = _select(ok, new, carry)

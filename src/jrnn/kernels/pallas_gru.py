@@ -32,6 +32,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from jrnn._ranks import add_bias
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -172,7 +173,7 @@ def reference(projected, w_h, b_hn, h0):
         a = h @ w_h
         z = jax.nn.sigmoid(px[..., :H] + a[..., :H])
         r = jax.nn.sigmoid(px[..., H : 2 * H] + a[..., H : 2 * H])
-        n = jnp.tanh(px[..., 2 * H :] + r * (a[..., 2 * H :] + b_hn))
+        n = jnp.tanh(px[..., 2 * H :] + r * add_bias(a[..., 2 * H :], b_hn))
         h = (1 - z) * h + z * n
         return h, h
 

@@ -42,7 +42,7 @@ def parallel_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=F
     valid = None
     if seq_lengths is not None:
         steps = jnp.arange(projected.shape[0], dtype=seq_lengths.dtype)
-        valid = (steps.reshape(-1, *([1] * seq_lengths.ndim)) < seq_lengths)[..., None]
+        valid = (steps.reshape(-1, *([1] * seq_lengths.ndim)) < seq_lengths[None])[..., None]
         log_a = jnp.where(valid, log_a, jnp.zeros_like(log_a))
         b = jnp.where(valid, b, jnp.zeros_like(b))
     if resets is not None:
@@ -50,10 +50,10 @@ def parallel_scan(cell, params, projected, carry, *, seq_lengths=None, reverse=F
         if valid is not None:
             restart = restart & valid
         h0 = carry if reset_carry is None else reset_carry
-        b = jnp.where(restart, b + jnp.exp(log_a) * h0, b)
+        b = jnp.where(restart, b + jnp.exp(log_a) * h0[None], b)
         log_a = jnp.where(restart, jnp.full_like(log_a, -jnp.inf), log_a)
     total_log_a, total_b = jax.lax.associative_scan(_combine, (log_a, b), reverse=reverse, axis=0)
-    hs = jnp.exp(total_log_a) * carry + total_b
+    hs = jnp.exp(total_log_a) * carry[None] + total_b
     final = hs[0] if reverse else hs[-1]
     ys = hs if valid is None else jnp.where(valid, hs, jnp.zeros_like(hs))
     return final, ys
