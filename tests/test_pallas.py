@@ -190,13 +190,19 @@ def test_scan_pallas_bfloat16(cell, key):
         final, ys = jrnn.scan(cell, p, xs, implementation=impl, carry_dtype=jnp.float32)
         return jnp.sum(ys**2) + sum(jnp.sum(c) for c in jax.tree.leaves(final)), ys
 
-    (_, ys_k), g_k = _run(jax.value_and_grad(lambda p: loss(p, "pallas"), has_aux=True), params)
-    (_, ys_p), g_p = jax.value_and_grad(loss, has_aux=True)(params, "plain")
+    def values_and_grads(impl):  # both jitted: the XLA around the kernel compiles alike
+        return _run(jax.value_and_grad(lambda p: loss(p, impl), has_aux=True), params)
+
+    (_, ys_k), g_k = values_and_grads("pallas")
+    (_, ys_p), g_p = values_and_grads("plain")
     assert ys_k.dtype == ys_p.dtype == jnp.float32
     np.testing.assert_allclose(ys_k, ys_p, rtol=2e-2, atol=2e-2)
     for a, b in zip(jax.tree.leaves(g_k), jax.tree.leaves(g_p)):
         assert a.dtype == b.dtype == jnp.bfloat16
-        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=5e-2, atol=5e-2)
+        # A weight gradient sums T·B bfloat16 products; where they cancel, an entry near 0 is off by a few
+        # units in the last place of the largest ones (jax 0.11.2: 0.39 in an entry of 1.09, largest 40).
+        scale = float(np.abs(np.float32(b)).max())
+        np.testing.assert_allclose(np.float32(a), np.float32(b), rtol=5e-2, atol=max(5e-2, 2e-2 * scale))
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
