@@ -72,11 +72,20 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
 
     dropout_model = Forecaster(jrnn.lstm(8), 3, 1, num_layers=2, dropout=0.5)
     _, h_dropout = fit(dropout_model.apply, dropout_model.init(jax.random.key(0)), (X, Y), mesh=mesh, **options)
+    # each device draws its own masks: 8 copies of the same 4 rows do not give the loss of those 4 rows alone
+    # (with one key shared by all devices, every device's loss, and so their mean, would be exactly that)
+    weights = dropout_model.init(jax.random.key(0))
+    state = TrainState(jnp.zeros((), jnp.int32), weights, optax.adam(1e-2).init(weights))
+    X4, Y4 = X[:4], Y[:4]
+    copies = jax.device_put((np.tile(X4, (8, 1, 1)), np.tile(Y4, (8, 1))), NamedSharding(mesh, P("data")))
+    dropout_losses = [float(make_train_step(dropout_model.apply, optax.adam(1e-2), mesh=m)(state, *xy,
+                                                                                          jax.random.key(3))[1])
+                      for m, xy in ((mesh, copies), (None, (X4, Y4)))]
     print(json.dumps({"loss1": h1.train_loss, "loss8": h8.train_loss, "param_rel_diff": diff,
                       "sharding": sharding, "error": error, "loss_4x2": h42.train_loss, "param_rel_diff_4x2": diff2,
                       "specs_4x2": specs, "resumed_diff": resumed_diff, "resumed_specs": resumed_specs,
                       "native": native.available(), "loop_batches": loop_batches,
-                      "dropout_loss": h_dropout.train_loss}))
+                      "dropout_loss": h_dropout.train_loss, "dropout_losses": dropout_losses}))
 """)
 
 
@@ -98,6 +107,8 @@ def test_data_parallel_equals_single_device():
     if result["native"]:
         assert result["loop_batches"] == [4]  # forward and backward calls, on 4 rows each, not the whole 32
     assert np.isfinite(result["dropout_loss"]).all()  # dropout between two layers, inside shard_map
+    copies_loss, rows_loss = result["dropout_losses"]
+    assert np.isfinite(copies_loss) and abs(copies_loss - rows_loss) > 1e-4 * rows_loss
 
 
 SHARD_MAP_SCRIPT = textwrap.dedent("""
