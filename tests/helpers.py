@@ -1,5 +1,7 @@
 """Cells under test and small helpers shared by the test modules."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -43,3 +45,30 @@ def assert_carry_close(got, want, **tol):
     assert len(got) == len(want)
     for g, w in zip(got, want):
         np.testing.assert_allclose(np.asarray(g, np.float64), w, **tol)
+
+
+def assert_gradient_derivatives_equal(loss, primals, key, implementation, tol, reference="plain",
+                                      run=lambda fn, *args: jax.jit(fn)(*args)):
+    """``loss(*primals, implementation)``'s gradient (in every argument) has the
+    derivatives of ``loss(*primals, reference)``'s, each computed by ``run``: reverse
+    over reverse (a gradient penalty), forward over reverse (a Hessian-vector
+    product along random tangents) and ``jax.hessian`` in the last argument; each
+    entry within ``tol`` relative to itself or to the largest entry of its array."""
+    leaves, tree = jax.tree.flatten(primals)
+    tangents = jax.tree.unflatten(tree, [jax.random.normal(k, leaf.shape, leaf.dtype)
+                                         for k, leaf in zip(jax.random.split(key, len(leaves)), leaves)])
+    argnums = tuple(range(len(primals)))
+    gradient = lambda impl: lambda *args: jax.grad(loss, argnums=argnums)(*args, impl)
+    derivatives = {
+        "gradient penalty": lambda impl, primals, tangents: jax.grad(
+            lambda *a: sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient(impl)(*a))), argnums=argnums)(*primals),
+        "Hessian-vector product": lambda impl, primals, tangents: jax.jvp(gradient(impl), primals, tangents)[1],
+        "Hessian in the last argument": lambda impl, primals, tangents: jax.hessian(
+            lambda last: loss(*primals[:-1], last, impl))(primals[-1]),
+    }
+    for what, derivative in derivatives.items():
+        got, want = (run(functools.partial(derivative, impl), primals, tangents)
+                     for impl in (implementation, reference))
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+            scale = max(1.0, float(np.abs(b).max(initial=0.0)))  # sums of many float32 terms: off by tol · largest
+            np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale, err_msg=what)

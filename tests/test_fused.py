@@ -10,7 +10,7 @@ import pytest
 
 import jrnn
 from jrnn.kernels import fused, native
-from tests.helpers import CELL_IDS, CELLS, random_carry, random_params
+from tests.helpers import CELL_IDS, CELLS, assert_gradient_derivatives_equal, random_carry, random_params
 
 OPTIONS = [
     {},
@@ -122,27 +122,13 @@ def test_fused_second_derivatives_equal_plain(name, cell, kind, opts, dtype, loo
     params = random_params(cell, k_p, 3, dtype, scale=0.4)
     carry = random_carry(cell, k_c, (3,), dtype)
     xs = jax.random.normal(k_x, (3, 4, 3), dtype)
-    primals = (params, carry, xs)
-    leaves, tree = jax.tree.flatten(primals)
-    tangents = jax.tree.unflatten(tree, [jax.random.normal(k, leaf.shape, dtype)
-                                         for k, leaf in zip(jax.random.split(k_v, len(leaves)), leaves)])
 
     def loss(params, carry, xs, impl):
         final, ys = _run(cell, params, carry, xs, impl, options)
         return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
 
-    gradient = lambda impl: lambda *args: jax.grad(loss, argnums=(0, 1, 2))(*args, impl)
-    derivatives = {
-        "gradient penalty": lambda impl: jax.grad(
-            lambda *a: sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient(impl)(*a))), argnums=(0, 1, 2))(*primals),
-        "Hessian-vector product": lambda impl: jax.jvp(gradient(impl), primals, tangents)[1],
-        "Hessian in xs": lambda impl: jax.hessian(lambda xs: loss(params, carry, xs, impl))(xs),
-    }
     with loops():
-        for what, derivative in derivatives.items():
-            fused, plain = (jax.jit(derivative, static_argnums=0)(impl) for impl in ("fused", "plain"))
-            for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(plain), strict=True):
-                np.testing.assert_allclose(a, b, rtol=tol, atol=tol, err_msg=what)
+        assert_gradient_derivatives_equal(loss, (params, carry, xs), k_v, "fused", tol)
 
 
 LSTM_CELL = [c for c in CELLS if c[0] == "lstm"]

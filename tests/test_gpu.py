@@ -1,12 +1,15 @@
 """The cuDNN option (on any backend: its weight layouts, what jrnn's own binding lowers to for CUDA,
 its build cache and fallbacks; values and gradients on a GPU only) and the GPU benchmark script."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 import jrnn
+from tests.helpers import assert_gradient_derivatives_equal, random_carry, random_params
 
 gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU backend")
 
@@ -61,6 +64,21 @@ def test_auto_takes_cudnn_on_one_gpu_and_equals_plain(kind, key):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4), g_a, g_p)
 
 
+@gpu
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cudnn_gradient_derivatives_on_a_gpu(kind, key):
+    """Derivatives of gradients through cuDNN (a gradient penalty, a
+    Hessian-vector product, ``jax.hessian``) equal the plain path's: JAX
+    differentiates cuDNN's calls as their plain-JAX reference."""
+    from jrnn.kernels import cudnn
+
+    if kind == "gru" and not cudnn.own_binding_available():
+        pytest.skip(f"jrnn's own cuDNN binding: {cudnn.own_binding_problem()}")
+    cell = jrnn.lstm(8) if kind == "lstm" else jrnn.gru(8, reset_after=True)
+    with jax.default_matmul_precision("highest"):
+        _check_gradient_derivatives(cell, key, ("cudnn",) if jax.device_count() != 1 else ("auto", "cudnn"), 1e-4)
+
+
 def test_cudnn_weight_layout_is_exact(key):
     """On any backend: the flat cuDNN weight vector jrnn packs, unpacked by
     ``jax.experimental.rnn`` and run through its reference LSTM (the equations
@@ -100,19 +118,60 @@ def test_cudnn_gru_weight_layout_is_exact(key):
                              b_hn=jax.random.normal(k_n, params.b_hn.shape, jnp.float64))
     xs = jax.random.normal(k_x, (B, T, I), jnp.float64)
     h0 = jax.random.normal(k_h, (B, H), jnp.float64)
-    flat = np.asarray(cudnn.pack_weights(params))
-    sizes = [3 * H * I, 3 * H * H, 3 * H, 3 * H]
-    assert flat.size == sum(sizes)
-    w_ih, w_hh, b_ih, b_hh = np.split(flat, np.cumsum(sizes)[:-1])
-    module = torch.nn.GRU(I, H, batch_first=True).double()
+    module = _torch_module(torch, "gru", cudnn.pack_weights(params), I, H, batch_first=True)
     with torch.no_grad():
-        for name, value in (("weight_ih_l0", w_ih.reshape(3 * H, I)), ("weight_hh_l0", w_hh.reshape(3 * H, H)),
-                            ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
-            getattr(module, name).copy_(torch.from_numpy(np.array(value)))
         ys, h_n = module(torch.from_numpy(np.array(xs)), torch.from_numpy(np.array(h0))[None])
     final, ys_plain = jrnn.scan(cell, params, xs, h0, implementation="plain")
     np.testing.assert_allclose(ys.numpy(), ys_plain, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(h_n[0].numpy(), final, rtol=1e-12, atol=1e-12)
+
+
+def _torch_module(torch, kind, flat, I, H, batch_first=False):
+    """A float64 ``torch.nn.LSTM`` or ``GRU`` holding a flat cuDNN weight vector, cut
+    where cuDNN's layout puts W_ih (G·H, I), W_hh (G·H, H), b_ih and b_hh
+    (PyTorch's layout, gate blocks i, f, g, o and r, z, n)."""
+    G = 4 if kind == "lstm" else 3
+    flat = np.asarray(flat)
+    sizes = [G * H * I, G * H * H, G * H, G * H]
+    assert flat.size == sum(sizes)
+    w_ih, w_hh, b_ih, b_hh = np.split(flat, np.cumsum(sizes)[:-1])
+    module = (torch.nn.LSTM if kind == "lstm" else torch.nn.GRU)(I, H, batch_first=batch_first).double()
+    with torch.no_grad():
+        for name, value in (("weight_ih_l0", w_ih.reshape(G * H, I)), ("weight_hh_l0", w_hh.reshape(G * H, H)),
+                            ("bias_ih_l0", b_ih), ("bias_hh_l0", b_hh)):
+            getattr(module, name).copy_(torch.from_numpy(np.array(value)))
+    return module
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cudnn_reference_computes_what_cudnn_does_with_any_weights(kind, key):
+    """On any backend: ``unpack_weights`` inverts ``pack_weights``, and for a flat
+    weight vector with every entry random (``b_hh`` too, which ``pack_weights``
+    leaves zero outside the GRU's ``b_hn``), the plain-JAX reference that JAX
+    differentiates in place of cuDNN's calls computes what ``torch.nn.LSTM`` /
+    ``GRU`` (cuDNN's equations and layout) compute with it."""
+    torch = pytest.importorskip("torch")
+    from jrnn.kernels import cudnn
+
+    I, H, B, T = 3, 5, 2, 6
+    cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
+    k_p, k_w, k_x, k_h, k_c = jax.random.split(key, 5)
+    params = random_params(cell, k_p, I, jnp.float64)
+    jax.tree.map(np.testing.assert_array_equal, cudnn.unpack_weights(kind, cudnn.pack_weights(params), I, H), params)
+    w = jax.random.normal(k_w, cudnn.pack_weights(params).shape, jnp.float64)
+    xs = jax.random.normal(k_x, (T, B, I), jnp.float64)
+    h0, c0 = (jax.random.normal(k, (1, B, H), jnp.float64) for k in (k_h, k_c))
+    ys, hy, cy, _ = cudnn._reference_forward(kind, 0, xs, h0, c0, w)
+    module = _torch_module(torch, kind, w, I, H)
+    to_torch = lambda a: torch.from_numpy(np.array(a))
+    with torch.no_grad():
+        ys_t, state = module(to_torch(xs), (to_torch(h0), to_torch(c0)) if kind == "lstm" else to_torch(h0))
+    np.testing.assert_allclose(ys, ys_t.numpy(), rtol=1e-12, atol=1e-12)
+    if kind == "lstm":
+        np.testing.assert_allclose(hy, state[0].numpy(), rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(cy, state[1].numpy(), rtol=1e-12, atol=1e-12)
+    else:
+        np.testing.assert_allclose(hy, state.numpy(), rtol=1e-12, atol=1e-12)
 
 
 def test_cudnn_algorithm_follows_pytorch():
@@ -284,6 +343,70 @@ def _as_if_on_one_gpu(monkeypatch, refuses=False):
     monkeypatch.setattr(cudnn, "_sizes", sizes)
     monkeypatch.setattr(jax, "device_count", lambda *backend: 1)
     return asked
+
+
+def _opaque(fn, name, calls):
+    """``fn`` as a kernel that JAX cannot differentiate (as a custom call): each
+    call is noted in ``calls``; differentiating it fails the test."""
+    kernel = jax.custom_jvp(fn)
+    kernel.defjvp(lambda primals, tangents: pytest.fail(f"JAX differentiated the {name} kernel itself"))
+
+    def call(*args):
+        calls.append(name)
+        return kernel(*args)
+
+    return call
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cudnn_gradient_derivatives_equal_plain(kind, monkeypatch, key):
+    """On a (stood-in) single GPU, with cuDNN's forward and backward stood in for
+    by kernels JAX cannot differentiate: a gradient runs both, and derivatives of
+    gradients (a gradient penalty, a Hessian-vector product, ``jax.hessian``) equal
+    the plain path's. On a GPU,
+    :func:`test_cudnn_gradient_derivatives_on_a_gpu` runs cuDNN itself."""
+    from jrnn.kernels import cudnn
+
+    _as_if_on_one_gpu(monkeypatch)
+    calls = []
+
+    def forward(config, xs, h0, c0, w, training):
+        T, B, I = xs.shape
+        reserve_bytes = cudnn._sizes(*config, I, h0.shape[-1], B, T, training)[2]
+
+        def values(*args):  # what cuDNN computes, with a reserve space that is not the reference's zeros
+            ys, hy, cy, reserve = cudnn._reference_forward(config[0], reserve_bytes, *args)
+            return ys, hy, cy, reserve + 7
+
+        return _opaque(values, "forward", calls)(xs, h0, c0, w)
+
+    def backward(config, *args):
+        return _opaque(functools.partial(cudnn._reference_backward, config[0]), "backward", calls)(*args)
+
+    monkeypatch.setattr(cudnn, "_forward", forward)
+    monkeypatch.setattr(cudnn, "_backward", backward)
+    cell = jrnn.lstm(8) if kind == "lstm" else jrnn.gru(8, reset_after=True)
+    _check_gradient_derivatives(cell, key, ("auto",), 1e-4)  # "auto" takes "cudnn"'s path here
+    assert calls[:2] == ["forward", "backward"]  # the first gradient ran the (stood-in) cuDNN kernels
+
+
+def _check_gradient_derivatives(cell, key, implementations, tol):
+    """A gradient through each of ``implementations`` equals the plain path's, and
+    so do derivatives of that gradient (see ``assert_gradient_derivatives_equal``)."""
+    k_p, k_c, k_x, k_v = jax.random.split(key, 4)
+    params = random_params(cell, k_p, 3, jnp.float32, scale=0.4)
+    carry = random_carry(cell, k_c, (3,), jnp.float32)
+    xs = jax.random.normal(k_x, (3, 4, 3), jnp.float32)
+
+    def loss(params, carry, xs, impl):
+        final, ys = jrnn.scan(cell, params, xs, carry, implementation=impl)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+    want = jax.grad(loss, argnums=(0, 1, 2))(params, carry, xs, "plain")
+    for impl in implementations:
+        got = jax.grad(loss, argnums=(0, 1, 2))(params, carry, xs, impl)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), got, want)
+        assert_gradient_derivatives_equal(loss, (params, carry, xs), k_v, impl, tol)
 
 
 def test_cudnn_auto_applies_only_where_the_persistent_kernel_does(monkeypatch, key):

@@ -8,6 +8,7 @@ import pytest
 
 import jrnn
 from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
+from tests.helpers import assert_gradient_derivatives_equal, random_carry, random_params
 
 pytest.importorskip("jax.experimental.pallas")
 
@@ -142,6 +143,23 @@ def test_scan_pallas_equals_plain(cell, batch, key):
     np.testing.assert_allclose(ys_k, ys_p, rtol=1e-5, atol=1e-6)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6), f_k, f_p)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), g_k, g_p)
+
+
+@pytest.mark.parametrize("cell", [_CELLS["lstm"], _CELLS["gru"], _CELLS["wide-lstm"]], ids=["lstm", "gru", "wide-lstm"])
+def test_pallas_gradient_derivatives_equal_plain(cell, key):
+    """Derivatives of the kernels' gradients (a gradient penalty, a Hessian-vector
+    product, ``jax.hessian``) equal the plain driver's: JAX differentiates each
+    kernel call as its plain-JAX reference (``reference_forward``, ``reference_backward``)."""
+    k_p, k_c, k_x, k_v = jax.random.split(key, 4)
+    params = random_params(cell, k_p, 3, jnp.float32, scale=1.6 * cell.hidden_size**-0.5)  # 0.4 at H = 16
+    carry = random_carry(cell, k_c, (3,), jnp.float32)
+    xs = jax.random.normal(k_x, (3, 4, 3), jnp.float32)
+
+    def loss(params, carry, xs, impl):
+        final, ys = jrnn.scan(cell, params, xs, carry, implementation=impl)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+    assert_gradient_derivatives_equal(loss, (params, carry, xs), k_v, "pallas", 2e-4, run=_run)
 
 
 def test_pallas_refusals(key):

@@ -20,6 +20,11 @@ Two bindings compute it:
 - **jax.experimental.rnn** (cuDNN's standard algorithm, a GEMM per step):
   the LSTM, with or without ``seq_lengths``, where jrnn's own is missing.
 
+Derivatives of gradients through jrnn's own binding (``jax.hessian``, a
+gradient penalty) work: JAX differentiates its forward and backward calls as
+plain JAX (:func:`unpack_weights` and jrnn's cell steps). Through
+``jax.experimental.rnn`` only first derivatives exist.
+
 cuDNN stores PyTorch's layout (``W_ih (G·H, I)``, ``W_hh (G·H, H)``, two
 biases; LSTM gates i, f, g, o; GRU r, z, n with h = (1 − z) ⊙ n + z ⊙ h)
 packed in one flat vector: jrnn's ``w_x``/``w_h`` are the transposes, its
@@ -46,7 +51,8 @@ import jax.numpy as jnp
 import jaxlib
 import numpy as np
 
-from jrnn.cells import GRUCell, GRUParams, LSTMCell, LSTMState
+from jrnn.cells import GRUCell, GRUParams, LSTMCell, LSTMParams, LSTMState, gru, lstm
+from jrnn.kernels._derivatives import differentiated_as
 
 # cudnnRNNMode_t and cudnnRNNAlgo_t (cudnn_adv.h)
 _MODES = {"lstm": 2, "gru": 3}
@@ -77,6 +83,12 @@ def _gru_blocks(array):
     """jrnn GRU blocks (z, r, n) -> cuDNN's (r, −z, n) along the last axis."""
     z, r, n = jnp.split(array, 3, axis=-1)
     return jnp.concatenate([r, -z, n], axis=-1)
+
+
+def _jrnn_gru_blocks(array):
+    """cuDNN's GRU blocks (r, −z, n) -> jrnn's (z, r, n) along the last axis."""
+    r, minus_z, n = jnp.split(array, 3, axis=-1)
+    return jnp.concatenate([-minus_z, r, n], axis=-1)
 
 
 def pack_weights(params) -> jax.Array:
@@ -283,18 +295,24 @@ def _forward(config, xs, h0, c0, w, training):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _own_rnn(config, xs, h0, c0, w):
     """``config = (kind, algorithm, tf32)``; ``xs (T, B, I)``, ``h0, c0 (1, B, H)``, ``w`` the flat
-    weights -> ``ys (T, B, H), hy, cy``. cuDNN's forward and backward (data and weights)."""
+    weights -> ``ys (T, B, H), hy, cy``. cuDNN's forward and backward (data and weights);
+    derivatives of the backward are :func:`_reference_forward`'s (:mod:`jrnn.kernels._derivatives`)."""
     return _forward(config, xs, h0, c0, w, training=False)[:3]
 
 
 def _own_rnn_fwd(config, xs, h0, c0, w):
-    ys, hy, cy, reserve = _forward(config, xs, h0, c0, w, training=True)
+    T, B, I = xs.shape
+    reserve_bytes = _sizes(*config, I, h0.shape[-1], B, T, True)[2]
+    kernel = lambda *args: _forward(config, *args, training=True)
+    reference = functools.partial(_reference_forward, config[0], reserve_bytes)
+    ys, hy, cy, reserve = differentiated_as(reference, kernel)(xs, h0, c0, w)
+    # Where the forward is differentiated, its values (and this reserve, zeros) are the
+    # reference's; the backward then is too, as it takes the same xs, h0, c0 and w.
     return (ys, hy, cy), (xs, h0, c0, w, ys, reserve)
 
 
-def _own_rnn_bwd(config, residuals, cotangents):
-    xs, h0, c0, w, ys, reserve = residuals
-    d_ys, d_hy, d_cy = cotangents
+def _backward(config, xs, h0, c0, w, ys, reserve, d_ys, d_hy, d_cy):
+    """cuDNN's backward data and weights: ``(dx, dh0, dc0, dw)``."""
     T, B, I = xs.shape
     _, work, _ = _sizes(*config, I, h0.shape[-1], B, T, True)
     like = lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype)
@@ -308,6 +326,45 @@ def _own_rnn_bwd(config, residuals, cotangents):
     if config[0] == "gru":  # cuDNN leaves a GRU's dc0 unwritten
         dc0 = jnp.zeros_like(c0)
     return dx, dh0, dc0, dw
+
+
+def _reference_backward(kind, xs, h0, c0, w, ys, reserve, d_ys, d_hy, d_cy):
+    """:func:`_backward` in plain JAX: the VJP of :func:`_reference_forward` (which
+    needs neither ``ys`` nor cuDNN's reserve space)."""
+    forward = lambda *args: _reference_forward(kind, 0, *args)[:3]
+    return jax.vjp(forward, xs, h0, c0, w)[1]((d_ys, d_hy, d_cy))
+
+
+def _own_rnn_bwd(config, residuals, cotangents):
+    kernel = functools.partial(_backward, config)
+    return differentiated_as(functools.partial(_reference_backward, config[0]), kernel)(*residuals, *cotangents)
+
+
+def unpack_weights(kind, w, input_size, hidden_size):
+    """cuDNN's flat weight vector (one layer, one direction) -> jrnn params that
+    compute what cuDNN computes with it: the inverse of :func:`pack_weights`, and
+    where ``b_hh`` is not zero (as :func:`pack_weights` leaves it), the recurrent
+    biases that sit outside the reset gate added to ``b``."""
+    G, H = (4 if kind == "lstm" else 3), hidden_size
+    sizes = np.cumsum([G * H * input_size, G * H * H, G * H])
+    w_ih, w_hh, b_ih, b_hh = jnp.split(w, sizes)
+    w_x, w_h = w_ih.reshape(G * H, input_size).T, w_hh.reshape(G * H, H).T
+    if kind == "lstm":
+        return LSTMParams(w_x, w_h, b_ih + b_hh)
+    b_hh_rz = jnp.concatenate([b_hh[: 2 * H], jnp.zeros_like(b_hh[2 * H :])])
+    return GRUParams(*(_jrnn_gru_blocks(a) for a in (w_x, w_h, b_ih + b_hh_rz)), b_hh[2 * H :])
+
+
+def _reference_forward(kind, reserve_bytes, xs, h0, c0, w):
+    """:func:`_forward` in plain JAX: jrnn's cell steps with :func:`unpack_weights`'
+    params; ``cy`` zeros for a GRU, the reserve space ``reserve_bytes`` zeros."""
+    I, H = xs.shape[-1], h0.shape[-1]
+    params = unpack_weights(kind, w, I, H)
+    cell = lstm(H) if kind == "lstm" else gru(H, reset_after=True)
+    carry = LSTMState(h0[0], c0[0]) if kind == "lstm" else h0[0]
+    final, ys = jax.lax.scan(lambda carry, x: cell.step(params, carry, x), carry, xs)
+    hy, cy = (final.h, final.c) if kind == "lstm" else (final, jnp.zeros_like(c0[0]))
+    return ys, hy[None], cy[None], jnp.zeros((reserve_bytes,), jnp.uint8)
 
 
 _own_rnn.defvjp(_own_rnn_fwd, _own_rnn_bwd)

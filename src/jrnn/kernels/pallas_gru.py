@@ -8,7 +8,8 @@ gate math runs in float32; the backward
 kernel runs the reverse loop and emits the pre-activation gradients, and
 ``dW_h = Σ_t h_{t-1}ᵀ (da_z, da_r, da_n ⊙ r)_t`` is one matrix product after
 it. A wrapper with ``interpret=`` (CPU tests run the same kernel), a custom
-VJP, and the plain reference (:func:`reference`) sit in this file.
+VJP, and the plain references (:func:`reference_forward`,
+:func:`reference_backward`, as JAX differentiates the kernels) sit in this file.
 
 Per step, with ``a = h_{t-1} W_h`` split into z, r, n blocks and ``px`` the
 input projection with its bias::
@@ -33,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn._ranks import add_bias
+from jrnn.kernels._derivatives import differentiated_as
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -135,17 +137,24 @@ def _forward(projected, w_h, b_hn, h0, interpret, on_chip, *, save):
 
 
 def _gru_loop_fwd(projected, w_h, b_hn, h0, interpret, on_chip):
-    hs, acts = _forward(projected, w_h, b_hn, h0, interpret, on_chip, save=True)
+    kernel = lambda *args: tuple(_forward(*args, interpret, on_chip, save=True))
+    hs, acts = differentiated_as(reference_forward, kernel)(projected, w_h, b_hn, h0)
     return (hs, hs[-1]), (jnp.zeros((0,), projected.dtype), hs, acts, w_h, b_hn, h0)
+
+
+def _backward(acts, hs, h0, d_hs, d_hT, w_h, interpret, on_chip):
+    T, B, H = hs.shape
+    kernel = functools.partial(_backward_kernel, on_chip=on_chip)
+    return tuple(call(kernel, (acts, hs, h0, d_hs, d_hT, w_h), ("tb", "tb", "b", "tb", "b", "w"),
+                      [((T, B, 3 * H), jnp.float32, "tb"), ((B, H), h0.dtype, "b")], interpret))
 
 
 def _gru_loop_bwd(interpret, on_chip, saved, cotangents):
     px_like, hs, acts, w_h, b_hn, h0 = saved  # px_like: an empty array of projected's dtype
     d_hs, d_hT = cotangents
-    T, B, H = hs.shape
-    kernel = functools.partial(_backward_kernel, on_chip=on_chip)
-    d_px, dh0 = call(kernel, (acts, hs, h0, d_hs, d_hT, w_h), ("tb", "tb", "b", "tb", "b", "w"),
-                     [((T, B, 3 * H), jnp.float32, "tb"), ((B, H), h0.dtype, "b")], interpret)
+    H = hs.shape[-1]
+    kernel = functools.partial(_backward, interpret=interpret, on_chip=on_chip)
+    d_px, dh0 = differentiated_as(reference_backward, kernel)(acts, hs, h0, d_hs, d_hT, w_h)
     r = acts[..., H : 2 * H]
     d_a = jnp.concatenate([d_px[..., : 2 * H], d_px[..., 2 * H :] * r], axis=-1)  # gradient of h_{t-1} W_h
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
@@ -166,16 +175,52 @@ def pallas_scan(cell, params, projected, carry, *, interpret=None):
 
 
 def reference(projected, w_h, b_hn, h0):
-    """The same loop in plain JAX (``lax.scan``), for tests."""
+    """:func:`gru_loop` in plain JAX, for tests."""
+    hs, _ = reference_forward(projected, w_h, b_hn, h0)
+    return hs, hs[-1]
+
+
+def reference_forward(projected, w_h, b_hn, h0):
+    """What the forward kernel computes for the VJP, in plain JAX (``lax.scan``):
+    ``hs (T, B, H)`` in ``h0``'s dtype and the float32 activations z, r, n and
+    hn ``(T, B, 4H)``. The kernels' derivatives are this function's
+    (:mod:`jrnn.kernels._derivatives`)."""
+    f32 = jnp.float32
     H = h0.shape[-1]
 
     def step(h, px):
-        a = h @ w_h
+        px = px.astype(f32)
+        a = jnp.dot(h.astype(w_h.dtype), w_h, preferred_element_type=f32)
         z = jax.nn.sigmoid(px[..., :H] + a[..., :H])
         r = jax.nn.sigmoid(px[..., H : 2 * H] + a[..., H : 2 * H])
-        n = jnp.tanh(px[..., 2 * H :] + r * add_bias(a[..., 2 * H :], b_hn))
+        hn = add_bias(a[..., 2 * H :], b_hn.astype(f32))
+        n = jnp.tanh(px[..., 2 * H :] + r * hn)
         h = (1 - z) * h + z * n
-        return h, h
+        return h, (h, jnp.concatenate([z, r, n, hn], axis=-1))
 
-    h, hs = jax.lax.scan(step, h0, projected)
-    return hs, h
+    _, (hs, acts) = jax.lax.scan(step, h0.astype(f32), projected)
+    return hs.astype(h0.dtype), acts
+
+
+def reference_backward(acts, hs, h0, d_hs, d_hT, w_h):
+    """What the backward kernel computes, in plain JAX (``lax.scan`` in reverse):
+    from :func:`reference_forward`'s residuals and the gradients of ``hs`` and
+    ``h_T``, ``d_px = (da_z, da_r, da_n) (T, B, 3H)`` (float32) and ``dh_0``.
+    ``dh_{t-1} = dh_t ⊙ (1 − z_t) + (da_z, da_r, da_n ⊙ r)_t W_hᵀ``."""
+    f32 = jnp.float32
+    H = h0.shape[-1]
+    h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0).astype(f32)
+
+    def step(dh, inputs):
+        a, h_before, dy = inputs
+        z, r, n, hn = (a[..., k * H : (k + 1) * H] for k in range(4))
+        dh = dh + dy.astype(f32)
+        da_z = dh * (n - h_before) * z * (1 - z)
+        da_n = dh * z * (1 - n * n)
+        da_r = da_n * hn * r * (1 - r)
+        d_a = jnp.concatenate([da_z, da_r, da_n * r], axis=-1)
+        dh_prev = dh * (1 - z) + jnp.dot(d_a.astype(w_h.dtype), w_h.T, preferred_element_type=f32)
+        return dh_prev, jnp.concatenate([da_z, da_r, da_n], axis=-1)
+
+    dh0, d_px = jax.lax.scan(step, d_hT.astype(f32), (acts, h_prev, d_hs), reverse=True)
+    return d_px, dh0.astype(h0.dtype)

@@ -10,7 +10,9 @@ recurrent product and runs in float32. The backward kernel runs the reverse
 loop the same way and emits the gate gradients; ``dW_h = Σ_t h_{t-1}ᵀ dG_t``
 is then one matrix product, as in :mod:`jrnn.kernels.fused`. Layout as JAX's
 own Pallas ops: kernels, a wrapper with ``interpret=`` (so CPU tests run the
-same kernel), a custom VJP, and the plain reference (:func:`reference`).
+same kernel), a custom VJP, and the plain references (:func:`reference_forward`,
+:func:`reference_backward`: what the kernels compute, in ``lax.scan``; JAX
+differentiates the kernels as these, so derivatives of gradients work).
 
 Wider states (H a multiple of 64 from 320 to 2048; the (16, 768, 1024) case
 of the GPU benchmark) take the cooperative kernels: H/16 programs per batch
@@ -48,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn.kernels import _pallas  # _pallas.ON_CHIP_BYTES read at call time (benchmarks vary it)
+from jrnn.kernels._derivatives import differentiated_as
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -314,20 +317,28 @@ def _unless_stalled(results, programs):
 
 
 def _lstm_loop_fwd(projected, w_h, h0, c0, interpret, on_chip, programs):
-    hs, c_T, cs, gates = _forward(projected, w_h, h0, c0, interpret, on_chip, programs, save=True)
+    kernel = lambda *args: tuple(_forward(*args, interpret, on_chip, programs, save=True))
+    hs, c_T, cs, gates = differentiated_as(reference_forward, kernel)(projected, w_h, h0, c0)
     return (hs, (hs[-1], c_T.astype(c0.dtype))), (jnp.zeros((0,), projected.dtype), hs, cs, gates, w_h, h0, c0)
+
+
+def _backward(gates, cs, h0, c0, d_hs, d_hT, d_cT, w_h, interpret, on_chip, programs):
+    T, B, G = gates.shape
+    H = G // 4
+    kernel = _kernel(_backward_kernel, _wide_backward_kernel, w_h, interpret, on_chip, programs)
+    return tuple(_unless_stalled(
+        call(kernel, (gates, cs, c0, d_hs, d_hT, d_cT, w_h), ("tb", "tb", "b", "tb", "b", "b", "w"),
+             [((T, B, G), jnp.float32, "tb"), ((B, H), h0.dtype, "b"), ((B, H), c0.dtype, "b")], interpret,
+             programs), programs))
 
 
 def _lstm_loop_bwd(interpret, on_chip, programs, saved, cotangents):
     px_like, hs, cs, gates, w_h, h0, c0 = saved  # px_like: an empty array of projected's dtype
     d_hs, (d_hT, d_cT) = cotangents
-    T, B, G = gates.shape
+    G = gates.shape[-1]
     H = G // 4
-    kernel = _kernel(_backward_kernel, _wide_backward_kernel, w_h, interpret, on_chip, programs)
-    dpre, dh0, dc0 = _unless_stalled(
-        call(kernel, (gates, cs, c0, d_hs, d_hT, d_cT, w_h), ("tb", "tb", "b", "tb", "b", "b", "w"),
-             [((T, B, G), jnp.float32, "tb"), ((B, H), h0.dtype, "b"), ((B, H), c0.dtype, "b")], interpret,
-             programs), programs)
+    kernel = functools.partial(_backward, interpret=interpret, on_chip=on_chip, programs=programs)
+    dpre, dh0, dc0 = differentiated_as(reference_backward, kernel)(gates, cs, h0, c0, d_hs, d_hT, d_cT, w_h)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     d_w = jnp.dot(h_prev.reshape(-1, H).T, dpre.reshape(-1, G), preferred_element_type=jnp.float32)
     return dpre.astype(px_like.dtype), d_w.astype(w_h.dtype), dh0, dc0
@@ -380,15 +391,51 @@ def pallas_scan(cell, params, projected, carry, *, interpret=None):
 
 
 def reference(projected, w_h, h0, c0):
-    """The same loop in plain JAX (``lax.scan``), for tests."""
+    """:func:`lstm_loop` in plain JAX, for tests."""
+    hs, c_T, _, _ = reference_forward(projected, w_h, h0, c0)
+    return hs, (hs[-1], c_T.astype(c0.dtype))
+
+
+def reference_forward(projected, w_h, h0, c0):
+    """What the forward kernels compute for the VJP, in plain JAX (``lax.scan``):
+    ``hs (T, B, H)`` in ``h0``'s dtype, and in float32 ``c_T (B, H)``, the cell
+    states ``cs (T, B, H)`` and the activated gates i, f, g, o ``(T, B, 4H)``.
+    The kernels' derivatives are this function's (:mod:`jrnn.kernels._derivatives`)."""
+    f32 = jnp.float32
 
     def step(carry, px):
         h, c = carry
-        a = px + h @ w_h
-        i, f, g, o = jnp.split(a, 4, axis=-1)
-        c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * jnp.tanh(g)
-        h = jax.nn.sigmoid(o) * jnp.tanh(c)
-        return (h, c), h
+        a = px.astype(f32) + jnp.dot(h.astype(w_h.dtype), w_h, preferred_element_type=f32)
+        a_i, a_f, a_g, a_o = jnp.split(a, 4, axis=-1)
+        i, f, g, o = jax.nn.sigmoid(a_i), jax.nn.sigmoid(a_f), jnp.tanh(a_g), jax.nn.sigmoid(a_o)
+        c = f * c + i * g
+        h = o * jnp.tanh(c)
+        return (h, c), (h, c, jnp.concatenate([i, f, g, o], axis=-1))
 
-    (h, c), hs = jax.lax.scan(step, (h0, c0), projected)
-    return hs, (h, c)
+    (_, c_T), (hs, cs, gates) = jax.lax.scan(step, (h0.astype(f32), c0.astype(f32)), projected)
+    return hs.astype(h0.dtype), c_T, cs, gates
+
+
+def reference_backward(gates, cs, h0, c0, d_hs, d_hT, d_cT, w_h):
+    """What the backward kernels compute, in plain JAX (``lax.scan`` in reverse):
+    from :func:`reference_forward`'s residuals and the gradients of ``hs``, ``h_T``
+    and ``c_T``, the pre-activation gradients ``dpre (T, B, 4H)`` (float32), ``dh_0``
+    and ``dc_0``. ``dh_{t-1} = dpre_t W_hᵀ``; ``dc_{t-1} = dc_t ⊙ f_t``."""
+    f32 = jnp.float32
+    c_prev = jnp.concatenate([c0.astype(f32)[None], cs[:-1]], axis=0)
+
+    def step(carry, inputs):
+        dh, dc = carry
+        acts, c, c_before, dy = inputs
+        i, f, g, o = jnp.split(acts, 4, axis=-1)
+        dh = dh + dy.astype(f32)
+        tc = jnp.tanh(c)
+        dc = dc + dh * o * (1 - tc * tc)
+        dpre = jnp.concatenate([dc * g * i * (1 - i), dc * c_before * f * (1 - f), dc * i * (1 - g * g),
+                                dh * tc * o * (1 - o)], axis=-1)
+        dh_prev = jnp.dot(dpre.astype(w_h.dtype), w_h.T, preferred_element_type=f32)
+        return (dh_prev, dc * f), dpre
+
+    (dh0, dc0), dpre = jax.lax.scan(step, (d_hT.astype(f32), d_cT.astype(f32)), (gates, cs, c_prev, d_hs),
+                                    reverse=True)
+    return dpre, dh0.astype(h0.dtype), dc0.astype(c0.dtype)
