@@ -1,5 +1,6 @@
 """The cuDNN option (on any backend: its weight layouts, what jrnn's own binding lowers to for CUDA,
-its build cache and fallbacks; values and gradients on a GPU only) and the GPU benchmark script."""
+its build cache and fallbacks, derivatives of gradients with cuDNN's calls stood in for; values and
+gradients on a GPU only) and the GPU benchmark script."""
 
 import functools
 

@@ -295,8 +295,8 @@ def _forward(config, xs, h0, c0, w, training):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
 def _own_rnn(config, xs, h0, c0, w):
     """``config = (kind, algorithm, tf32)``; ``xs (T, B, I)``, ``h0, c0 (1, B, H)``, ``w`` the flat
-    weights -> ``ys (T, B, H), hy, cy``. cuDNN's forward and backward (data and weights);
-    derivatives of the backward are :func:`_reference_forward`'s (:mod:`jrnn.kernels._derivatives`)."""
+    weights -> ``ys (T, B, H), hy, cy``. cuDNN's forward and backward (data and weights), which JAX
+    differentiates as :func:`_reference_forward` and :func:`_reference_backward` (:mod:`jrnn.kernels._derivatives`)."""
     return _forward(config, xs, h0, c0, w, training=False)[:3]
 
 
