@@ -12,9 +12,10 @@ import pytest
 from jrnn import datasets
 
 
-def jrnn_cmd(*args, cwd=None):
+def jrnn_cmd(*args, cwd=None, env=None):
+    """``python -m jrnn *args``; ``env``: variables added to this process's environment."""
     return subprocess.run([sys.executable, "-m", "jrnn", *map(str, args)], capture_output=True,
-                          text=True, cwd=cwd, timeout=600)
+                          text=True, cwd=cwd, timeout=600, env=None if env is None else {**os.environ, **env})
 
 
 @pytest.fixture(scope="module")
@@ -121,9 +122,13 @@ def test_diagnose_small(tmp_path):
 
 
 def test_bench_quick_smoke(tmp_path):
-    out = jrnn_cmd("bench", "--quick", "--cells", "lstm", "--jsonl", tmp_path / "r.jsonl")
+    """Also where the user's environment sets jax_numpy_rank_promotion="raise":
+    the peers whose layers broadcast implicitly (Flax, Keras) are timed too."""
+    out = jrnn_cmd("bench", "--quick", "--cells", "lstm", "--jsonl", tmp_path / "r.jsonl",
+                   env={"JAX_NUMPY_RANK_PROMOTION": "raise"})
     assert out.returncode == 0, out.stderr
     assert "jrnn (auto)" in out.stdout and "torch.nn.LSTM" in out.stdout
+    assert "flax nn.RNN(LSTMCell)" in out.stdout and "keras.layers.LSTM (jax)" in out.stdout
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
     assert {r["contender"] for r in rows} >= {"jrnn (auto)", "jrnn (plain)", "torch.nn.LSTM"}
     assert all(r["forward_backward_ms"] > 0 for r in rows)

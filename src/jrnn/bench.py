@@ -169,7 +169,10 @@ def contenders(kind: str, size, peers: bool = True):
     builders.append(lambda: _keras(kind, I, H, xs))
     for build in builders:
         try:
-            c = build()
+            # Flax's and Keras' layers broadcast implicitly; the setting only checks tracing, so a
+            # user's jax_numpy_rank_promotion="raise" would stop them without changing what runs
+            with jax.numpy_rank_promotion("allow"):
+                c = build()
         except ImportError as err:
             print(f"# skipped a contender: {err}", file=sys.stderr)
             continue
