@@ -14,7 +14,7 @@
 #   batch1         issue #7's batch-1 target: cuDNN through jrnn's binding and "auto" against PyTorch at
 #                  (1, 128, 1000), LSTM and GRU, float32, 15 repeats, kernels per step
 # jrnn's own cuDNN binding compiles on its first use there (seconds) unless a src/jrnn/kernels/_cudnn_rnn.so
-# built ahead travels with the tree (README of jrnn.kernels.cudnn). Record what this prints in
+# built ahead travels with the tree (see the docstring of jrnn.kernels.cudnn). Record what this prints in
 # benchmarks/RESULTS.md with the card's name (card.txt). On the 2-core CPU VM, QUICK=1 took 1 min 50 s.
 set -u
 OUT=${OUT:-gpu-session}
