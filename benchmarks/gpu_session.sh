@@ -13,6 +13,11 @@
 #                  with kernels per step (command buffers off, so the profiler sees each kernel)
 #   batch1         issue #7's batch-1 target: cuDNN through jrnn's binding and "auto" against PyTorch at
 #                  (1, 128, 1000), LSTM and GRU, float32, 15 repeats, kernels per step
+#   fused-no-split-k  an experiment for the first target: the same as fused-profile (no profile) with
+#                  XLA's split-K GEMMs off. Compiled for an H100 without autotuning, the reverse loop's
+#                  (16, 3072) x (3072, 768) product ran as 16 partial products whose sum took a kernel of
+#                  its own each step (benchmarks/RESULTS.md); Flax runs under the same flag
+# The limits add up to 570 s: run it with the device call's timeout_s at 600.
 # jrnn's own cuDNN binding compiles on its first use there (seconds) unless a src/jrnn/kernels/_cudnn_rnn.so
 # built ahead travels with the tree (see the docstring of jrnn.kernels.cudnn). Record what this prints in
 # benchmarks/RESULTS.md with the card's name (card.txt). On the 2-core CPU VM, QUICK=1 took 1 min 50 s.
@@ -36,12 +41,15 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, log into $OUT/NAME.log, print 
     tail -n 25 "$OUT/$name.log"
 }
 
-step tests-gpu 150 python -m pytest -q -o addopts= -p no:cacheprovider tests/test_gpu.py \
+step tests-gpu 120 python -m pytest -q -o addopts= -p no:cacheprovider tests/test_gpu.py \
     -k "not benchmark and not step_kernels"
-step tests-pallas 150 python -m pytest -q -o addopts= -p no:cacheprovider tests/test_pallas.py \
+step tests-pallas 120 python -m pytest -q -o addopts= -p no:cacheprovider tests/test_pallas.py \
     -k "scan_pallas or derivatives"
-step fused-profile 150 env XLA_FLAGS=--xla_gpu_enable_command_buffer= python benchmarks/gpu.py "${quick[@]}" \
+step fused-profile 120 env XLA_FLAGS=--xla_gpu_enable_command_buffer= python benchmarks/gpu.py "${quick[@]}" \
     --cells lstm --shapes 0 --dtypes float32 --only "=jrnn fused,=jrnn fused unroll=16,flax" --profile \
     --json "$OUT/fused-profile.json"
-step batch1 150 python benchmarks/gpu.py "${quick[@]}" --cells lstm,gru --shapes 3 --dtypes float32 \
+step batch1 120 python benchmarks/gpu.py "${quick[@]}" --cells lstm,gru --shapes 3 --dtypes float32 \
     --only "=jrnn cudnn algorithm=3,=jrnn auto,torch" --repeats 15 --profile --json "$OUT/batch1.json"
+step fused-no-split-k 90 env XLA_FLAGS="--xla_gpu_enable_split_k_autotuning=false" python benchmarks/gpu.py \
+    "${quick[@]}" --cells lstm --shapes 0 --dtypes float32 --only "=jrnn fused,=jrnn fused unroll=16,flax" \
+    --json "$OUT/fused-no-split-k.json"
