@@ -47,6 +47,26 @@ def assert_carry_close(got, want, **tol):
         np.testing.assert_allclose(np.asarray(g, np.float64), w, **tol)
 
 
+def scan_loss_problem(cell, key, dtype=jnp.float32, scale=0.4, scan=None):
+    """A small problem for derivative tests: ``(loss, primals, key)`` with
+    ``loss(params, carry, xs, implementation) = Σ sin(ys) + Σ carry²`` of
+    ``scan(params, carry, xs, implementation)`` (default: ``jrnn.scan``), random
+    ``primals = (params, carry, xs)`` (batch 3, T = 4, I = 3; params times ``scale``)
+    and a key left for tangents."""
+    k_p, k_c, k_x, k_v = jax.random.split(key, 4)
+    params = random_params(cell, k_p, 3, dtype, scale=scale)
+    carry = random_carry(cell, k_c, (3,), dtype)
+    xs = jax.random.normal(k_x, (3, 4, 3), dtype)
+    if scan is None:
+        scan = lambda params, carry, xs, impl: jrnn.scan(cell, params, xs, carry, implementation=impl)
+
+    def loss(params, carry, xs, impl):
+        final, ys = scan(params, carry, xs, impl)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+    return loss, (params, carry, xs), k_v
+
+
 def assert_gradient_derivatives_equal(loss, primals, key, implementation, tol, reference="plain",
                                       run=lambda fn, *args: jax.jit(fn)(*args)):
     """``loss(*primals, implementation)``'s gradient (in every argument) has the

@@ -10,7 +10,14 @@ import pytest
 
 import jrnn
 from jrnn.kernels import fused, native
-from tests.helpers import CELL_IDS, CELLS, assert_gradient_derivatives_equal, random_carry, random_params
+from tests.helpers import (
+    CELL_IDS,
+    CELLS,
+    assert_gradient_derivatives_equal,
+    random_carry,
+    random_params,
+    scan_loss_problem,
+)
 
 OPTIONS = [
     {},
@@ -118,17 +125,10 @@ def test_fused_second_derivatives_equal_plain(name, cell, kind, opts, dtype, loo
     reverse (a gradient penalty), forward over reverse (a Hessian-vector product)
     and ``jax.hessian``. The native loops differentiate as the XLA loops, which
     compute the same function."""
-    k_p, k_c, k_x, k_v = jax.random.split(key, 4)
-    params = random_params(cell, k_p, 3, dtype, scale=0.4)
-    carry = random_carry(cell, k_c, (3,), dtype)
-    xs = jax.random.normal(k_x, (3, 4, 3), dtype)
-
-    def loss(params, carry, xs, impl):
-        final, ys = _run(cell, params, carry, xs, impl, options)
-        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
-
+    scan = lambda params, carry, xs, impl: _run(cell, params, carry, xs, impl, options)
+    loss, primals, k_v = scan_loss_problem(cell, key, dtype, scan=scan)
     with loops():
-        assert_gradient_derivatives_equal(loss, (params, carry, xs), k_v, "fused", tol)
+        assert_gradient_derivatives_equal(loss, primals, k_v, "fused", tol)
 
 
 LSTM_CELL = [c for c in CELLS if c[0] == "lstm"]

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import jrnn
-from tests.helpers import assert_gradient_derivatives_equal, random_carry, random_params
+from tests.helpers import assert_gradient_derivatives_equal, random_params, scan_loss_problem
 
 gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU backend")
 
@@ -394,20 +394,12 @@ def test_cudnn_gradient_derivatives_equal_plain(kind, monkeypatch, key):
 def _check_gradient_derivatives(cell, key, implementations, tol):
     """A gradient through each of ``implementations`` equals the plain path's, and
     so do derivatives of that gradient (see ``assert_gradient_derivatives_equal``)."""
-    k_p, k_c, k_x, k_v = jax.random.split(key, 4)
-    params = random_params(cell, k_p, 3, jnp.float32, scale=0.4)
-    carry = random_carry(cell, k_c, (3,), jnp.float32)
-    xs = jax.random.normal(k_x, (3, 4, 3), jnp.float32)
-
-    def loss(params, carry, xs, impl):
-        final, ys = jrnn.scan(cell, params, xs, carry, implementation=impl)
-        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
-
-    want = jax.grad(loss, argnums=(0, 1, 2))(params, carry, xs, "plain")
+    loss, primals, k_v = scan_loss_problem(cell, key)
+    gradient = lambda impl: jax.grad(loss, argnums=(0, 1, 2))(*primals, impl)
+    want = gradient("plain")
     for impl in implementations:
-        got = jax.grad(loss, argnums=(0, 1, 2))(params, carry, xs, impl)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), got, want)
-        assert_gradient_derivatives_equal(loss, (params, carry, xs), k_v, impl, tol)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), gradient(impl), want)
+        assert_gradient_derivatives_equal(loss, primals, k_v, impl, tol)
 
 
 def test_cudnn_auto_applies_only_where_the_persistent_kernel_does(monkeypatch, key):

@@ -8,7 +8,7 @@ import pytest
 
 import jrnn
 from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
-from tests.helpers import assert_gradient_derivatives_equal, random_carry, random_params
+from tests.helpers import assert_gradient_derivatives_equal, scan_loss_problem
 
 pytest.importorskip("jax.experimental.pallas")
 
@@ -150,16 +150,8 @@ def test_pallas_gradient_derivatives_equal_plain(cell, key):
     """Derivatives of the kernels' gradients (a gradient penalty, a Hessian-vector
     product, ``jax.hessian``) equal the plain driver's: JAX differentiates each
     kernel call as its plain-JAX reference (``reference_forward``, ``reference_backward``)."""
-    k_p, k_c, k_x, k_v = jax.random.split(key, 4)
-    params = random_params(cell, k_p, 3, jnp.float32, scale=1.6 * cell.hidden_size**-0.5)  # 0.4 at H = 16
-    carry = random_carry(cell, k_c, (3,), jnp.float32)
-    xs = jax.random.normal(k_x, (3, 4, 3), jnp.float32)
-
-    def loss(params, carry, xs, impl):
-        final, ys = jrnn.scan(cell, params, xs, carry, implementation=impl)
-        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
-
-    assert_gradient_derivatives_equal(loss, (params, carry, xs), k_v, "pallas", 2e-4, run=_run)
+    loss, primals, k_v = scan_loss_problem(cell, key, scale=1.6 * cell.hidden_size**-0.5)  # 0.4 at H = 16
+    assert_gradient_derivatives_equal(loss, primals, k_v, "pallas", 2e-4, run=_run)
 
 
 def test_pallas_refusals(key):
