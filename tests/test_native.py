@@ -2,6 +2,9 @@
 fused path's XLA loops: values and gradients, float32, every option."""
 
 import os
+import subprocess
+import sys
+import textwrap
 
 import jax
 import jax.numpy as jnp
@@ -29,6 +32,31 @@ def test_extension_is_built_and_loads():
     """The README's install compiles the extension; this fails if it did not."""
     assert native._library_path() is not None, "jrnn/kernels/_cpu_rnn*.so is missing: the C++ build failed"
     assert native.available()
+
+
+@needs_native
+def test_load_check_runs_when_first_used_inside_a_trace():
+    """In a fresh process whose first ``jrnn.scan`` is traced (``jax.jit``,
+    ``jax.export``), the one-step load check still runs on real arrays, and
+    nothing of it is left in the user's function."""
+    script = textwrap.dedent("""
+        import jax, jax.numpy as jnp, jrnn
+        from jrnn.kernels import native
+        ran_on_arrays = []
+        load_check_step = native._lstm_forward
+        def spy(*args, **kwargs):
+            out = load_check_step(*args, **kwargs)
+            ran_on_arrays.append(not isinstance(out[0][1], jax.core.Tracer))
+            return out
+        native._lstm_forward = spy
+        cell = jrnn.lstm(4)
+        params = cell.init(jax.random.key(0), 3)
+        jaxpr = jax.make_jaxpr(lambda p, xs: jrnn.scan(cell, p, xs)[1])(params, jnp.ones((2, 5, 3)))
+        assert native.available() and ran_on_arrays[0], ran_on_arrays
+        assert "ffi_call" not in str(jaxpr), jaxpr
+    """)
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
 
 
 def _compiled_text(cell, params, xs, **options):

@@ -87,9 +87,11 @@ def available() -> bool:
 
 
 def _smoke_test():
-    """One tiny LSTM step on the CPU device: catches an FFI version mismatch at load time."""
+    """One tiny LSTM step on the CPU device: catches an FFI version mismatch at load time.
+    It runs now even when the first use is inside ``jax.jit`` (else it would be
+    traced into the user's function and checked nothing)."""
     one = np.ones((1, 1, 4), np.float32)
-    with jax.default_device(jax.devices("cpu")[0]):
+    with jax.ensure_compile_time_eval(), jax.default_device(jax.devices("cpu")[0]):
         carry = (jnp.zeros((1, 1), jnp.float32),) * 2
         (_, ys), _ = _lstm_forward(False, False, {"w_h": one[0], "b": one[0, 0]}, jnp.asarray(one), carry, None, None,
                                    False)
