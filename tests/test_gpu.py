@@ -1,8 +1,9 @@
 """The cuDNN option (on any backend: its weight layouts, what jrnn's own binding lowers to for CUDA,
-its build cache and fallbacks, derivatives of gradients with cuDNN's calls stood in for; values and
+its build cache and fallbacks, derivatives of gradients with cuDNN's calls stood in for, jax.export; values and
 gradients on a GPU only) and the GPU benchmark script."""
 
 import functools
+import importlib.util
 
 import jax
 import jax.numpy as jnp
@@ -346,17 +347,17 @@ def _as_if_on_one_gpu(monkeypatch, refuses=False):
     return asked
 
 
-def _opaque(fn, name, calls):
-    """``fn`` as a kernel that JAX cannot differentiate (as a custom call): each
-    call is noted in ``calls``; differentiating it fails the test."""
-    kernel = jax.custom_jvp(fn)
+def _opaque(fn, name):
+    """``fn`` as a kernel that JAX cannot differentiate (as a custom call):
+    differentiating it fails the test; lowered, it is a function named
+    ``stood_in_<name>``."""
+    def named(*args):
+        return fn(*args)
+
+    named.__name__ = f"stood_in_{name}"
+    kernel = jax.custom_jvp(jax.jit(named))
     kernel.defjvp(lambda primals, tangents: pytest.fail(f"JAX differentiated the {name} kernel itself"))
-
-    def call(*args):
-        calls.append(name)
-        return kernel(*args)
-
-    return call
+    return kernel
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
@@ -369,7 +370,6 @@ def test_cudnn_gradient_derivatives_equal_plain(kind, monkeypatch, key):
     from jrnn.kernels import cudnn
 
     _as_if_on_one_gpu(monkeypatch)
-    calls = []
 
     def forward(config, xs, h0, c0, w, training):
         T, B, I = xs.shape
@@ -379,16 +379,42 @@ def test_cudnn_gradient_derivatives_equal_plain(kind, monkeypatch, key):
             ys, hy, cy, reserve = cudnn._reference_forward(config[0], reserve_bytes, *args)
             return ys, hy, cy, reserve + 7
 
-        return _opaque(values, "forward", calls)(xs, h0, c0, w)
+        return _opaque(values, "forward")(xs, h0, c0, w)
 
     def backward(config, *args):
-        return _opaque(functools.partial(cudnn._reference_backward, config[0]), "backward", calls)(*args)
+        return _opaque(functools.partial(cudnn._reference_backward, config[0]), "backward")(*args)
 
     monkeypatch.setattr(cudnn, "_forward", forward)
     monkeypatch.setattr(cudnn, "_backward", backward)
     cell = jrnn.lstm(8) if kind == "lstm" else jrnn.gru(8, reset_after=True)
     _check_gradient_derivatives(cell, key, ("auto",), 1e-4)  # "auto" takes "cudnn"'s path here
-    assert calls[:2] == ["forward", "backward"]  # the first gradient ran the (stood-in) cuDNN kernels
+    loss, primals, _ = scan_loss_problem(cell, key)
+    gradient = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3).lower(*primals, "auto").as_text()
+    assert "@stood_in_forward" in gradient and "@stood_in_backward" in gradient  # a gradient runs both kernels
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cudnn_exports_as_xla(kind, monkeypatch, key):
+    """On a (stood-in) single GPU, ``jax.export`` of a gradient through ``"auto"``
+    (jrnn's cuDNN binding, custom calls that export refuses) gets the plain-JAX
+    references in their place, for CUDA and CPU; the half for this machine runs
+    and equals the plain path's values and gradients."""
+    _as_if_on_one_gpu(monkeypatch)
+    cell = jrnn.lstm(8) if kind == "lstm" else jrnn.gru(8, reset_after=True)
+    params = random_params(cell, key, 3, jnp.float32, scale=0.4)
+    xs = jax.random.normal(key, (2, 5, 3), jnp.float32)
+    loss = lambda impl: lambda p, xs: jnp.sum(jnp.sin(jrnn.scan(cell, p, xs, implementation=impl)[1]))
+    for transform, kernel in [(lambda f: jax.value_and_grad(f, argnums=(0, 1)), "@jrnn_cudnn_rnn_backward"),
+                              (lambda f: f, "@jrnn_cudnn_rnn_forward")]:  # training, and inference
+        auto, plain = jax.jit(transform(loss("auto"))), jax.jit(transform(loss("plain")))
+        with jax.default_matmul_precision("highest"):  # float32 products on a GPU too
+            assert kernel in auto.trace(params, xs).lower(lowering_platforms=("cuda",)).as_text()
+            exported = jax.export.export(auto, platforms=("cpu", "cuda"))(params, xs)
+            assert "custom_call" not in exported.mlir_module()
+            if importlib.util.find_spec("flatbuffers"):  # Exported.serialize() needs it
+                exported = jax.export.deserialize(exported.serialize())
+            jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5),
+                         exported.call(params, xs), plain(params, xs))
 
 
 def _check_gradient_derivatives(cell, key, implementations, tol):

@@ -25,8 +25,10 @@ import jax.numpy as jnp
 from jrnn import initializers as inits
 from jrnn._checks import check_array, check_floating, check_init_args, check_shape
 from jrnn._ranks import add_bias
+from jrnn._serializable import serializable
 
 
+@serializable
 class SimpleRNNParams(NamedTuple):
     """``w_x (I, H)``, ``w_h (H, H)``, ``b (H,)``."""
 
@@ -35,6 +37,7 @@ class SimpleRNNParams(NamedTuple):
     b: jax.Array
 
 
+@serializable
 class LSTMParams(NamedTuple):
     """``w_x (I, 4H)``, ``w_h (H, 4H)``, ``b (4H,)``; gate blocks i, f, g, o."""
 
@@ -43,6 +46,7 @@ class LSTMParams(NamedTuple):
     b: jax.Array
 
 
+@serializable
 class GRUParams(NamedTuple):
     """``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b (3H,)``; blocks z, r, n.
 
@@ -56,6 +60,7 @@ class GRUParams(NamedTuple):
     b_hn: jax.Array | None = None
 
 
+@serializable
 class LSTMState(NamedTuple):
     """LSTM carry: hidden state ``h`` and cell state ``c``, each ``(*batch, H)``."""
 

@@ -16,11 +16,13 @@ import numpy as np
 
 from jrnn import checkpoint as ckpt
 from jrnn._ranks import add_bias
+from jrnn._serializable import serializable
 from jrnn.cells import Cell, from_config
 from jrnn.data import TARGET_MODES, Scaler
 from jrnn.layers import stacked
 
 
+@serializable
 class ForecasterParams(NamedTuple):
     """``rnn``: per-layer cell params; ``w_out (H, O)``, ``b_out (O,)``: the dense head."""
 

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn._checks import check_rate
+from jrnn._serializable import serializable
 from jrnn.cells import Cell
 from jrnn.scan import dropout_mask
 
@@ -27,6 +28,7 @@ MERGE_MODES = {
 }
 
 
+@serializable
 class BidirectionalParams(NamedTuple):
     """Params of the forward and backward cells."""
 

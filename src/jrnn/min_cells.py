@@ -17,9 +17,11 @@ import jax
 import jax.numpy as jnp
 
 from jrnn._checks import check_init_args
+from jrnn._serializable import serializable
 from jrnn.cells import CELL_TYPES, Cell
 
 
+@serializable
 class MinGRUParams(NamedTuple):
     """``w_x (I, 2H)``, ``b (2H,)``; blocks z (update), h̃ (candidate)."""
 
@@ -27,6 +29,7 @@ class MinGRUParams(NamedTuple):
     b: jax.Array
 
 
+@serializable
 class MinLSTMParams(NamedTuple):
     """``w_x (I, 3H)``, ``b (3H,)``; blocks f (forget), i (input), h̃ (candidate)."""
 

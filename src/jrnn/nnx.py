@@ -25,7 +25,7 @@ class RNN(nnx.Module):
       time_major, unroll, dropout, recurrent_dropout: as :func:`jrnn.scan`.
       deterministic: default for ``__call__`` (``nnx.view`` / ``model.eval()`` work too).
       implementation: as :func:`jrnn.scan` (``"auto"``); ``"plain"`` for
-        forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``) and ``jax.export``.
+        forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``).
 
     Example:
       >>> import jax.numpy as jnp, jrnn

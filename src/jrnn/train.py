@@ -23,9 +23,11 @@ import numpy as np
 import optax
 
 from jrnn import checkpoint as ckpt
+from jrnn._serializable import serializable
 from jrnn.data import batches
 
 
+@serializable
 class TrainState(NamedTuple):
     """``step`` (int32 scalar), ``params`` and ``opt_state``."""
 

@@ -52,7 +52,7 @@ import jaxlib
 import numpy as np
 
 from jrnn.cells import GRUCell, GRUParams, LSTMCell, LSTMParams, LSTMState, gru, lstm
-from jrnn.kernels._derivatives import differentiated_as
+from jrnn.kernels._with_reference import with_reference
 
 # cudnnRNNMode_t and cudnnRNNAlgo_t (cudnn_adv.h)
 _MODES = {"lstm": 2, "gru": 3}
@@ -296,8 +296,11 @@ def _forward(config, xs, h0, c0, w, training):
 def _own_rnn(config, xs, h0, c0, w):
     """``config = (kind, algorithm, tf32)``; ``xs (T, B, I)``, ``h0, c0 (1, B, H)``, ``w`` the flat
     weights -> ``ys (T, B, H), hy, cy``. cuDNN's forward and backward (data and weights), which JAX
-    differentiates as :func:`_reference_forward` and :func:`_reference_backward` (:mod:`jrnn.kernels._derivatives`)."""
-    return _forward(config, xs, h0, c0, w, training=False)[:3]
+    differentiates, and ``jax.export`` lowers, as :func:`_reference_forward` and :func:`_reference_backward`
+    (:mod:`jrnn.kernels._with_reference`)."""
+    kernel = lambda *args: _forward(config, *args, training=False)[:3]
+    reference = lambda *args: _reference_forward(config[0], 0, *args)[:3]
+    return with_reference(kernel, reference)(xs, h0, c0, w)
 
 
 def _own_rnn_fwd(config, xs, h0, c0, w):
@@ -305,7 +308,7 @@ def _own_rnn_fwd(config, xs, h0, c0, w):
     reserve_bytes = _sizes(*config, I, h0.shape[-1], B, T, True)[2]
     kernel = lambda *args: _forward(config, *args, training=True)
     reference = functools.partial(_reference_forward, config[0], reserve_bytes)
-    ys, hy, cy, reserve = differentiated_as(reference, kernel)(xs, h0, c0, w)
+    ys, hy, cy, reserve = with_reference(kernel, reference)(xs, h0, c0, w)
     # Where the forward is differentiated, its values (and this reserve, zeros) are the
     # reference's; the backward then is too, as it takes the same xs, h0, c0 and w.
     return (ys, hy, cy), (xs, h0, c0, w, ys, reserve)
@@ -337,7 +340,7 @@ def _reference_backward(kind, xs, h0, c0, w, ys, reserve, d_ys, d_hy, d_cy):
 
 def _own_rnn_bwd(config, residuals, cotangents):
     kernel = functools.partial(_backward, config)
-    return differentiated_as(functools.partial(_reference_backward, config[0]), kernel)(*residuals, *cotangents)
+    return with_reference(kernel, functools.partial(_reference_backward, config[0]))(*residuals, *cotangents)
 
 
 def unpack_weights(kind, w, input_size, hidden_size):

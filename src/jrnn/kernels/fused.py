@@ -38,7 +38,7 @@ from jrnn._ranks import add_bias
 from jrnn._varying import sum_like
 from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
 from jrnn.kernels import native
-from jrnn.kernels._derivatives import differentiated_as
+from jrnn.kernels._with_reference import with_reference
 
 # Per-gate constants of the one-tanh form: act = tanh(a * SCALE) * MUL + ADD,
 # act' = DERIV * (1 - tanh(a * SCALE)^2).
@@ -263,12 +263,12 @@ def _native_or(native_fn, xla_fn, cell, checked, *args):
     """``native_fn(*args)`` on CPU where :mod:`jrnn.kernels.native` computes this
     cell for the ``checked`` arrays, else ``xla_fn(*args)``, the same function.
 
-    The native call's derivatives are ``xla_fn``'s (:mod:`jrnn.kernels._derivatives`).
+    The native call's derivatives are ``xla_fn``'s (:mod:`jrnn.kernels._with_reference`).
     """
     if not native.applies(cell, *checked):
         return xla_fn(*args)
     either = lambda *args: jax.lax.platform_dependent(*args, cpu=native_fn, default=xla_fn)
-    return differentiated_as(xla_fn, either)(*args)
+    return with_reference(either, xla_fn)(*args)
 
 
 def _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):

@@ -34,7 +34,6 @@ import jax
 import jax.numpy as jnp
 
 from jrnn._ranks import add_bias
-from jrnn.kernels._derivatives import differentiated_as
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -53,6 +52,7 @@ from jrnn.kernels._pallas import (
     weight_blocks,
     weights_on_chip,
 )
+from jrnn.kernels._with_reference import with_reference
 
 
 def supports(cell) -> bool:
@@ -123,7 +123,8 @@ def gru_loop(projected, w_h, b_hn, h0, interpret=False, on_chip=None):
     ``h0 (B, H)``, ``B`` a multiple of 16 -> ``(hs (T, B, H), h_T)`` in ``h0``'s dtype.
     ``on_chip``: keep ``w_h`` on chip for the whole loop (``None``: if it fits; see
     :func:`jrnn.kernels._pallas.weight_blocks`)."""
-    (hs,) = _forward(projected, w_h, b_hn, h0, interpret, on_chip, save=False)
+    kernel = lambda *args: tuple(_forward(*args, interpret, on_chip, save=False))
+    (hs,) = with_reference(kernel, lambda *args: reference_forward(*args)[:1])(projected, w_h, b_hn, h0)
     return hs, hs[-1]
 
 
@@ -138,7 +139,7 @@ def _forward(projected, w_h, b_hn, h0, interpret, on_chip, *, save):
 
 def _gru_loop_fwd(projected, w_h, b_hn, h0, interpret, on_chip):
     kernel = lambda *args: tuple(_forward(*args, interpret, on_chip, save=True))
-    hs, acts = differentiated_as(reference_forward, kernel)(projected, w_h, b_hn, h0)
+    hs, acts = with_reference(kernel, reference_forward)(projected, w_h, b_hn, h0)
     return (hs, hs[-1]), (jnp.zeros((0,), projected.dtype), hs, acts, w_h, b_hn, h0)
 
 
@@ -154,7 +155,7 @@ def _gru_loop_bwd(interpret, on_chip, saved, cotangents):
     d_hs, d_hT = cotangents
     H = hs.shape[-1]
     kernel = functools.partial(_backward, interpret=interpret, on_chip=on_chip)
-    d_px, dh0 = differentiated_as(reference_backward, kernel)(acts, hs, h0, d_hs, d_hT, w_h)
+    d_px, dh0 = with_reference(kernel, reference_backward)(acts, hs, h0, d_hs, d_hT, w_h)
     r = acts[..., H : 2 * H]
     d_a = jnp.concatenate([d_px[..., : 2 * H], d_px[..., 2 * H :] * r], axis=-1)  # gradient of h_{t-1} W_h
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
@@ -184,7 +185,7 @@ def reference_forward(projected, w_h, b_hn, h0):
     """What the forward kernel computes for the VJP, in plain JAX (``lax.scan``):
     ``hs (T, B, H)`` in ``h0``'s dtype and the float32 activations z, r, n and
     hn ``(T, B, 4H)``. The kernels' derivatives are this function's
-    (:mod:`jrnn.kernels._derivatives`)."""
+    (:mod:`jrnn.kernels._with_reference`)."""
     f32 = jnp.float32
     H = h0.shape[-1]
 

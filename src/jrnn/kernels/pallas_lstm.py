@@ -50,7 +50,6 @@ import jax
 import jax.numpy as jnp
 
 from jrnn.kernels import _pallas  # _pallas.ON_CHIP_BYTES read at call time (benchmarks vary it)
-from jrnn.kernels._derivatives import differentiated_as
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -73,6 +72,7 @@ from jrnn.kernels._pallas import (
     weight_blocks,
     weights_on_chip,
 )
+from jrnn.kernels._with_reference import with_reference
 
 # The wide kernels (hidden sizes above HIDDEN_SIZES): cooperating programs of
 # WIDE_TILE columns each, H / WIDE_TILE per batch tile, all resident at once
@@ -283,7 +283,8 @@ def lstm_loop(projected, w_h, h0, c0, interpret=False, on_chip=None, programs=No
     ``programs``: None for one program per batch tile (H in ``HIDDEN_SIZES``);
     else the wide kernels, with that many cooperating programs per batch tile
     (H a multiple of 64; ``H / WIDE_TILE`` on a GPU, 1 in interpret mode)."""
-    hs, c_T = _forward(projected, w_h, h0, c0, interpret, on_chip, programs, save=False)
+    kernel = lambda *args: tuple(_forward(*args, interpret, on_chip, programs, save=False))
+    hs, c_T = with_reference(kernel, lambda *args: reference_forward(*args)[:2])(projected, w_h, h0, c0)
     return hs, (hs[-1], c_T.astype(c0.dtype))
 
 
@@ -318,7 +319,7 @@ def _unless_stalled(results, programs):
 
 def _lstm_loop_fwd(projected, w_h, h0, c0, interpret, on_chip, programs):
     kernel = lambda *args: tuple(_forward(*args, interpret, on_chip, programs, save=True))
-    hs, c_T, cs, gates = differentiated_as(reference_forward, kernel)(projected, w_h, h0, c0)
+    hs, c_T, cs, gates = with_reference(kernel, reference_forward)(projected, w_h, h0, c0)
     return (hs, (hs[-1], c_T.astype(c0.dtype))), (jnp.zeros((0,), projected.dtype), hs, cs, gates, w_h, h0, c0)
 
 
@@ -338,7 +339,7 @@ def _lstm_loop_bwd(interpret, on_chip, programs, saved, cotangents):
     G = gates.shape[-1]
     H = G // 4
     kernel = functools.partial(_backward, interpret=interpret, on_chip=on_chip, programs=programs)
-    dpre, dh0, dc0 = differentiated_as(reference_backward, kernel)(gates, cs, h0, c0, d_hs, d_hT, d_cT, w_h)
+    dpre, dh0, dc0 = with_reference(kernel, reference_backward)(gates, cs, h0, c0, d_hs, d_hT, d_cT, w_h)
     h_prev = jnp.concatenate([h0[None], hs[:-1]], axis=0)
     d_w = jnp.dot(h_prev.reshape(-1, H).T, dpre.reshape(-1, G), preferred_element_type=jnp.float32)
     return dpre.astype(px_like.dtype), d_w.astype(w_h.dtype), dh0, dc0
@@ -400,7 +401,7 @@ def reference_forward(projected, w_h, h0, c0):
     """What the forward kernels compute for the VJP, in plain JAX (``lax.scan``):
     ``hs (T, B, H)`` in ``h0``'s dtype, and in float32 ``c_T (B, H)``, the cell
     states ``cs (T, B, H)`` and the activated gates i, f, g, o ``(T, B, 4H)``.
-    The kernels' derivatives are this function's (:mod:`jrnn.kernels._derivatives`)."""
+    The kernels' derivatives are this function's (:mod:`jrnn.kernels._with_reference`)."""
     f32 = jnp.float32
 
     def step(carry, px):

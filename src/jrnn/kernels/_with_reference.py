@@ -1,0 +1,83 @@
+"""Kernels paired with plain-JAX references that stand in for them where a kernel cannot go.
+
+jrnn's fast paths (the native CPU loops, the Pallas kernels, cuDNN) call
+kernels that JAX cannot look inside: custom calls and Pallas kernels. Each
+such call goes through :func:`with_reference`, with a plain-JAX function that
+computes the same values from the same inputs. The reference stands in for
+the kernel in two places:
+
+- **Differentiation.** The kernels pair a forward with a backward under
+  ``jax.custom_vjp``, so a gradient runs both. A derivative of that gradient
+  (``jax.grad`` of a gradient penalty, ``jax.hessian``, a Hessian-vector
+  product as ``jax.jvp(jax.grad(f), ...)``) differentiates the forward and
+  backward functions themselves: JAX differentiates the references.
+- **``jax.export``.** Export refuses custom calls that have no compatibility
+  guarantee: jrnn's native loops, its cuDNN binding and Pallas' Triton
+  kernels. Code lowered for export gets the reference's XLA operations, which
+  any later JAX on any machine can run.
+
+Everywhere else (``jax.jit``, eager calls, ``jax.vmap``) the kernel runs.
+"""
+
+from __future__ import annotations
+
+import jax
+from jax.extend import core
+from jax.interpreters import ad, batching, mlir
+
+from jrnn._varying import vary_like
+
+_call_p = core.Primitive("jrnn_kernel_with_reference")
+_call_p.multiple_results = True
+
+
+def with_reference(kernel, reference):
+    """``kernel`` with ``reference`` standing in for it under differentiation
+    (``jax.jvp``, and ``jax.linearize`` inside reverse mode) and in code
+    lowered by ``jax.export``. Both take the same pytrees and return the same
+    shapes and dtypes; integer outputs (cuDNN's reserve space) have no
+    tangents, so ``reference`` may return any array of their shape and dtype."""
+
+    def call(*args):
+        # inside jax.shard_map, every input varies over the same mesh axes, so that
+        # the outputs' type is the inputs' (the kernels' outputs vary like their inputs)
+        flat_args, in_tree = jax.tree.flatten(vary_like(args, *args))
+        outs = _call_p.bind(*flat_args, kernel=_flat(kernel, in_tree), reference=_flat(reference, in_tree))
+        out_tree = jax.tree.structure(jax.eval_shape(kernel, *args))
+        return jax.tree.unflatten(out_tree, outs)
+
+    return call
+
+
+def _flat(fn, in_tree):
+    """``fn`` on the flat leaves of its arguments, returning its outputs' flat leaves."""
+    return lambda *leaves: jax.tree.leaves(fn(*jax.tree.unflatten(in_tree, leaves)))
+
+
+def _abstract_eval(*avals, kernel, reference):
+    return jax.make_jaxpr(kernel)(*avals).out_avals
+
+
+def _lower(ctx, *args, kernel, reference):
+    # JAX sets ``for_export`` in ``jax.export`` alone (an internal parameter: if a later
+    # JAX drops it, the kernels are lowered as before and only export refuses them)
+    exporting = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
+    return mlir.lower_fun(reference if exporting else kernel, multiple_results=True)(ctx, *args)
+
+
+def _jvp(primals, tangents, *, kernel, reference):
+    tangents = [ad.instantiate_zeros(t) for t in tangents]
+    return jax.jvp(reference, tuple(primals), tuple(tangents))
+
+
+def _batch(args, dims, *, kernel, reference):
+    in_axes = tuple(dims)  # an int, or None where an argument is not batched
+    outs = _call_p.bind(*args, kernel=jax.vmap(kernel, in_axes), reference=jax.vmap(reference, in_axes))
+    return outs, [0] * len(outs)
+
+
+_call_p.def_impl(lambda *args, kernel, reference: kernel(*args))
+_call_p.def_abstract_eval(_abstract_eval)
+mlir.register_lowering(_call_p, _lower)
+ad.primitive_jvps[_call_p] = _jvp
+batching.primitive_batchers[_call_p] = _batch
