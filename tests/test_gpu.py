@@ -81,6 +81,29 @@ def test_cudnn_gradient_derivatives_on_a_gpu(kind, key):
         _check_gradient_derivatives(cell, key, ("cudnn",) if jax.device_count() != 1 else ("auto", "cudnn"), 1e-4)
 
 
+@gpu
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_cudnn_exports_on_a_gpu(kind, key):
+    """``jax.export`` of a gradient through ``"cudnn"`` gets no custom call, and
+    on the GPU computes what ``jax.jit`` computes with cuDNN's kernels (jrnn's
+    binding: ``jax.experimental.rnn``'s custom call does not export)."""
+    from jrnn.kernels import cudnn
+
+    if not cudnn.own_binding_available():
+        pytest.skip(f"jrnn's own cuDNN binding: {cudnn.own_binding_problem()}")
+    cell = jrnn.lstm(16) if kind == "lstm" else jrnn.gru(16, reset_after=True)
+    params = random_params(cell, key, 8, jnp.float32, scale=0.4)
+    xs = jax.random.normal(key, (4, 12, 8), jnp.float32)
+    loss = lambda p, xs: jnp.sum(jnp.sin(jrnn.scan(cell, p, xs, implementation="cudnn")[1]))
+    with jax.default_matmul_precision("highest"):
+        kernels = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+        assert "jrnn_cudnn_rnn_backward" in kernels.lower(params, xs).as_text()
+        exported = jax.export.export(kernels)(params, xs)
+        assert "custom_call" not in exported.mlir_module()
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4),
+                     exported.call(params, xs), kernels(params, xs))
+
+
 def test_cudnn_weight_layout_is_exact(key):
     """On any backend: the flat cuDNN weight vector jrnn packs, unpacked by
     ``jax.experimental.rnn`` and run through its reference LSTM (the equations
