@@ -16,11 +16,13 @@
 #   fused-no-split-k  an experiment for the first target: the same as fused-profile (no profile) with
 #                  XLA's split-K GEMMs off. Compiled for an H100 without autotuning, the reverse loop's
 #                  (16, 3072) x (3072, 768) product ran as 16 partial products whose sum took a kernel of
-#                  its own each step (benchmarks/RESULTS.md); Flax runs under the same flag
+#                  its own each step (benchmarks/RESULTS.md); Flax runs under the same flag. A CPU XLA
+#                  does not know the flag: with QUICK=1 on a CPU this step alone exits 1
 # The limits add up to 570 s: run it with the device call's timeout_s at 600.
 # jrnn's own cuDNN binding compiles on its first use there (seconds) unless a src/jrnn/kernels/_cudnn_rnn.so
 # built ahead travels with the tree (see the docstring of jrnn.kernels.cudnn). Record what this prints in
-# benchmarks/RESULTS.md with the card's name (card.txt). On the 2-core CPU VM, QUICK=1 took 1 min 50 s.
+# benchmarks/RESULTS.md with the card's name (card.txt). On the 2-core CPU VM, QUICK=1 took 1 min 50 s
+# (2026-11-28: 1 min 57 s, tests 49 s + 49 s).
 set -u
 OUT=${OUT:-gpu-session}
 mkdir -p "$OUT"
