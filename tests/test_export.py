@@ -38,11 +38,14 @@ def _assert_trees_close(got, want, tol):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=tol, atol=tol)
 
 
-def _scan_and_gradient(cell, **options):
+def _scan_and_gradient(cell):
     """Jitted ``jrnn.scan`` (final carry and outputs) and its gradient, default implementation."""
-    run = lambda p, carry, xs: jrnn.scan(cell, p, xs, carry, **options)
-    loss = lambda p, carry, xs: jnp.sum(jnp.sin(run(p, carry, xs)[1])) + sum(
-        jnp.sum(c**2) for c in jax.tree.leaves(run(p, carry, xs)[0]))
+    run = lambda p, carry, xs: jrnn.scan(cell, p, xs, carry)
+
+    def loss(p, carry, xs):
+        final, ys = run(p, carry, xs)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
     return jax.jit(run), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
