@@ -13,7 +13,7 @@ import jrnn
 from jrnn.forecast import Forecaster
 from jrnn.kernels import _pallas, native, pallas_gru, pallas_lstm
 from jrnn.scan import scan_projected
-from tests.helpers import CELL_IDS, CELLS, random_carry, random_params
+from tests.helpers import CELL_IDS, CELLS, random_params, scan_loss_problem
 
 pytest.importorskip("flatbuffers")  # Exported.serialize() needs it
 
@@ -38,25 +38,21 @@ def _assert_trees_close(got, want, tol):
         np.testing.assert_allclose(np.asarray(g), np.asarray(w), rtol=tol, atol=tol)
 
 
-def _scan_and_gradient(cell):
-    """Jitted ``jrnn.scan`` (final carry and outputs) and its gradient, default implementation."""
-    run = lambda p, carry, xs: jrnn.scan(cell, p, xs, carry)
-
-    def loss(p, carry, xs):
-        final, ys = run(p, carry, xs)
-        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
-
-    return jax.jit(run), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
+def _scan_and_gradient(cell, key):
+    """Jitted ``jrnn.scan`` (final carry and outputs) and the gradient of
+    ``scan_loss_problem``'s loss, default implementation, with its primals."""
+    loss, primals, _ = scan_loss_problem(cell, key)
+    forward = jax.jit(lambda p, carry, xs: jrnn.scan(cell, p, xs, carry))
+    gradient = jax.jit(jax.grad(lambda p, carry, xs: loss(p, carry, xs, "auto"), argnums=(0, 1, 2)))
+    return (forward, gradient), primals
 
 
 @pytest.mark.parametrize("name, cell, kind, opts", CELLS, ids=CELL_IDS)
 def test_export_of_the_default_path_runs_what_jit_runs(name, cell, kind, opts, key):
     """Every cell's forward and gradient (the native CPU loops under ``jax.jit``)
     export, serialize and run again; params and LSTM states keep their types."""
-    k_p, k_c, k_x = jax.random.split(key, 3)
-    primals = (random_params(cell, k_p, 3, jnp.float32), random_carry(cell, k_c, (2,), jnp.float32),
-               jax.random.normal(k_x, (2, 6, 3), jnp.float32))
-    for jitted in _scan_and_gradient(cell):
+    functions, primals = _scan_and_gradient(cell, key)
+    for jitted in functions:
         if native.available():  # what export must replace
             assert "custom_call @jrnn_" in jitted.lower(*primals).as_text()
         exported, text = _roundtrip(jitted, *primals)
@@ -67,8 +63,7 @@ def test_export_of_the_default_path_runs_what_jit_runs(name, cell, kind, opts, k
 def test_export_with_a_symbolic_batch_size(key):
     """Exported once with batch size ``b``, the gradient runs at any batch size."""
     cell = jrnn.lstm(8)
-    params = cell.init(key, 3)
-    _, gradient = _scan_and_gradient(cell)
+    (_, gradient), (params, _, _) = _scan_and_gradient(cell, key)
     (b,) = export.symbolic_shape("b")
     specs = (params, jrnn.LSTMState(*[jax.ShapeDtypeStruct((b, 8), jnp.float32)] * 2),
              jax.ShapeDtypeStruct((b, 5, 3), jnp.float32))

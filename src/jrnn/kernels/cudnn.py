@@ -299,8 +299,7 @@ def _own_rnn(config, xs, h0, c0, w):
     differentiates, and ``jax.export`` lowers, as :func:`_reference_forward` and :func:`_reference_backward`
     (:mod:`jrnn.kernels._with_reference`)."""
     kernel = lambda *args: _forward(config, *args, training=False)[:3]
-    reference = lambda *args: _reference_forward(config[0], 0, *args)[:3]
-    return with_reference(kernel, reference)(xs, h0, c0, w)
+    return with_reference(kernel, functools.partial(_reference_outputs, config[0]))(xs, h0, c0, w)
 
 
 def _own_rnn_fwd(config, xs, h0, c0, w):
@@ -332,10 +331,9 @@ def _backward(config, xs, h0, c0, w, ys, reserve, d_ys, d_hy, d_cy):
 
 
 def _reference_backward(kind, xs, h0, c0, w, ys, reserve, d_ys, d_hy, d_cy):
-    """:func:`_backward` in plain JAX: the VJP of :func:`_reference_forward` (which
+    """:func:`_backward` in plain JAX: the VJP of :func:`_reference_outputs` (which
     needs neither ``ys`` nor cuDNN's reserve space)."""
-    forward = lambda *args: _reference_forward(kind, 0, *args)[:3]
-    return jax.vjp(forward, xs, h0, c0, w)[1]((d_ys, d_hy, d_cy))
+    return jax.vjp(functools.partial(_reference_outputs, kind), xs, h0, c0, w)[1]((d_ys, d_hy, d_cy))
 
 
 def _own_rnn_bwd(config, residuals, cotangents):
@@ -368,6 +366,11 @@ def _reference_forward(kind, reserve_bytes, xs, h0, c0, w):
     final, ys = jax.lax.scan(lambda carry, x: cell.step(params, carry, x), carry, xs)
     hy, cy = (final.h, final.c) if kind == "lstm" else (final, jnp.zeros_like(c0[0]))
     return ys, hy[None], cy[None], jnp.zeros((reserve_bytes,), jnp.uint8)
+
+
+def _reference_outputs(kind, xs, h0, c0, w):
+    """:func:`_reference_forward`'s ``ys, hy, cy`` (what inference returns)."""
+    return _reference_forward(kind, 0, xs, h0, c0, w)[:3]
 
 
 _own_rnn.defvjp(_own_rnn_fwd, _own_rnn_bwd)
