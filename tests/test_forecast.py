@@ -45,3 +45,14 @@ def test_forecast_in_original_units(key):
         forecast(model, params, raw, steps=2, scaler=scaler, feature_index=[0, 1], target_index=[1])
     with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\), got \(8, 3\)"):
         forecast(model, params, np.zeros((8, 3)))
+
+
+def test_forecaster_is_a_jit_argument(key):
+    """A Forecaster is a pytree with no leaves, like the cells it holds."""
+    model = Forecaster(jrnn.gru(4), input_size=2, output_size=1, mode="sequence")
+    params = model.init(key)
+    xs = jax.random.normal(key, (3, 6, 2))
+    apply = jax.jit(lambda model, params, xs: model.apply(params, xs))
+    np.testing.assert_allclose(apply(model, params, xs), model.apply(params, xs), rtol=1e-12)
+    last = Forecaster(jrnn.gru(4), input_size=2, output_size=1, mode="last")
+    np.testing.assert_allclose(apply(last, params, xs), model.apply(params, xs)[:, -1], rtol=1e-12)

@@ -69,6 +69,38 @@ def test_stacked_and_bidirectional_under_jit_and_grad(key):
     assert any(np.abs(leaf).sum() > 0 for leaf in jax.tree.leaves(jitted))
 
 
+@pytest.mark.parametrize("make_layer", [
+    lambda act: jrnn.simple_rnn(4, activation=act),
+    lambda act: jrnn.min_gru(4, init={"tanh": "default", "relu": "pytorch"}[act]),
+    lambda act: jrnn.stacked([jrnn.simple_rnn(4, activation=act), jrnn.gru(3)]),
+    lambda act: jrnn.bidirectional(jrnn.lstm(3), jrnn.simple_rnn(3, activation=act)),
+], ids=["cell", "min_cell", "stacked", "bidirectional"])
+def test_layers_pass_through_transformations_as_arguments(make_layer, key):
+    """Cells and layers are pytrees with no leaves: jit, grad and vmap take them
+    as ordinary arguments, and jit compiles once per distinct configuration."""
+    tanh_layer, relu_layer = make_layer("tanh"), make_layer("relu")
+    xs = jax.random.normal(key, (2, 5, 2))
+    params = tanh_layer.init(key, 2)
+    assert jax.tree.leaves(tanh_layer) == []
+
+    run = jax.jit(lambda layer, params, xs: layer(params, xs)[1])
+    np.testing.assert_allclose(run(tanh_layer, params, xs), tanh_layer(params, xs)[1], rtol=1e-12)
+    run(make_layer("tanh"), params, xs)  # an equal layer reuses the compiled program
+    assert run._cache_size() == 1
+    np.testing.assert_allclose(run(relu_layer, params, xs), relu_layer(params, xs)[1], rtol=1e-12)
+    assert run._cache_size() == 2
+
+    layer_grad, params_grad = jax.grad(lambda layer, p: jnp.sum(layer(p, xs)[1] ** 2), argnums=(0, 1))(
+        tanh_layer, params)
+    assert layer_grad == tanh_layer
+    jax.tree.map(np.testing.assert_allclose, params_grad,
+                 jax.grad(lambda p: jnp.sum(tanh_layer(p, xs)[1] ** 2))(params))
+
+    stacked_params = jax.tree.map(lambda a: jnp.stack([a, 2 * a]), params)
+    ys = jax.vmap(lambda layer, p: layer(p, xs)[1], in_axes=(None, 0))(tanh_layer, stacked_params)
+    np.testing.assert_allclose(ys[1], tanh_layer(jax.tree.map(lambda a: 2 * a, params), xs)[1], rtol=1e-12)
+
+
 def test_stacked_dropout_between_layers(key):
     """PyTorch-style dropout acts on every layer's outputs but the last's."""
     net = jrnn.stacked([jrnn.gru(4), jrnn.gru(4)], dropout=0.5)

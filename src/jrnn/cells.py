@@ -83,6 +83,12 @@ class Cell:
     num_blocks: ClassVar[int]
     params_type: ClassVar[type]
 
+    def __init_subclass__(cls, **kwargs):
+        # a pytree with no leaves: cells pass through jax.jit, vmap and grad as
+        # arguments without static_argnums (jit keys its cache on the cell's hash)
+        super().__init_subclass__(**kwargs)
+        jax.tree_util.register_static(cls)
+
     def __post_init__(self):
         if isinstance(self.hidden_size, bool) or not isinstance(self.hidden_size, int):
             raise TypeError(

@@ -31,6 +31,7 @@ class ForecasterParams(NamedTuple):
     b_out: jax.Array
 
 
+@jax.tree_util.register_static  # no leaves: passes through jit like a cell
 @dataclasses.dataclass(frozen=True)
 class Forecaster:
     """``num_layers`` cells like ``cell`` stacked, then ``y = h @ w_out + b_out``.

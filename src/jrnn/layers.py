@@ -36,6 +36,7 @@ class BidirectionalParams(NamedTuple):
     backward: Any
 
 
+@jax.tree_util.register_static  # no leaves: passes through jit like a cell
 @dataclasses.dataclass(frozen=True)
 class Bidirectional:
     """Forward and backward cells over the same sequence, outputs merged.
@@ -123,6 +124,7 @@ def bidirectional(forward: Cell, backward: Cell | None = None, *, merge: str = "
     return Bidirectional(forward, forward if backward is None else backward, merge)
 
 
+@jax.tree_util.register_static  # no leaves: passes through jit like a cell
 @dataclasses.dataclass(frozen=True)
 class Stacked:
     """Layers applied one after another; layer k reads the outputs of layer k-1.
