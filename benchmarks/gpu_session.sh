@@ -6,7 +6,7 @@
 #   QUICK=1 OUT=/tmp/gs bash benchmarks/gpu_session.sh   # the same steps at tiny shapes, on any machine
 #
 # Steps, each under its own time limit (seconds), in order of importance:
-#   tests-gpu      the cuDNN tests (against the plain path: values, gradients, derivatives of gradients;
+#   tests-gpu      the cuDNN tests (against the plain path: values, gradients, forward mode, derivatives of gradients;
 #                  under the suite's strict settings, rank promotion "raise" included)
 #   tests-pallas   jrnn.scan's Pallas path, compiled for the GPU, against the plain path (the same)
 #   fused-profile  issue #7's 5x-Flax target: the fused LSTM at (16, 768, 1024) float32 against Flax,

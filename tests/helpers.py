@@ -67,24 +67,30 @@ def scan_loss_problem(cell, key, dtype=jnp.float32, scale=0.4, scan=None):
     return loss, (params, carry, xs), k_v
 
 
-def assert_gradient_derivatives_equal(loss, primals, key, implementation, tol, reference="plain",
-                                      run=lambda fn, *args: jax.jit(fn)(*args)):
-    """``loss(*primals, implementation)``'s gradient (in every argument) has the
-    derivatives of ``loss(*primals, reference)``'s, each computed by ``run``: reverse
-    over reverse (a gradient penalty), forward over reverse (a Hessian-vector
-    product along random tangents) and ``jax.hessian`` in the last argument; each
-    entry within ``tol`` relative to itself or to the largest entry of its array."""
+def assert_derivatives_equal(loss, primals, key, implementation, tol, reference="plain",
+                             run=lambda fn, *args: jax.jit(fn)(*args)):
+    """``loss(*primals, implementation)`` has the derivatives of ``loss(*primals,
+    reference)``, each computed by ``run``: forward mode (``jax.jvp`` along random
+    tangents, in every argument), and derivatives of the gradient (in every
+    argument): reverse over reverse (a gradient penalty), forward over reverse (a
+    Hessian-vector product) and ``jax.hessian`` in the last argument, and forward
+    over forward there; each entry within ``tol`` relative to itself or to the
+    largest entry of its array."""
     leaves, tree = jax.tree.flatten(primals)
     tangents = jax.tree.unflatten(tree, [jax.random.normal(k, leaf.shape, leaf.dtype)
                                          for k, leaf in zip(jax.random.split(key, len(leaves)), leaves)])
     argnums = tuple(range(len(primals)))
     gradient = lambda impl: lambda *args: jax.grad(loss, argnums=argnums)(*args, impl)
+    last_argument = lambda impl, primals: lambda last: loss(*primals[:-1], last, impl)
     derivatives = {
+        "forward mode": lambda impl, primals, tangents: jax.jvp(lambda *a: loss(*a, impl), primals, tangents),
+        "forward over forward": lambda impl, primals, tangents: jax.jacfwd(jax.jacfwd(
+            last_argument(impl, primals)))(primals[-1]),
         "gradient penalty": lambda impl, primals, tangents: jax.grad(
             lambda *a: sum(jnp.sum(g**2) for g in jax.tree.leaves(gradient(impl)(*a))), argnums=argnums)(*primals),
         "Hessian-vector product": lambda impl, primals, tangents: jax.jvp(gradient(impl), primals, tangents)[1],
         "Hessian in the last argument": lambda impl, primals, tangents: jax.hessian(
-            lambda last: loss(*primals[:-1], last, impl))(primals[-1]),
+            last_argument(impl, primals))(primals[-1]),
     }
     for what, derivative in derivatives.items():
         got, want = (run(functools.partial(derivative, impl), primals, tangents)

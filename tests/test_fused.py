@@ -13,7 +13,7 @@ from jrnn.kernels import fused, native
 from tests.helpers import (
     CELL_IDS,
     CELLS,
-    assert_gradient_derivatives_equal,
+    assert_derivatives_equal,
     random_carry,
     random_params,
     scan_loss_problem,
@@ -109,7 +109,7 @@ def test_auto_picks_fused_and_mixed_precision(key):
         jrnn.scan(cell, params, xs, implementation="cuda")
 
 
-SECOND_ORDER_CASES = [  # (dtype, loops, tolerance, scan options)
+DERIVATIVE_CASES = [  # (dtype, loops, tolerance, scan options)
     pytest.param(jnp.float32, contextlib.nullcontext, 2e-4, {}, id="f32-native"),  # native where built
     pytest.param(jnp.float32, contextlib.nullcontext, 2e-4, {"seq_lengths": [4, 0, 2], "reverse": True},
                  id="f32-native-lengths-reverse"),
@@ -119,16 +119,17 @@ SECOND_ORDER_CASES = [  # (dtype, loops, tolerance, scan options)
 
 
 @pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
-@pytest.mark.parametrize("dtype,loops,tol,options", SECOND_ORDER_CASES)
-def test_fused_second_derivatives_equal_plain(name, cell, kind, opts, dtype, loops, tol, options, key):
-    """Derivatives of the fused VJP itself equal the plain driver's: reverse over
-    reverse (a gradient penalty), forward over reverse (a Hessian-vector product)
-    and ``jax.hessian``. The native loops differentiate as the XLA loops, which
-    compute the same function."""
+@pytest.mark.parametrize("dtype,loops,tol,options", DERIVATIVE_CASES)
+def test_fused_derivatives_equal_plain(name, cell, kind, opts, dtype, loops, tol, options, key):
+    """The fused path's derivatives other than its gradient equal the plain
+    driver's: forward mode (``jax.jvp``, ``jax.jacfwd`` of ``jax.jacfwd``) and
+    derivatives of its VJP, reverse over reverse (a gradient penalty), forward
+    over reverse (a Hessian-vector product) and ``jax.hessian``. The native loops
+    differentiate as the XLA loops, which compute the same function."""
     scan = lambda params, carry, xs, impl: _run(cell, params, carry, xs, impl, options)
     loss, primals, k_v = scan_loss_problem(cell, key, dtype, scan=scan)
     with loops():
-        assert_gradient_derivatives_equal(loss, primals, k_v, "fused", tol)
+        assert_derivatives_equal(loss, primals, k_v, "fused", tol)
 
 
 LSTM_CELL = [c for c in CELLS if c[0] == "lstm"]

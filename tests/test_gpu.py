@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 import jrnn
-from tests.helpers import assert_gradient_derivatives_equal, random_params, scan_loss_problem
+from tests.helpers import assert_derivatives_equal, random_params, scan_loss_problem
 
 gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU backend")
 
@@ -68,17 +68,17 @@ def test_auto_takes_cudnn_on_one_gpu_and_equals_plain(kind, key):
 
 @gpu
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_cudnn_gradient_derivatives_on_a_gpu(kind, key):
-    """Derivatives of gradients through cuDNN (a gradient penalty, a
-    Hessian-vector product, ``jax.hessian``) equal the plain path's: JAX
-    differentiates cuDNN's calls as their plain-JAX reference."""
+def test_cudnn_derivatives_on_a_gpu(kind, key):
+    """Forward mode and derivatives of gradients through cuDNN (a gradient
+    penalty, a Hessian-vector product, ``jax.hessian``) equal the plain path's:
+    JAX differentiates cuDNN's calls as their plain-JAX reference."""
     from jrnn.kernels import cudnn
 
     if kind == "gru" and not cudnn.own_binding_available():
         pytest.skip(f"jrnn's own cuDNN binding: {cudnn.own_binding_problem()}")
     cell = jrnn.lstm(8) if kind == "lstm" else jrnn.gru(8, reset_after=True)
     with jax.default_matmul_precision("highest"):
-        _check_gradient_derivatives(cell, key, ("cudnn",) if jax.device_count() != 1 else ("auto", "cudnn"), 1e-4)
+        _check_derivatives(cell, key, ("cudnn",) if jax.device_count() != 1 else ("auto", "cudnn"), 1e-4)
 
 
 @gpu
@@ -384,12 +384,12 @@ def _opaque(fn, name):
 
 
 @pytest.mark.parametrize("kind", ["lstm", "gru"])
-def test_cudnn_gradient_derivatives_equal_plain(kind, monkeypatch, key):
+def test_cudnn_derivatives_equal_plain(kind, monkeypatch, key):
     """On a (stood-in) single GPU, with cuDNN's forward and backward stood in for
-    by kernels JAX cannot differentiate: a gradient runs both, and derivatives of
-    gradients (a gradient penalty, a Hessian-vector product, ``jax.hessian``) equal
-    the plain path's. On a GPU,
-    :func:`test_cudnn_gradient_derivatives_on_a_gpu` runs cuDNN itself."""
+    by kernels JAX cannot differentiate: a gradient runs both, and forward mode and
+    derivatives of gradients (a gradient penalty, a Hessian-vector product,
+    ``jax.hessian``) equal the plain path's. On a GPU,
+    :func:`test_cudnn_derivatives_on_a_gpu` runs cuDNN itself."""
     from jrnn.kernels import cudnn
 
     _as_if_on_one_gpu(monkeypatch)
@@ -410,7 +410,7 @@ def test_cudnn_gradient_derivatives_equal_plain(kind, monkeypatch, key):
     monkeypatch.setattr(cudnn, "_forward", forward)
     monkeypatch.setattr(cudnn, "_backward", backward)
     cell = jrnn.lstm(8) if kind == "lstm" else jrnn.gru(8, reset_after=True)
-    _check_gradient_derivatives(cell, key, ("auto",), 1e-4)  # "auto" takes "cudnn"'s path here
+    _check_derivatives(cell, key, ("auto",), 1e-4)  # "auto" takes "cudnn"'s path here
     loss, primals, _ = scan_loss_problem(cell, key)
     gradient = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3).lower(*primals, "auto").as_text()
     assert "@stood_in_forward" in gradient and "@stood_in_backward" in gradient  # a gradient runs both kernels
@@ -440,15 +440,15 @@ def test_cudnn_exports_as_xla(kind, monkeypatch, key):
                          exported.call(params, xs), plain(params, xs))
 
 
-def _check_gradient_derivatives(cell, key, implementations, tol):
+def _check_derivatives(cell, key, implementations, tol):
     """A gradient through each of ``implementations`` equals the plain path's, and
-    so do derivatives of that gradient (see ``assert_gradient_derivatives_equal``)."""
+    so do forward mode and derivatives of that gradient (see ``assert_derivatives_equal``)."""
     loss, primals, k_v = scan_loss_problem(cell, key)
     gradient = lambda impl: jax.grad(loss, argnums=(0, 1, 2))(*primals, impl)
     want = gradient("plain")
     for impl in implementations:
         jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), gradient(impl), want)
-        assert_gradient_derivatives_equal(loss, primals, k_v, impl, tol)
+        assert_derivatives_equal(loss, primals, k_v, impl, tol)
 
 
 def test_cudnn_auto_applies_only_where_the_persistent_kernel_does(monkeypatch, key):

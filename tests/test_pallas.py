@@ -8,7 +8,7 @@ import pytest
 
 import jrnn
 from jrnn.kernels import _pallas, pallas_gru, pallas_lstm
-from tests.helpers import assert_gradient_derivatives_equal, scan_loss_problem
+from tests.helpers import assert_derivatives_equal, scan_loss_problem
 
 pytest.importorskip("jax.experimental.pallas")
 
@@ -146,12 +146,13 @@ def test_scan_pallas_equals_plain(cell, batch, key):
 
 
 @pytest.mark.parametrize("cell", [_CELLS["lstm"], _CELLS["gru"], _CELLS["wide-lstm"]], ids=["lstm", "gru", "wide-lstm"])
-def test_pallas_gradient_derivatives_equal_plain(cell, key):
-    """Derivatives of the kernels' gradients (a gradient penalty, a Hessian-vector
-    product, ``jax.hessian``) equal the plain driver's: JAX differentiates each
-    kernel call as its plain-JAX reference (``reference_forward``, ``reference_backward``)."""
+def test_pallas_derivatives_equal_plain(cell, key):
+    """Forward mode and derivatives of the kernels' gradients (a gradient penalty,
+    a Hessian-vector product, ``jax.hessian``) equal the plain driver's: JAX
+    differentiates each kernel call as its plain-JAX reference (``reference_forward``,
+    ``reference_backward``)."""
     loss, primals, k_v = scan_loss_problem(cell, key, scale=1.6 * cell.hidden_size**-0.5)  # 0.4 at H = 16
-    assert_gradient_derivatives_equal(loss, primals, k_v, "pallas", 2e-4, run=_run)
+    assert_derivatives_equal(loss, primals, k_v, "pallas", 2e-4, run=_run)
 
 
 def test_pallas_refusals(key):

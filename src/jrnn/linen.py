@@ -27,8 +27,7 @@ class RNN(nn.Module):
         ``'dropout'`` RNG stream unless deterministic.
       deterministic: default for ``__call__``'s ``deterministic``.
       param_dtype: dtype of the params.
-      implementation: as :func:`jrnn.scan` (``"auto"``); ``"plain"`` for
-        forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``).
+      implementation: as :func:`jrnn.scan` (``"auto"``).
 
     Params are one entry, ``"layer"``: a dict ``{"w_x", "w_h", "b", ...}`` (nested
     by layer index or direction for stacked and bidirectional layers).

@@ -24,8 +24,7 @@ class RNN(nnx.Module):
       rngs: ``nnx.Rngs``; ``params`` initialises, ``dropout`` (if any rate > 0) drives dropout.
       time_major, unroll, dropout, recurrent_dropout: as :func:`jrnn.scan`.
       deterministic: default for ``__call__`` (``nnx.view`` / ``model.eval()`` work too).
-      implementation: as :func:`jrnn.scan` (``"auto"``); ``"plain"`` for
-        forward-mode derivatives (``jax.jvp``, ``jax.jacfwd``).
+      implementation: as :func:`jrnn.scan` (``"auto"``).
 
     Example:
       >>> import jax.numpy as jnp, jrnn

@@ -6,11 +6,12 @@ such call goes through :func:`with_reference`, with a plain-JAX function that
 computes the same values from the same inputs. The reference stands in for
 the kernel in two places:
 
-- **Differentiation.** The kernels pair a forward with a backward under
-  ``jax.custom_vjp``, so a gradient runs both. A derivative of that gradient
-  (``jax.grad`` of a gradient penalty, ``jax.hessian``, a Hessian-vector
-  product as ``jax.jvp(jax.grad(f), ...)``) differentiates the forward and
-  backward functions themselves: JAX differentiates the references.
+- **Differentiation.** The kernels pair a forward with a backward under a
+  custom VJP (:mod:`jrnn.kernels._custom_vjp`), so a gradient runs both.
+  Forward mode (``jax.jvp``) and a derivative of that gradient (``jax.grad``
+  of a gradient penalty, ``jax.hessian``, a Hessian-vector product as
+  ``jax.jvp(jax.grad(f), ...)``) differentiate the forward and backward
+  functions themselves: JAX differentiates the references.
 - **``jax.export``.** Export refuses custom calls that have no compatibility
   guarantee: jrnn's native loops, its cuDNN binding and Pallas' Triton
   kernels. Code lowered for export gets the reference's XLA operations, which

@@ -52,6 +52,7 @@ import jaxlib
 import numpy as np
 
 from jrnn.cells import GRUCell, GRUParams, LSTMCell, LSTMParams, LSTMState, gru, lstm
+from jrnn.kernels._custom_vjp import custom_vjp
 from jrnn.kernels._with_reference import with_reference
 
 # cudnnRNNMode_t and cudnnRNNAlgo_t (cudnn_adv.h)
@@ -292,7 +293,7 @@ def _forward(config, xs, h0, c0, w, training):
     return ys, hy, cy, reserved
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+@functools.partial(custom_vjp, nondiff_argnums=(0,))
 def _own_rnn(config, xs, h0, c0, w):
     """``config = (kind, algorithm, tf32)``; ``xs (T, B, I)``, ``h0, c0 (1, B, H)``, ``w`` the flat
     weights -> ``ys (T, B, H), hy, cy``. cuDNN's forward and backward (data and weights), which JAX

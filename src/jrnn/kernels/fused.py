@@ -38,6 +38,7 @@ from jrnn._ranks import add_bias
 from jrnn._varying import sum_like
 from jrnn.cells import GRUCell, LSTMCell, LSTMState, SimpleRNNCell
 from jrnn.kernels import native
+from jrnn.kernels._custom_vjp import custom_vjp
 from jrnn.kernels._with_reference import with_reference
 
 # Per-gate constants of the one-tanh form: act = tanh(a * SCALE) * MUL + ADD,
@@ -216,7 +217,7 @@ def _outer_sum(inputs, grads):
     return inputs.reshape(-1, inputs.shape[-1]).T @ grads.reshape(-1, grads.shape[-1])
 
 
-@jax.custom_vjp
+@custom_vjp
 def project(x, w_x):
     """``x @ w_x`` for ``x (..., I)``; its VJP's two products are plain 2-D GEMMs.
 
@@ -254,7 +255,7 @@ def _select(valid, new, old):
     return jax.tree.map(lambda a, b: jnp.where(valid, a, b), new, old)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1, 2, 3))
+@functools.partial(custom_vjp, nondiff_argnums=(0, 1, 2, 3))
 def _loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask):
     return _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, save=False)[0]
 

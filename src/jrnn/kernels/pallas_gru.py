@@ -34,6 +34,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn._ranks import add_bias
+from jrnn.kernels._custom_vjp import custom_vjp
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -117,7 +118,7 @@ def _backward_kernel(acts_ref, hs_ref, h0_ref, dys_ref, dhT_ref, w_ref, dpx_ref,
     store_chunks(dh0_ref, jax.lax.fori_loop(0, num_steps, step, load_chunks(dhT_ref, C, n_chunks)))
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+@functools.partial(custom_vjp, nondiff_argnums=(4, 5))
 def gru_loop(projected, w_h, b_hn, h0, interpret=False, on_chip=None):
     """``projected (T, B, 3H)`` (bias included), ``w_h (H, 3H)``, ``b_hn (H,)``,
     ``h0 (B, H)``, ``B`` a multiple of 16 -> ``(hs (T, B, H), h_T)`` in ``h0``'s dtype.

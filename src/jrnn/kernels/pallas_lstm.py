@@ -50,6 +50,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn.kernels import _pallas  # _pallas.ON_CHIP_BYTES read at call time (benchmarks vary it)
+from jrnn.kernels._custom_vjp import custom_vjp
 from jrnn.kernels._pallas import (
     BLOCK_B,
     HIDDEN_SIZES,
@@ -273,7 +274,7 @@ def wide_weight_blocks(load_block, tiles, num_chunks, on_chip):
     return lambda i, g, k: blocks[i, g, k]
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5, 6))
+@functools.partial(custom_vjp, nondiff_argnums=(4, 5, 6))
 def lstm_loop(projected, w_h, h0, c0, interpret=False, on_chip=None, programs=None):
     """``projected (T, B, 4H)`` (bias included), ``w_h (H, 4H)``, ``h0``/``c0 (B, H)``,
     ``B`` a multiple of 16 -> ``(hs (T, B, H), (h_T, c_T))`` in the carry's dtype.
