@@ -71,6 +71,17 @@ class LSTMState(NamedTuple):
 ACTIVATIONS = {"tanh": jnp.tanh, "relu": jax.nn.relu}
 
 
+def _describe(carry) -> str:
+    """A carry's structure in words, for error messages."""
+    if isinstance(carry, LSTMState):
+        return "an LSTMState(h, c)"
+    if isinstance(carry, (tuple, list)):
+        return f"a {type(carry).__name__} of {len(carry)}"
+    if hasattr(carry, "shape"):
+        return "one array (*batch, hidden_size)"
+    return f"the pytree {jax.tree.structure(carry)}"
+
+
 @dataclasses.dataclass(frozen=True)
 class Cell:
     """Shared machinery of the recurrent cells. Use the factories
@@ -207,10 +218,9 @@ class Cell:
         """Raise if ``carry`` does not have this cell's structure for ``batch_shape``."""
         expected = self.initial_carry(batch_shape)
         if jax.tree.structure(carry) != jax.tree.structure(expected):
-            raise ValueError(
-                f"carry: expected the structure of {type(expected).__name__} "
-                f"{jax.tree.structure(expected)}, got {jax.tree.structure(carry)}"
-            )
+            raise ValueError(f"carry: expected {_describe(expected)}, got {_describe(carry)}" + (
+                "; a Flax LSTM's (c, h) carry converts with jrnn.interop.carry_from_flax"
+                if isinstance(expected, LSTMState) and isinstance(carry, tuple) and len(carry) == 2 else ""))
         names = getattr(expected, "_fields", None) or ("",)
         for name, got, want in zip(names, jax.tree.leaves(carry), jax.tree.leaves(expected)):
             label = f"carry.{name}" if name else "carry"
