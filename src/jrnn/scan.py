@@ -113,8 +113,11 @@ def scan(
         size 16, 32, 48, 64, 96, 128, 192 or 256, and for the LSTM a multiple
         of 64 from 320 to 2048; no ``seq_lengths``,
         ``reverse``, ``resets`` or recurrent dropout; interpreted off GPU).
-        All compute the same function. Code lowered by ``jax.export`` runs
-        XLA loops in place of the kernels (all but ``"cudnn"`` with ``seq_lengths``).
+        All compute the same function and have the same derivatives, forward
+        mode and higher orders included (all but ``"cudnn"`` with
+        ``seq_lengths``: reverse-mode first derivatives only). Code lowered by
+        ``jax.export`` runs XLA loops in place of the kernels (all but
+        ``"cudnn"`` with ``seq_lengths``).
       checkpoint_every: memory option for long sequences: keep only every
         k-th carry for the backward pass and recompute each k-step segment
         there (``jax.checkpoint``). Memory O(T/k + k) steps instead of O(T), about
