@@ -95,6 +95,27 @@ def test_fused_under_vmap_and_layers(key):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-11, atol=1e-12), g_f, g_p)
 
 
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+def test_fused_ensemble_under_vmap(name, cell, kind, opts, key):
+    """An ensemble, ``jax.vmap`` over params and carry: the gradient and a
+    forward-mode derivative of the fused path equal the plain path's."""
+    keys = jax.random.split(key, 3)
+    params = jax.vmap(lambda k: random_params(cell, k, 2, jnp.float32, scale=0.5))(keys)
+    carry = jax.vmap(lambda k: random_carry(cell, k, (4,), jnp.float32))(keys)
+    xs = jax.random.normal(key, (4, 6, 2), jnp.float32)
+
+    def loss(params, carry, impl):
+        run = lambda p, c: jrnn.scan(cell, p, xs, c, implementation=impl)
+        final, ys = jax.vmap(run)(params, carry)
+        return jnp.sum(jnp.sin(ys)) + sum(jnp.sum(c**2) for c in jax.tree.leaves(final))
+
+    tangents = jax.tree.map(jnp.ones_like, (params, carry))
+    for derivative in (jax.grad(loss, argnums=(0, 1)),
+                       lambda p, c, impl: jax.jvp(lambda p, c: loss(p, c, impl), (p, c), tangents)):
+        got, want = (jax.jit(derivative, static_argnums=2)(params, carry, impl) for impl in ("fused", "plain"))
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-5, atol=2e-5), got, want)
+
+
 def test_auto_picks_fused_and_mixed_precision(key):
     cell = jrnn.lstm(4)
     params = cell.init(key, 3, jnp.bfloat16)

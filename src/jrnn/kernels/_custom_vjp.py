@@ -147,7 +147,7 @@ def _batch(args, dims, *, num_residuals, num_primals, out_types, tangents_out, c
         args[k], dims[k] = batching.bdim_at_front(args[k], dims[k], size), 0
     outs = _linear_p.bind(
         *args, num_residuals=num_residuals, num_primals=num_primals,
-        out_types=tuple(t.update(shape=(size, *t.shape)) for t in out_types),
+        out_types=tuple(core.unmapped_aval(size, 0, t) for t in out_types),
         tangents_out=jax.vmap(tangents_out, tuple(dims)),
         cotangents_in=jax.vmap(cotangents_in, (*dims[:num_residuals], *[0] * len(out_types))))
     return outs, [0] * len(outs)
