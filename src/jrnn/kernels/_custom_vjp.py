@@ -104,10 +104,10 @@ def _linear(forward_mode, reverse_mode, residuals, primals, tangents, out):
             reverse_mode(jax.tree.unflatten(res_tree, res), jax.tree.unflatten(out_tree, cts)))
         return [ct for ct, f in zip(cts_in, floating) if f]
 
-    args = vary_like((res_leaves, primal_leaves, tangent_leaves), res_leaves, primal_leaves, tangent_leaves)
+    args = [*res_leaves, *primal_leaves, *tangent_leaves]
     # the tangents' types are the outputs' (which spares abstract evaluation a trace of fun's jvp)
     out_types = tuple(jax.typeof(o).to_tangent_aval() for o in jax.tree.leaves(out))
-    outs = _linear_p.bind(*jax.tree.leaves(args), num_residuals=len(res_leaves), num_primals=len(primal_leaves),
+    outs = _linear_p.bind(*vary_like(args, *args), num_residuals=len(res_leaves), num_primals=len(primal_leaves),
                           out_types=out_types, tangents_out=tangents_out, cotangents_in=cotangents_in)
     return jax.tree.unflatten(out_tree, outs)
 

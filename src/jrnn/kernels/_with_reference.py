@@ -43,9 +43,12 @@ def with_reference(kernel, reference):
         # inside jax.shard_map, every input varies over the same mesh axes, so that
         # the outputs' type is the inputs' (the kernels' outputs vary like their inputs)
         flat_args, in_tree = jax.tree.flatten(vary_like(args, *args))
-        outs = _call_p.bind(*flat_args, kernel=_flat(kernel, in_tree), reference=_flat(reference, in_tree))
-        out_tree = jax.tree.structure(jax.eval_shape(kernel, *args))
-        return jax.tree.unflatten(out_tree, outs)
+        # the kernel traced once, for its outputs' types (shard_map's varying axes included) and tree
+        on_leaves = lambda *leaves: kernel(*jax.tree.unflatten(in_tree, leaves))
+        typed, out_shapes = jax.make_jaxpr(on_leaves, return_shape=True)(*flat_args)
+        outs = _call_p.bind(*flat_args, out_types=tuple(typed.out_avals), kernel=_flat(kernel, in_tree),
+                            reference=_flat(reference, in_tree))
+        return jax.tree.unflatten(jax.tree.structure(out_shapes), outs)
 
     return call
 
@@ -55,29 +58,31 @@ def _flat(fn, in_tree):
     return lambda *leaves: jax.tree.leaves(fn(*jax.tree.unflatten(in_tree, leaves)))
 
 
-def _abstract_eval(*avals, kernel, reference):
-    return jax.make_jaxpr(kernel)(*avals).out_avals
+def _abstract_eval(*avals, out_types, **_):
+    return out_types
 
 
-def _lower(ctx, *args, kernel, reference):
+def _lower(ctx, *args, kernel, reference, **_):
     # JAX sets ``for_export`` in ``jax.export`` alone (an internal parameter: if a later
     # JAX drops it, the kernels are lowered as before and only export refuses them)
     exporting = getattr(getattr(ctx.module_context, "lowering_parameters", None), "for_export", False)
     return mlir.lower_fun(reference if exporting else kernel, multiple_results=True)(ctx, *args)
 
 
-def _jvp(primals, tangents, *, kernel, reference):
+def _jvp(primals, tangents, *, reference, **_):
     tangents = [ad.instantiate_zeros(t) for t in tangents]
     return jax.jvp(reference, tuple(primals), tuple(tangents))
 
 
-def _batch(args, dims, *, kernel, reference):
+def _batch(args, dims, *, out_types, kernel, reference):
     in_axes = tuple(dims)  # an int, or None where an argument is not batched
-    outs = _call_p.bind(*args, kernel=jax.vmap(kernel, in_axes), reference=jax.vmap(reference, in_axes))
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    outs = _call_p.bind(*args, out_types=tuple(core.unmapped_aval(size, 0, t) for t in out_types),
+                        kernel=jax.vmap(kernel, in_axes), reference=jax.vmap(reference, in_axes))
     return outs, [0] * len(outs)
 
 
-_call_p.def_impl(lambda *args, kernel, reference: kernel(*args))
+_call_p.def_impl(lambda *args, kernel, **_: kernel(*args))
 _call_p.def_abstract_eval(_abstract_eval)
 mlir.register_lowering(_call_p, _lower)
 ad.primitive_jvps[_call_p] = _jvp
