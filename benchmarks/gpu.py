@@ -118,7 +118,17 @@ def check_cases(on_gpu: bool, only=None) -> list[tuple]:
     on a GPU, those that gate a timed Pallas contender first (the checks' time budget
     may end the list early), the hidden sizes that no case times last. With
     ``only``, just the checks of the jrnn contenders that ``--only`` keeps."""
-    return [case for case in _all_check_cases(on_gpu) if wanted(f"jrnn {check_row(*case)['implementation']}", only)]
+    return [case for case in _all_check_cases(on_gpu) if any(wanted(name, only) for name in gated_contenders(*case))]
+
+
+def gated_contenders(cell, impl, dtype, variant=None) -> list[str]:
+    """The names of the contenders that a check stands for: ``"jrnn <implementation>"``,
+    and for a check of jrnn's own cuDNN binding at its own choice of algorithm (H <= 128)
+    also the contenders that this check gates: that algorithm by name, and ``"jrnn auto"``."""
+    names = [f"jrnn {check_row(cell, impl, dtype, variant)['implementation']}"]
+    if impl == "cudnn" and variant in (None, TF32):
+        names += [f"jrnn cudnn algorithm={cudnn.algorithm(cell.hidden_size)}", "jrnn auto"]
+    return names
 
 
 def _all_check_cases(on_gpu: bool) -> list[tuple]:

@@ -5,24 +5,29 @@
 #   OUT=$OUT bash benchmarks/gpu_session.sh          # logs and JSON into $OUT (default gpu-session)
 #   QUICK=1 OUT=/tmp/gs bash benchmarks/gpu_session.sh   # the same steps at tiny shapes, on any machine
 #
-# Steps, each under its own time limit (seconds), in order of importance:
-#   tests-gpu      the cuDNN tests (against the plain path: values, gradients, forward mode, derivatives of gradients;
-#                  under the suite's strict settings, rank promotion "raise" included)
-#   tests-pallas   jrnn.scan's Pallas path, compiled for the GPU, against the plain path (the same)
-#   fused-profile  issue #7's 5x-Flax target: the fused LSTM at (16, 768, 1024) float32 against Flax,
-#                  with kernels per step (command buffers off, so the profiler sees each kernel)
-#   batch1         issue #7's batch-1 target: cuDNN through jrnn's binding and "auto" against PyTorch at
-#                  (1, 128, 1000), LSTM and GRU, float32, 15 repeats, kernels per step
-#   fused-no-split-k  an experiment for the first target: the same as fused-profile (no profile) with
-#                  XLA's split-K GEMMs off. Compiled for an H100 without autotuning, the reverse loop's
-#                  (16, 3072) x (3072, 768) product ran as 16 partial products whose sum took a kernel of
-#                  its own each step (benchmarks/RESULTS.md); Flax runs under the same flag. A CPU XLA
-#                  does not know the flag: with QUICK=1 on a CPU this step alone exits 1
-# The limits add up to 570 s: run it with the device call's timeout_s at 600.
+# Steps, each under its own time limit (seconds); the timings first, on an idle machine:
+#   batch1   issue #7's batch-1 target: cuDNN through jrnn's binding and "auto" against PyTorch at
+#            (1, 128, 1000), LSTM and GRU, float32, 15 repeats, with kernels per step (PyTorch's too)
+#   fused    issue #7's 5x-Flax target: the fused LSTM at (16, 768, 1024) float32 against Flax, with
+#            kernels per step, under XLA's default flags (its command buffers on, as users run it)
+#   tests    the cuDNN tests (tests/test_gpu.py: values, gradients, forward mode, derivatives of gradients,
+#            under the suite's strict settings) and jrnn.scan's Pallas path compiled for the GPU
+#            (tests/test_pallas.py), two pytest runs side by side, 8 workers each, a line per test (compiling
+#            is most of their time. On an H200, 2026-11-28: one worker each ran out of 120 s; 6 workers each
+#            ran test_gpu.py in 137 s, its slowest test 91 s, and test_pallas.py's 12th test was still
+#            running at 150 s)
+# The limits add up to 410 s: run it with the device call's timeout_s at 440 (the machine's start comes on top,
+# about a minute: a 15-minute lease has no room for a second full call). The whole of it took 292 s of a
+# 390 s call on an H200 (2026-11-28), the tests cut off at 150 s.
+# QUICK=1 on the 2-core development VM: 2 min 21 s (the tests 127 s).
 # jrnn's own cuDNN binding compiles on its first use there (seconds) unless a src/jrnn/kernels/_cudnn_rnn.so
-# built ahead travels with the tree (see the docstring of jrnn.kernels.cudnn). Record what this prints in
-# benchmarks/RESULTS.md with the card's name (card.txt). On the 2-core CPU VM, QUICK=1 took 1 min 50 s
-# (2026-11-28: 1 min 57 s, tests 49 s + 49 s).
+# built ahead travels with the tree (see the docstring of jrnn.kernels.cudnn). The H200 runs carried one,
+# built on the development VM with a Python whose jax is the GPU machine's version (0.11.2 in 2026-11):
+#   pip install --no-deps --target /tmp/cuh nvidia-cudnn-cu12 nvidia-cuda-runtime-cu12 nvidia-cuda-nvcc-cu12
+#   PYTHONPATH=/tmp/cuh:src python -c "import subprocess, pathlib; from jrnn.kernels import cudnn; \
+#       subprocess.run(cudnn.build_command(pathlib.Path('src/jrnn/kernels/_cudnn_rnn.so')), check=True)"
+# and the device call's carry names src/jrnn/kernels/_cudnn_rnn.so (git ignores it). Record what this prints
+# in benchmarks/RESULTS.md with the card's name (card.txt).
 set -u
 OUT=${OUT:-gpu-session}
 mkdir -p "$OUT"
@@ -43,15 +48,23 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, log into $OUT/NAME.log, print 
     tail -n 25 "$OUT/$name.log"
 }
 
-step tests-gpu 120 python -m pytest -q -o addopts= -p no:cacheprovider tests/test_gpu.py \
-    -k "not benchmark and not step_kernels"
-step tests-pallas 120 python -m pytest -q -o addopts= -p no:cacheprovider tests/test_pallas.py \
-    -k "scan_pallas or derivatives"
-step fused-profile 120 env XLA_FLAGS=--xla_gpu_enable_command_buffer= python benchmarks/gpu.py "${quick[@]}" \
-    --cells lstm --shapes 0 --dtypes float32 --only "=jrnn fused,=jrnn fused unroll=16,flax" --profile \
-    --json "$OUT/fused-profile.json"
 step batch1 120 python benchmarks/gpu.py "${quick[@]}" --cells lstm,gru --shapes 3 --dtypes float32 \
     --only "=jrnn cudnn algorithm=3,=jrnn auto,torch" --repeats 15 --profile --json "$OUT/batch1.json"
-step fused-no-split-k 90 env XLA_FLAGS="--xla_gpu_enable_split_k_autotuning=false" python benchmarks/gpu.py \
-    "${quick[@]}" --cells lstm --shapes 0 --dtypes float32 --only "=jrnn fused,=jrnn fused unroll=16,flax" \
-    --json "$OUT/fused-no-split-k.json"
+step fused 90 python benchmarks/gpu.py "${quick[@]}" --cells lstm --shapes 0 --dtypes float32 \
+    --only "=jrnn fused,=jrnn fused unroll=16,flax" --profile --json "$OUT/fused.json"
+tests() {  # the two test runs side by side; each worker compiles its own programs
+    local pytest=(python -m pytest -v -o addopts= -p no:cacheprovider -n 8 --durations=8)
+    XLA_PYTHON_CLIENT_PREALLOCATE=false "${pytest[@]}" tests/test_gpu.py -k "not benchmark and not step_kernels" \
+        > "$OUT/tests-gpu.log" 2>&1 &
+    XLA_PYTHON_CLIENT_PREALLOCATE=false "${pytest[@]}" tests/test_pallas.py -k "scan_pallas or derivatives" \
+        > "$OUT/tests-pallas.log" 2>&1
+    local pallas=$?
+    wait $!
+    local gpu=$?
+    echo "tests-gpu: exit $gpu; tests-pallas: exit $pallas"
+    tail -n 14 "$OUT/tests-gpu.log" "$OUT/tests-pallas.log"
+    return $((gpu || pallas))
+}
+export -f tests
+export OUT
+step tests 200 bash -c tests

@@ -588,6 +588,18 @@ def test_gpu_benchmark_checks_only_the_contenders_asked_for():
     assert [(r["cell"], r["implementation"], r["ok"]) for r in rows] == [("min_gru H=64 float32", "parallel", True)]
 
 
+def test_gpu_benchmark_checks_the_binding_for_contenders_named_exactly():
+    """``--only "=jrnn cudnn algorithm=3,=jrnn auto"`` (gpu_session.sh's batch-1 step) keeps the
+    checks of jrnn's own binding at H <= 128 that gate those contenders; on an H200
+    (2026-11-28) it kept none, so neither was timed."""
+    gpu_benchmark = _benchmark("gpu")
+    for only in (["=jrnn cudnn algorithm=3"], ["=jrnn auto"], ["=jrnn cudnn algorithm=3", "=jrnn auto", "torch"]):
+        kept = {(c[0].hidden_size, c[1], c[3]) for c in gpu_benchmark.check_cases(True, only)}
+        assert kept == {(h, "cudnn", v) for h in (64, 128) for v in (None, gpu_benchmark.TF32)}, only
+    persistent = {c[3] for c in gpu_benchmark.check_cases(True, ["=jrnn cudnn algorithm=1"])}
+    assert persistent == {"algorithm=1"}
+
+
 def _benchmark(name):
     """``benchmarks/<name>.py`` as a module."""
     import importlib.util
