@@ -32,8 +32,8 @@ pass ``--budget-s`` (default 220 s from the start) is skipped and listed, so
 one run fits a short device lease. A jrnn contender that fails to compile is
 reported and left out; ``--json`` is rewritten after every case. With
 ``--profile``, each contender's forward+backward then runs once more under
-jax's profiler (on a GPU it should record PyTorch's kernels too: not yet
-seen), and its kernels per time step, the device's busy and idle time and the
+jax's profiler (on a GPU it records PyTorch's kernels too: seen on an H200,
+2026-11-28), and its kernels per time step, the device's busy and idle time and the
 costliest kernel kinds are printed after the table and added to its row
 (``device_profile.py``).
 
@@ -432,8 +432,8 @@ def time_all(fns, repeats):
 def profile_contenders(fns, case, steps, lines) -> dict:
     """``{name: kernel profile}`` of each contender's forward+backward
     (``benchmarks/device_profile.py``), one run each: on a GPU jax's profiler
-    (CUPTI, process-wide) should record PyTorch's kernels too, so that cuDNN's
-    gaps under PyTorch and under jrnn compare (not yet run so); on CPU it sees
+    (CUPTI, process-wide) records PyTorch's kernels too, so that cuDNN's
+    gaps under PyTorch and under jrnn compare (RESULTS.md); on CPU it sees
     XLA's programs only. A line per contender goes to ``lines``, a failure too
     (the timings stand)."""
     here = os.path.dirname(os.path.abspath(__file__))
