@@ -15,6 +15,9 @@
 #            recurrent products. Compiled for an H100 without a GPU (jax 0.11.2, step_kernels.py --target
 #            h100_sxm), the fused path then runs 5.625 kernels per step forward+backward instead of 6.0: the
 #            reverse loop's product is not split along K, so no fusion of its own adds the partial sums
+#            (An XLA flag its XLA does not know stops the process: "Unknown flag in XLA_FLAGS". A jax of the GPU
+#            machine's version on CPU knows the same xla_gpu_* flags, so try one there first:
+#            XLA_FLAGS=--xla_gpu_... python -c "import jax; jax.numpy.ones(1)")
 #   tests    the cuDNN tests (tests/test_gpu.py: values, gradients, forward mode, derivatives of gradients,
 #            under the suite's strict settings) and jrnn.scan's Pallas path compiled for the GPU
 #            (tests/test_pallas.py), two pytest runs side by side, 8 workers each, a line per test (compiling
