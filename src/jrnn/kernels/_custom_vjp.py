@@ -35,6 +35,7 @@ from jax.extend import core
 from jax.interpreters import ad, batching, mlir
 
 from jrnn._varying import vary_like
+from jrnn.kernels._with_reference import batched_out_types
 
 _linear_p = core.Primitive("jrnn_linear_with_transpose")
 _linear_p.multiple_results = True
@@ -139,7 +140,7 @@ def _jvp(primals, tangents, *, tangents_out, **_):
 
 
 def _batch(args, dims, *, num_residuals, num_primals, out_types, tangents_out, cotangents_in):
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    size, batched_types = batched_out_types(args, dims, out_types)
     args, dims = list(args), list(dims)
     # every tangent batched at axis 0: an unbatched one is broadcast, so its cotangent
     # (batched, from the batched bwd) is summed over the batch by the broadcast's transpose
@@ -147,7 +148,7 @@ def _batch(args, dims, *, num_residuals, num_primals, out_types, tangents_out, c
         args[k], dims[k] = batching.bdim_at_front(args[k], dims[k], size), 0
     outs = _linear_p.bind(
         *args, num_residuals=num_residuals, num_primals=num_primals,
-        out_types=tuple(core.unmapped_aval(size, 0, t) for t in out_types),
+        out_types=batched_types,
         tangents_out=jax.vmap(tangents_out, tuple(dims)),
         cotangents_in=jax.vmap(cotangents_in, (*dims[:num_residuals], *[0] * len(out_types))))
     return outs, [0] * len(outs)

@@ -74,10 +74,17 @@ def _jvp(primals, tangents, *, reference, **_):
     return jax.jvp(reference, tuple(primals), tuple(tangents))
 
 
+def batched_out_types(args, dims, out_types) -> tuple[int, tuple]:
+    """For a batching rule: the batch size of ``args`` (batched at ``dims``, ``None``
+    where not) and ``out_types`` with that axis in front. Shared with ``_custom_vjp``."""
+    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
+    return size, tuple(core.unmapped_aval(size, 0, t) for t in out_types)
+
+
 def _batch(args, dims, *, out_types, kernel, reference):
     in_axes = tuple(dims)  # an int, or None where an argument is not batched
-    size = next(a.shape[d] for a, d in zip(args, dims) if d is not None)
-    outs = _call_p.bind(*args, out_types=tuple(core.unmapped_aval(size, 0, t) for t in out_types),
+    _, types = batched_out_types(args, dims, out_types)
+    outs = _call_p.bind(*args, out_types=types,
                         kernel=jax.vmap(kernel, in_axes), reference=jax.vmap(reference, in_axes))
     return outs, [0] * len(outs)
 
