@@ -1,6 +1,16 @@
 """Strict settings for the whole suite: float64 available, NaNs caught."""
 
-import jax
+import os
+
+# XLA:CPU compiles the suite's programs without LLVM's optimisations (unless XLA_FLAGS already sets a level):
+# with the tests' small shapes, compiling is most of the suite's time, and -O0 takes a quarter off it
+# (1640 -> 1207 s of test time, 2-core VM, 2026-11-28). What a program computes does not depend on it;
+# tests/test_fused.py::test_fused_equals_plain_at_full_optimisation compiles at XLA's default level too,
+# and so do the subprocesses that set XLA_FLAGS themselves (tests/test_scale.py).
+if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
+
+import jax  # after XLA_FLAGS (XLA reads it when the first backend starts)
 import pytest
 
 jax.config.update("jax_enable_x64", True)
@@ -15,7 +25,5 @@ jax.config.update("jax_numpy_rank_promotion", "raise")
 @pytest.fixture
 def key():
     return jax.random.key(0)
-
-import os
 
 os.environ.setdefault("KERAS_BACKEND", "jax")

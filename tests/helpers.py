@@ -1,7 +1,5 @@
 """Cells under test and small helpers shared by the test modules."""
 
-import functools
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -70,7 +68,7 @@ def scan_loss_problem(cell, key, dtype=jnp.float32, scale=0.4, scan=None):
 def assert_derivatives_equal(loss, primals, key, implementation, tol, reference="plain",
                              run=lambda fn, *args: jax.jit(fn)(*args)):
     """``loss(*primals, implementation)`` has the derivatives of ``loss(*primals,
-    reference)``, each computed by ``run``: forward mode (``jax.jvp`` along random
+    reference)``, all computed by one ``run`` per implementation: forward mode (``jax.jvp`` along random
     tangents, in every argument), and derivatives of the gradient (in every
     argument): reverse over reverse (a gradient penalty), forward over reverse (a
     Hessian-vector product) and ``jax.hessian`` in the last argument, and forward
@@ -92,9 +90,11 @@ def assert_derivatives_equal(loss, primals, key, implementation, tol, reference=
         "Hessian in the last argument": lambda impl, primals, tangents: jax.hessian(
             last_argument(impl, primals))(primals[-1]),
     }
-    for what, derivative in derivatives.items():
-        got, want = (run(functools.partial(derivative, impl), primals, tangents)
-                     for impl in (implementation, reference))
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+    # all five in one program per implementation: one compilation each, which is most of these tests' time
+    every = lambda impl: lambda primals, tangents: {what: derivative(impl, primals, tangents)
+                                                    for what, derivative in derivatives.items()}
+    got, want = (run(every(impl), primals, tangents) for impl in (implementation, reference))
+    for what in derivatives:
+        for a, b in zip(jax.tree.leaves(got[what]), jax.tree.leaves(want[what]), strict=True):
             scale = max(1.0, float(np.abs(b).max(initial=0.0)))  # sums of many float32 terms: off by tol · largest
             np.testing.assert_allclose(a, b, rtol=tol, atol=tol * scale, err_msg=what)

@@ -46,6 +46,19 @@ PRECISIONS = [pytest.param(o, jnp.float64, 1e-12, id=f"f64-{'-'.join(o) or 'plai
 @pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("options,dtype,tol", PRECISIONS)
 def test_fused_equals_plain(name, cell, kind, opts, options, dtype, tol, key):
+    _check_fused_equals_plain(cell, options, dtype, tol, key)
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("options,dtype,tol", [PRECISIONS[2], PRECISIONS[-1]])
+def test_fused_equals_plain_at_full_optimisation(name, cell, kind, opts, options, dtype, tol, key):
+    """As above, compiled at XLA:CPU's default optimisation level (the rest of the
+    suite compiles without LLVM's optimisations, ``tests/conftest.py``)."""
+    _check_fused_equals_plain(cell, options, dtype, tol, key, {"xla_backend_optimization_level": "3"})
+
+
+def _check_fused_equals_plain(cell, options, dtype, tol, key, compiler_options=None):
+    """The fused path's loss and gradient equal the plain driver's for ``jrnn.scan(**options)``."""
     k_p, k_c, k_x, k_w = jax.random.split(key, 4)
     params = random_params(cell, k_p, 3, dtype)
     carry = random_carry(cell, k_c, (2, 3), dtype)
@@ -57,11 +70,10 @@ def test_fused_equals_plain(name, cell, kind, opts, options, dtype, tol, key):
         final, ys = _run(cell, params, carry, xs, impl, options)
         return jnp.sum(weights * ys) + sum(jnp.sum(jnp.sin(c)) for c in jax.tree.leaves(final))
 
-    for impl_out in (jax.jit(loss, static_argnums=3),):
-        np.testing.assert_allclose(impl_out(params, carry, xs, "fused"), impl_out(params, carry, xs, "plain"),
-                                   rtol=tol, atol=tol)
-    grad = jax.jit(jax.grad(loss, argnums=(0, 1, 2)), static_argnums=3)
-    fused, plain = grad(params, carry, xs, "fused"), grad(params, carry, xs, "plain")
+    # the value of the forward alone (inference: no saved values) and the gradient, in one program
+    value_and_grad = lambda *args: (loss(*args), jax.grad(loss, argnums=(0, 1, 2))(*args))
+    fused, plain = (jax.jit(value_and_grad, static_argnums=3).lower(params, carry, xs, impl)
+                    .compile(compiler_options)(params, carry, xs) for impl in ("fused", "plain"))
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=tol, atol=tol), fused, plain)
 
 
@@ -163,7 +175,7 @@ def test_lstm_split_gates_equal_plain(name, cell, kind, opts, options, dtype, to
     values and gradients, for every option; here it is forced on the CPU, in the
     XLA loops (the native ones compute float32 there otherwise)."""
     with fused.gate_layout(True), native.disabled():
-        test_fused_equals_plain(name, cell, kind, opts, options, dtype, tol, key)
+        _check_fused_equals_plain(cell, options, dtype, tol, key)
 
 
 @pytest.mark.parametrize("platform,split", [("cuda", True), ("cpu", False), ("tpu", False)])

@@ -108,10 +108,14 @@ def _check(cell, batch, steps, options, key):
     shape = (steps, *batch, 3) if options.get("time_major") else (*batch, steps, 3)
     xs = jax.random.normal(k_x, shape, jnp.float32)
     weights = jax.random.normal(k_w, shape[:-1] + (cell.hidden_size,), jnp.float32)
-    got = _loss(cell, weights, options)(params, carry, xs)
-    with native.disabled():
-        xla_loops = _loss(cell, weights, options)(params, carry, xs)
-    plain = _loss(cell, weights, options, "plain")(params, carry, xs)
+
+    def all_three(*args):  # one program: compiling is most of these tests' time
+        got = _loss(cell, weights, options)(*args)
+        with native.disabled():
+            xla_loops = _loss(cell, weights, options)(*args)
+        return got, xla_loops, _loss(cell, weights, options, "plain")(*args)
+
+    got, xla_loops, plain = jax.jit(all_three)(params, carry, xs)
     _assert_close(got, xla_loops)
     _assert_close(got, plain)
 
