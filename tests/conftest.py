@@ -1,13 +1,16 @@
 """Strict settings for the whole suite: float64 available, NaNs caught."""
 
+import importlib.util
 import os
 
 # XLA:CPU compiles the suite's programs without LLVM's optimisations (unless XLA_FLAGS already sets a level):
 # with the tests' small shapes, compiling is most of the suite's time, and -O0 takes a quarter off it
 # (1640 -> 1207 s of test time, 2-core VM, 2026-11-28). What a program computes does not depend on it;
 # tests/test_fused.py::test_fused_equals_plain_at_full_optimisation compiles at XLA's default level too,
-# and so do the subprocesses that set XLA_FLAGS themselves (tests/test_scale.py).
-if "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
+# and so do the subprocesses that set XLA_FLAGS themselves (tests/test_scale.py). Only where no jax
+# plugin (a GPU backend) is installed: the flag is XLA's for every backend, and GPU runs keep the defaults.
+cpu_only = importlib.util.find_spec("jax_plugins") is None
+if cpu_only and "xla_backend_optimization_level" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_backend_optimization_level=0").strip()
 
 import jax  # after XLA_FLAGS (XLA reads it when the first backend starts)

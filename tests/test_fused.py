@@ -52,8 +52,8 @@ def test_fused_equals_plain(name, cell, kind, opts, options, dtype, tol, key):
 @pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
 @pytest.mark.parametrize("options,dtype,tol", [PRECISIONS[2], PRECISIONS[-1]])
 def test_fused_equals_plain_at_full_optimisation(name, cell, kind, opts, options, dtype, tol, key):
-    """As above, compiled at XLA:CPU's default optimisation level (the rest of the
-    suite compiles without LLVM's optimisations, ``tests/conftest.py``)."""
+    """As above, compiled at XLA's default optimisation level (on CPU-only installs
+    the rest of the suite compiles without LLVM's optimisations, ``tests/conftest.py``)."""
     _check_fused_equals_plain(cell, options, dtype, tol, key, {"xla_backend_optimization_level": "3"})
 
 
