@@ -68,9 +68,9 @@ def scan_loss_problem(cell, key, dtype=jnp.float32, scale=0.4, scan=None):
 def assert_derivatives_equal(loss, primals, key, implementation, tol, reference="plain",
                              run=lambda fn, *args: jax.jit(fn)(*args)):
     """``loss(*primals, implementation)`` has the derivatives of ``loss(*primals,
-    reference)``, all computed by one ``run`` per implementation: forward mode (``jax.jvp`` along random
-    tangents, in every argument), and derivatives of the gradient (in every
-    argument): reverse over reverse (a gradient penalty), forward over reverse (a
+    reference)``, all computed by one ``run`` per implementation: forward mode
+    (``jax.jvp`` along random tangents, in every argument), and derivatives of the
+    gradient (in every argument): reverse over reverse (a gradient penalty), forward over reverse (a
     Hessian-vector product) and ``jax.hessian`` in the last argument, and forward
     over forward there; each entry within ``tol`` relative to itself or to the
     largest entry of its array."""
