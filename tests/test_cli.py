@@ -1,5 +1,6 @@
 """The jrnn command, run for real in subprocesses."""
 
+import io
 import json
 import os
 import subprocess
@@ -54,8 +55,14 @@ def test_train_predict_resume(tmp_path, weather_csv):
     out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", weather_csv, "--steps", 3, "--out", tmp_path / "f.csv")
     assert out.returncode == 0, out.stderr
     forecasts = pd.read_csv(tmp_path / "f.csv")
-    assert forecasts.columns.tolist() == ["step", "temp_max"] and forecasts.step.tolist() == [1, 2, 3]
+    assert forecasts.columns.tolist() == ["step", "date", "temp_max"] and forecasts.step.tolist() == [1, 2, 3]
+    assert forecasts.date.tolist() == ["2016-01-01", "2016-01-02", "2016-01-03"]  # the days after 2015-12-31
     assert forecasts.temp_max.between(-10, 40).all()  # °C, not scaled units
+    # Newest row first: predict sorts by the training run's --date-column, so the forecast is the same.
+    pd.read_csv(weather_csv).iloc[::-1].to_csv(tmp_path / "newest_first.csv", index=False)
+    out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", tmp_path / "newest_first.csv", "--steps", 3)
+    assert out.returncode == 0, out.stderr
+    pd.testing.assert_frame_equal(pd.read_csv(io.StringIO(out.stdout)), forecasts)
     resumed = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",
                        "--features", "temp_max", "--epochs", 4, "--quiet", "--out", ck, "--resume")
     assert resumed.returncode == 0 and "4 epochs" in resumed.stdout

@@ -205,7 +205,7 @@ def run_train(args) -> int:
     model = Forecaster(make_cell(args.cell, args.hidden), len(prepared.features),
                        len(prepared.targets), num_layers=args.layers)
     meta = {"model": model.config(), "data": prepared.window_config(),
-            "scaler": prepared.scaler.to_dict(), "columns": prepared.columns,
+            "scaler": prepared.scaler.to_dict(), "columns": prepared.columns, "date_column": date_column,
             "optimizer": {"name": "adam", "learning_rate": args.lr, "clip_norm": 1.0}}
     params, history = fit(
         model.apply, model.init(jax.random.key(args.seed)), prepared.train, prepared.val,
@@ -237,7 +237,8 @@ def run_predict(args) -> int:
         raise ValueError(f"--steps: {args.steps} needs a model trained with --horizon 1, got {window['horizon']}")
     scaler = jdata.Scaler.from_dict(meta["scaler"])
     columns = meta["columns"]
-    frame = datasets.load_csv(args.csv)
+    date_column = meta.get("date_column")  # None: no --date-column, or an older checkpoint
+    frame = datasets.load_csv(args.csv, date_column=date_column)
     table = jdata.numeric_frame(frame, window["features"], nan_policy=args.nan, min_rows=window["seq_len"],
                                  min_rows_reason=f"the model reads windows of {window['seq_len']} rows")
     history = table.to_numpy()[-window["seq_len"]:]
@@ -245,13 +246,29 @@ def run_predict(args) -> int:
     t_idx = [columns.index(c) for c in window["targets"]]
     out = forecast(model, params, history, steps=args.steps, scaler=scaler, feature_index=f_idx, target_index=t_idx)
     result = pd.DataFrame(out, columns=window["targets"])
-    result.insert(0, "step", np.arange(1, args.steps + 1) * window["horizon"])
+    steps_ahead = np.arange(1, args.steps + 1) * window["horizon"]
+    result.insert(0, "step", steps_ahead)
+    if date_column is not None:
+        kept = frame if args.nan != "drop" else frame[np.isfinite(frame[window["features"]].to_numpy(float)).all(1)]
+        dates = _forecast_dates(kept[date_column].iloc[-window["seq_len"]:], steps_ahead)
+        if dates is not None:
+            result.insert(1, date_column, dates)
     if args.out:
         result.to_csv(args.out, index=False)
         print(f"jrnn predict: wrote {args.steps} forecast(s) to {args.out}")
     else:
         result.to_csv(sys.stdout, index=False)
     return 0
+
+
+def _forecast_dates(window_dates, steps_ahead):
+    """Dates ``steps_ahead`` steps after the last of ``window_dates``, if they are evenly spaced; else None."""
+    import pandas as pd
+
+    freq = pd.infer_freq(window_dates) if len(window_dates) >= 3 else None
+    if freq is None:
+        return None
+    return [window_dates.iloc[-1] + k * pd.tseries.frequencies.to_offset(freq) for k in steps_ahead]
 
 
 if __name__ == "__main__":
