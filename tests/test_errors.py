@@ -50,6 +50,11 @@ def lstm_setup(key):
          "params: expected LSTMParams for a lstm cell, got SimpleRNNParams"),
         (lambda c, p: jrnn.scan(c, p._replace(w_h=jnp.zeros((4, 16), jnp.int32)), jnp.ones((2, 5, 3))),
          TypeError, "params.w_h: expected a floating dtype, got int32"),
+        (lambda c, p: jrnn.scan(jrnn.bidirectional(c), p, jnp.ones((2, 5, 3))), TypeError,
+         (r"cell: expected a jrnn cell \(jrnn.simple_rnn, .*\), got Bidirectional; a layer \(jrnn.bidirectional, "
+         r"jrnn.stacked\) runs as layer\(params, xs\)")),
+        (lambda c, p: jrnn.scan("lstm", p, jnp.ones((2, 5, 3))), TypeError,
+         r"cell: expected a jrnn cell \(.*\), got str(?!;)"),
         (lambda c, p: c.step(p, c.initial_carry(2), jnp.ones((2, 5))), ValueError,
          r"x_t: expected input_size 3 on the last axis \(params.w_x has shape \(3, 16\)\), got 5"),
     ],

@@ -30,6 +30,7 @@ from jrnn._checks import (
     is_concrete,
 )
 from jrnn._varying import vary_like
+from jrnn.cells import Cell
 from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm, parallel
 from jrnn.min_cells import _MinCell
 
@@ -138,8 +139,8 @@ def scan(
     Raises:
       ValueError: wrong rank or sizes of ``xs``, ``carry``, ``seq_lengths`` or params;
         a dropout rate outside [0, 1).
-      TypeError: non-floating ``xs``/``carry``/params, non-integer ``seq_lengths``,
-        params of another cell type.
+      TypeError: ``cell`` not a jrnn cell, non-floating ``xs``/``carry``/params,
+        non-integer ``seq_lengths``, params of another cell type.
 
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
@@ -152,6 +153,12 @@ def scan(
       >>> bool((ys[1, 2:] == 0).all())               # padding outputs are zero
       True
     """
+    if not isinstance(cell, Cell):
+        hint = "; a layer (jrnn.bidirectional, jrnn.stacked) runs as layer(params, xs)" if callable(cell) else ""
+        raise TypeError(
+            "cell: expected a jrnn cell (jrnn.simple_rnn, jrnn.lstm, jrnn.gru, jrnn.min_gru, jrnn.min_lstm), "
+            f"got {type(cell).__name__}{hint}"
+        )
     xs = as_array("xs", xs)
     check_floating("xs", xs)
     if xs.ndim < 2:
