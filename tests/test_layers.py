@@ -121,6 +121,8 @@ def test_layer_errors(key):
         jrnn.stacked([])
     with pytest.raises(TypeError, match=r"layers\[1\]: expected a jrnn cell or layer, got int"):
         jrnn.stacked([jrnn.lstm(2), 3])
+    with pytest.raises(TypeError, match="layers: expected a sequence of cells or layers, got LSTMCell"):
+        jrnn.stacked(jrnn.lstm(2))
     with pytest.raises(ValueError, match=r"dropout: expected a rate in \[0, 1\), got 1.5"):
         jrnn.stacked([jrnn.lstm(2)], dropout=1.5)
     with pytest.raises(ValueError, match="merge: expected one of"):

@@ -10,6 +10,7 @@ build bigger ones and nest freely.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 import jax
@@ -211,6 +212,10 @@ def stacked(
       input_dropout: variational dropout on each layer's inputs (Keras ``dropout``).
       recurrent_dropout: variational dropout on ``h_{t-1}`` (Keras ``recurrent_dropout``).
 
+    Raises:
+      TypeError: ``layers`` not a sequence of cells or layers.
+      ValueError: no layers, or a rate outside [0, 1).
+
     Example:
       >>> import jax, jax.numpy as jnp, jrnn
       >>> net = jrnn.stacked([jrnn.lstm(16), jrnn.bidirectional(jrnn.gru(8))], dropout=0.1)
@@ -219,4 +224,6 @@ def stacked(
       >>> ys.shape
       (4, 10, 16)
     """
+    if isinstance(layers, (str, bytes)) or not isinstance(layers, Iterable):
+        raise TypeError(f"layers: expected a sequence of cells or layers, got {type(layers).__name__}")
     return Stacked(tuple(layers), dropout, input_dropout, recurrent_dropout)
