@@ -60,6 +60,24 @@ def test_bad_options_name_the_argument(option, message):
         _fit(**option)
 
 
+@pytest.mark.parametrize("data,message", [
+    # Y of shape (N,) against predictions (N, 1) would broadcast the loss to (N, N) and train on nonsense
+    (lambda t, v: ((t[0], t[1][:, 0]), v), (r"train: expected Y of shape \(N, 1\) like the model's predictions, "
+                                            r"got \(64,\)")),
+    (lambda t, v: (t, (v[0], v[1][:, None])), r"val: expected Y of shape \(N, 1\) .*, got \(32, 1, 1\)"),
+    (lambda t, v: ((t[0], t[1][:60]), v), ("train: expected X and Y with the same number of rows, at least 1, "
+                                          "got 64 and 60")),
+    (lambda t, v: (t, (v[0][:0], v[1][:0])), ("val: expected X and Y with the same number of rows, at least 1, "
+                                             "got 0 and 0")),
+    (lambda t, v: (t, (*v, v[1])), r"val: expected a pair \(X, Y\), got a tuple of 3"),
+])
+def test_bad_data_names_the_argument(data, message):
+    model = _model()
+    train, val = data(*_task())
+    with pytest.raises(ValueError, match=message):
+        fit(model.apply, model.init(jax.random.key(0)), train, val, epochs=1, progress=False)
+
+
 def test_early_stopping_restores_best():
     params, history = _fit(optimizer=optax.sgd(0.0), epochs=20, patience=3)  # never improves
     assert history.stopped_early and len(history.train_loss) == 4 and history.best_epoch == 0

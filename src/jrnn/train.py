@@ -194,7 +194,8 @@ def fit(
     Raises:
       NonFiniteLossError: a NaN or Inf loss; names the epoch, batch and step. No
         checkpoint is written for that epoch, so the last good one stays the newest.
-      ValueError: bad options, or batch sizes that do not divide over ``mesh``.
+      ValueError: bad options; ``train`` or ``val`` with no rows, unequal rows, or
+        ``Y`` not shaped like the predictions; batch sizes that do not divide over ``mesh``.
     """
     from tqdm.auto import tqdm
 
@@ -204,6 +205,9 @@ def fit(
         raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    _check_pair("train", train, apply_fn, params)
+    if val is not None:
+        _check_pair("val", val, apply_fn, params)
     place = _placement(mesh, batch_size, len(train[0]), drop_last)
     tx = make_optimizer(optax.adam(1e-3) if optimizer is None else optimizer, clip_norm)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
@@ -278,6 +282,22 @@ def fit(
             ckpt.save(checkpoint_dir, epoch, {"state": state, "best_params": best_params}, meta)
     bar.close()
     return best_params, history
+
+
+def _check_pair(name: str, pair, apply_fn: Callable, params) -> None:
+    """Raise ``ValueError`` unless ``pair`` is ``(X, Y)`` with as many rows, at least
+    one, and ``Y``'s rows shaped like the model's predictions (else the loss broadcasts)."""
+    if not isinstance(pair, (tuple, list)) or len(pair) != 2:
+        got = f"a {type(pair).__name__} of {len(pair)}" if isinstance(pair, (tuple, list)) else type(pair).__name__
+        raise ValueError(f"{name}: expected a pair (X, Y), got {got}")
+    X, Y = pair
+    if len(X) == 0 or len(X) != len(Y):
+        raise ValueError(f"{name}: expected X and Y with the same number of rows, at least 1, "
+                         f"got {len(X)} and {len(Y)}")
+    predicted = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((1, *np.shape(X)[1:]), np.asarray(X[:1]).dtype))
+    if tuple(predicted.shape[1:]) != tuple(np.shape(Y)[1:]):
+        raise ValueError(f"{name}: expected Y of shape (N, {', '.join(map(str, predicted.shape[1:]))}) like the "
+                         f"model's predictions, got {tuple(np.shape(Y))}")
 
 
 class NonFiniteLossError(ValueError):
