@@ -104,6 +104,24 @@ def test_torch_time_major_and_refusals():
         interop.from_torch(torch.nn.Linear(2, 2))
 
 
+@pytest.mark.parametrize("convert", [interop.to_torch, interop.to_keras], ids=["torch", "keras"])
+def test_to_peer_refusals(convert):
+    """Checked before the peer library is imported, so these run without it."""
+    key = jax.random.key(0)
+    lstm_params = jrnn.lstm(H).init(key, I)
+    with pytest.raises(TypeError, match="params: expected LSTMParams for a lstm cell, got GRUParams"):
+        convert(jrnn.lstm(H), jrnn.gru(H).init(key, I))
+    with pytest.raises(ValueError, match=r"params.w_x: expected shape \(4, 12\), got \(4, 20\)"):
+        convert(jrnn.lstm(3), lstm_params)
+    with pytest.raises(ValueError, match="network: .* has no MinGRUCell; only SimpleRNN, LSTM and GRU cells convert"):
+        convert(jrnn.min_gru(H), jrnn.min_gru(H).init(key, I))
+    net = jrnn.stacked([jrnn.lstm(H), jrnn.lstm(H)])
+    with pytest.raises(ValueError, match="params: expected a tuple of 2 layer params, got 1"):
+        convert(net, net.init(key, I)[:1])
+    with pytest.raises(TypeError, match="params: expected BidirectionalParams, got LSTMParams"):
+        convert(jrnn.bidirectional(jrnn.lstm(H)), lstm_params)
+
+
 # ----------------------------------------------------------------------------- Keras
 KERAS_CASES = [("SimpleRNN", {}), ("SimpleRNN", {"activation": "relu"}), ("LSTM", {}), ("LSTM", {"use_bias": False}),
                ("GRU", {"reset_after": True}), ("GRU", {"reset_after": False})]

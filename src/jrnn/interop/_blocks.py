@@ -91,11 +91,40 @@ def combine(layers, dropout: float = 0.0):
     return jrnn.stacked([l for l, _ in layers], dropout=dropout), tuple(p for _, p in layers)
 
 
-def split_layers(network, params):
-    """Inverse of :func:`combine`: ``[(layer, params), ...]`` for a cell, a bidirectional or a stack."""
+TEXTBOOK_CELLS = (jrnn.SimpleRNNCell, jrnn.LSTMCell, jrnn.GRUCell)
+
+
+def split_layers(network, params, library: str):
+    """Inverse of :func:`combine`: ``[(layer, params), ...]`` for a cell, a bidirectional or a stack.
+
+    Raises:
+      TypeError: a layer that is not a cell or bidirectional layer; params of the wrong type.
+      ValueError: a cell ``library`` has no equivalent of (minGRU, minLSTM); params of the
+        wrong shapes or number of layers.
+    """
     if isinstance(network, jrnn.Stacked):
-        return list(zip(network.layers, params))
-    return [(network, params)]
+        if not isinstance(params, (tuple, list)) or len(params) != len(network.layers):
+            got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+            raise ValueError(f"params: expected a tuple of {len(network.layers)} layer params, got {got}")
+        pairs = list(zip(network.layers, params))
+    else:
+        pairs = [(network, params)]
+    for layer, layer_params in pairs:
+        if isinstance(layer, jrnn.Bidirectional):
+            if not isinstance(layer_params, jrnn.BidirectionalParams):
+                raise TypeError(f"params: expected BidirectionalParams, got {type(layer_params).__name__}")
+            directions = [(layer.forward, layer_params.forward), (layer.backward, layer_params.backward)]
+        elif isinstance(layer, Cell):
+            directions = [(layer, layer_params)]
+        else:
+            raise TypeError(
+                f"network: expected jrnn cells, bidirectional or stacked layers, got {type(layer).__name__}"
+            )
+        for cell, cell_params in directions:
+            if not isinstance(cell, TEXTBOOK_CELLS):
+                refuse(f"network: {library} has no {type(cell).__name__}; only SimpleRNN, LSTM and GRU cells convert")
+            cell.check_params(cell_params)
+    return pairs
 
 
 def refuse(message: str):

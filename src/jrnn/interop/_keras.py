@@ -118,13 +118,15 @@ def to_keras(network, params):
     Layers return sequences (``return_sequences=True``), batch-first, like jrnn.
 
     Raises:
-      ValueError: ``merge="product"`` etc. are supported; an unknown layer type is not.
+      ValueError: a minGRU/minLSTM (Keras has none); params of the wrong shapes.
+      TypeError: an unknown layer type; params of another cell type.
     """
+    layers = split_layers(network, params, "Keras")
     import keras
 
     built = []
     input_size = None
-    for layer, layer_params in split_layers(network, params):
+    for layer, layer_params in layers:
         if isinstance(layer, jrnn.Bidirectional):
             inverse = {v: k for k, v in MERGES.items()}
             fwd = _to_layer(layer.forward, layer_params.forward)
@@ -136,14 +138,11 @@ def to_keras(network, params):
             bwd_w = _keras_weights(layer.backward, layer_params.backward)
             keras_layer.forward_layer.set_weights(fwd_w)
             keras_layer.backward_layer.set_weights(bwd_w)
-        elif isinstance(layer, jrnn.Cell):
+        else:
             keras_layer = _to_layer(layer, layer_params)
             size = layer_params.w_x.shape[0]
             keras_layer.build((None, None, size))
             keras_layer.set_weights(_keras_weights(layer, layer_params))
-        else:
-            raise TypeError("network: expected jrnn cells, bidirectional or stacked layers, "
-                            f"got {type(layer).__name__}")
         input_size = size if input_size is None else input_size
         built.append(keras_layer)
     if isinstance(network, jrnn.Stacked):

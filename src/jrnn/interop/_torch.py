@@ -124,10 +124,12 @@ def to_torch(network, params, *, batch_first: bool = True, as_cell: bool = False
       as_cell: for a bare cell, return ``nn.LSTMCell``/``GRUCell``/``RNNCell``.
 
     Raises:
-      ValueError: a reset-before GRU, mixed cell types or sizes, or a merge other than concat.
+      ValueError: a reset-before GRU, a minGRU/minLSTM, mixed cell types or sizes, or a
+        merge other than concat; params of the wrong shapes.
+      TypeError: params of another cell type.
     """
 
-    layers = split_layers(network, params)
+    layers = split_layers(network, params, "PyTorch")
     first = layers[0][0]
     base = first.forward if isinstance(first, jrnn.Bidirectional) else first
     if as_cell:
