@@ -66,6 +66,11 @@ def test_train_predict_resume(tmp_path, weather_csv):
     resumed = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",
                        "--features", "temp_max", "--epochs", 4, "--quiet", "--out", ck, "--resume")
     assert resumed.returncode == 0 and "4 epochs" in resumed.stdout
+    other = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",
+                     "--features", "temp_max", "--hidden", 16, "--epochs", 5, "--quiet", "--out", ck, "--resume")
+    assert other.returncode == 2 and other.stderr.strip() == (
+        f"jrnn: error: --resume: {ck} was trained with --hidden 32 (this run: 16); pass the same options, "
+        "or a new --out to start afresh")
 
 
 def _bad_inputs(tmp_path, weather_csv):

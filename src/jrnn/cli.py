@@ -207,6 +207,8 @@ def run_train(args) -> int:
     meta = {"model": model.config(), "data": prepared.window_config(),
             "scaler": prepared.scaler.to_dict(), "columns": prepared.columns, "date_column": date_column,
             "optimizer": {"name": "adam", "learning_rate": args.lr, "clip_norm": 1.0}}
+    if args.resume:
+        _check_resume(args.out, meta)
     params, history = fit(
         model.apply, model.init(jax.random.key(args.seed)), prepared.train, prepared.val,
         optimizer=optax.adam(args.lr), epochs=args.epochs, batch_size=args.batch_size,
@@ -216,9 +218,34 @@ def run_train(args) -> int:
     X_test, Y_test = prepared.test
     test = metrics(prepared.unscale_targets(predict(model.apply, params, X_test)), prepared.unscale_targets(Y_test))
     print(f"jrnn train: {args.cell}, {jrnn.count_params(params)} parameters, "
-          f"{len(history.train_loss)} epochs (best {history.best_epoch + 1}), "
+          f"{len(history.train_loss)} epoch{'s' * (len(history.train_loss) != 1)} (best {history.best_epoch + 1}), "
           f"test MAE {test['mae']:.4f}, RMSE {test['rmse']:.4f}; checkpoint in {args.out}")
     return 0
+
+
+def _check_resume(directory, meta) -> None:
+    """Refuse ``--resume`` onto a checkpoint of another model or other columns, naming what differs."""
+    from jrnn import checkpoint as ckpt
+
+    if not os.path.isdir(directory) or ckpt.latest_step(directory) is None:
+        return
+    _, saved = ckpt.read_meta(directory)
+
+    def options(m):
+        model, data = m.get("model", {}), m.get("data", {})
+        cell = model.get("cell", {})
+        return {"--cell": cell.get("kind"), "--hidden": cell.get("hidden_size"), "--layers": model.get("num_layers"),
+                "--features": data.get("features"), "--target": data.get("targets")}
+
+    was, now = options(saved), options(meta)
+    differ = [f"{name} {_shown(was[name])} (this run: {_shown(now[name])})" for name in was if was[name] != now[name]]
+    if differ:
+        raise ValueError(f"--resume: {directory} was trained with {'; '.join(differ)}; "
+                         "pass the same options, or a new --out to start afresh")
+
+
+def _shown(value) -> str:
+    return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def run_predict(args) -> int:
