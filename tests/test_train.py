@@ -115,6 +115,10 @@ def test_checkpoint_round_trip(tmp_path):
     _equal(ckpt.restore(tmp_path, {"params": model.init(jax.random.key(0))})["params"], params)
     with pytest.raises(ckpt.CheckpointError, match="holds 5 arrays, expected 4"):
         ckpt.restore(tmp_path, {"params": params._replace(b_out=None)})
+    wider = Forecaster(jrnn.gru(16), input_size=2, output_size=1)
+    with pytest.raises(ckpt.CheckpointError, match=r"array 0 \(params.rnn.0.w_x\) in .* has shape \(2, 24\), "
+                                                   r"expected \(2, 48\)"):
+        ckpt.restore(tmp_path, {"params": wider.init(jax.random.key(0))})
 
 
 def test_crash_during_save_keeps_previous(tmp_path, monkeypatch):

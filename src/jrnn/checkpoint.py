@@ -129,7 +129,8 @@ def restore(directory, like, step: int | None = None):
       CheckpointError: missing, damaged, or arrays that do not fit ``like``.
     """
     step, path, archive, meta = _open(directory, step)
-    expected = jax.tree.leaves(like)
+    with_paths, treedef = jax.tree_util.tree_flatten_with_path(like)
+    expected = [leaf for _, leaf in with_paths]
     with archive:
         if meta.get("num_leaves") != len(expected):
             raise CheckpointError(
@@ -142,12 +143,13 @@ def restore(directory, like, step: int | None = None):
             except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
                 raise CheckpointError(f"checkpoint: {path} is damaged ({_short(err)})") from None
             if got.shape != np.shape(want):
+                name = jax.tree_util.keystr(with_paths[i][0], simple=True, separator=".")
                 raise CheckpointError(
-                    f"checkpoint: array {i} in {path} has shape {got.shape}, expected {np.shape(want)}"
+                    f"checkpoint: array {i} ({name}) in {path} has shape {got.shape}, expected {np.shape(want)}"
                 )
             dtype = want.dtype if hasattr(want, "dtype") else np.asarray(want).dtype
             leaves.append(_placed_like(want, got.astype(dtype, copy=False)))
-    return jax.tree.unflatten(jax.tree.structure(like), leaves)
+    return jax.tree.unflatten(treedef, leaves)
 
 
 def _placed_like(want, array: np.ndarray):
