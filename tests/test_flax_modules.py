@@ -149,3 +149,16 @@ def test_modules_pass_the_implementation_on(adapter, key):
         np.testing.assert_allclose(exported.call(xs), run(implementation, xs), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="implementation: expected one of"):
         run("cuda", xs)
+
+
+def test_modules_refuse_what_is_not_a_jrnn_layer(key):
+    """A Flax cell (as ``nn.RNN`` takes) is the likely mix-up: the error says how to convert it."""
+    xs = jnp.ones((2, 5, 3))
+    hint = ("layer: expected a jrnn cell or layer, got LSTMCell; "
+            "a Flax cell's params convert with jrnn.interop.from_flax")
+    with pytest.raises(TypeError, match=hint):
+        jrnn.linen.RNN(nn.LSTMCell(4)).init(key, xs)
+    with pytest.raises(TypeError, match=hint):
+        jrnn.nnx.RNN(nnx.LSTMCell(3, 4, rngs=nnx.Rngs(0)), 3, rngs=nnx.Rngs(0))
+    with pytest.raises(TypeError, match="layer: expected a jrnn cell or layer, got str$"):
+        jrnn.nnx.RNN("lstm", 3, rngs=nnx.Rngs(0))

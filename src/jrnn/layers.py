@@ -29,6 +29,14 @@ MERGE_MODES = {
 }
 
 
+def check_layer(name: str, layer) -> None:
+    """Raise ``TypeError`` unless ``layer`` is a jrnn cell or layer (see the module docstring)."""
+    if not all(hasattr(layer, method) for method in ("init", "initial_carry", "output_size")):
+        flax_cell = type(layer).__module__.startswith("flax")
+        hint = "; a Flax cell's params convert with jrnn.interop.from_flax" if flax_cell else ""
+        raise TypeError(f"{name}: expected a jrnn cell or layer, got {type(layer).__name__}{hint}")
+
+
 @serializable
 class BidirectionalParams(NamedTuple):
     """Params of the forward and backward cells."""
@@ -145,10 +153,7 @@ class Stacked:
         if len(self.layers) == 0:
             raise ValueError("layers: expected at least one layer, got none")
         for i, layer in enumerate(self.layers):
-            if not all(hasattr(layer, name) for name in ("init", "initial_carry", "output_size")):
-                raise TypeError(
-                    f"layers[{i}]: expected a jrnn cell or layer, got {type(layer).__name__}"
-                )
+            check_layer(f"layers[{i}]", layer)
         check_rate("dropout", self.dropout)
         check_rate("input_dropout", self.input_dropout)
         check_rate("recurrent_dropout", self.recurrent_dropout)

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 
 from jrnn._named import from_named, run_layer, to_named
+from jrnn.layers import check_layer
 
 
 class RNN(nn.Module):
@@ -53,6 +54,7 @@ class RNN(nn.Module):
     def __call__(self, xs, *, seq_lengths=None, initial_carry=None, reverse: bool = False,
                  return_carry: bool = False, deterministic: bool | None = None):
         """Returns ``ys`` (``(*batch, T, H)``), or ``(carry, ys)`` with ``return_carry``."""
+        check_layer("layer", self.layer)
         input_size = xs.shape[-1]
         template = jax.eval_shape(lambda: self.layer.init(jax.random.key(0), input_size, self.param_dtype))
         named = self.param("layer", lambda key: to_named(self.layer.init(key, input_size, self.param_dtype)))

@@ -13,6 +13,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from jrnn._named import from_named, run_layer, to_named
+from jrnn.layers import check_layer
 
 
 class RNN(nnx.Module):
@@ -37,6 +38,7 @@ class RNN(nnx.Module):
     def __init__(self, layer, input_size: int, *, rngs: nnx.Rngs, time_major: bool = False, unroll: int | None = None,
                  dropout: float = 0.0, recurrent_dropout: float = 0.0, deterministic: bool = False,
                  param_dtype: Any = jnp.float32, implementation: str = "auto"):
+        check_layer("layer", layer)
         self.layer = layer
         self.time_major, self.unroll, self.implementation = time_major, unroll, implementation
         self.dropout, self.recurrent_dropout = dropout, recurrent_dropout
