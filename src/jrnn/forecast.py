@@ -119,23 +119,26 @@ def forecast(
     is then fed back as the next input (autoregressive), which needs the
     targets to be the features. With a ``scaler``, ``history`` and the result
     are in original units (``feature_index``/``target_index`` pick the scaler's
-    columns); without one both are in model units.
+    columns; ``None``: all of them, when the scaler has as many columns as the
+    model has inputs or outputs); without one both are in model units.
 
     Returns:
       ``(steps, O)`` forecasts.
 
     Raises:
-      ValueError: ``history`` of the wrong shape, ``steps < 1``, or ``steps > 1``
+      ValueError: ``history`` of the wrong shape or with no rows, ``steps < 1``,
+        column indexes that do not fit the scaler and the model, or ``steps > 1``
         when the model's outputs cannot be its next inputs.
     """
     history = np.asarray(history, np.float64)
-    if history.ndim != 2 or history.shape[1] != model.input_size:
-        raise ValueError(f"history: expected shape (L, {model.input_size}), got {history.shape}")
+    if history.ndim != 2 or history.shape[1] != model.input_size or len(history) == 0:
+        raise ValueError(f"history: expected shape (L, {model.input_size}) with L >= 1, got {history.shape}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
-    autoregressive_ok = model.output_size == model.input_size and (
-        scaler is None or list(feature_index) == list(target_index)
-    )
+    if scaler is not None:
+        feature_index = _scaler_columns("feature_index", feature_index, scaler, model.input_size)
+        target_index = _scaler_columns("target_index", target_index, scaler, model.output_size)
+    autoregressive_ok = model.output_size == model.input_size and (scaler is None or feature_index == target_index)
     if steps > 1 and not autoregressive_ok:
         raise ValueError(
             f"steps: {steps} needs the targets to be the features (outputs fed back as "
@@ -154,6 +157,19 @@ def forecast(
         outputs.append(np.asarray(y))
     out = np.stack(outputs).astype(np.float64)
     return out if scaler is None else scaler.inverse_transform(out, target_index)
+
+
+def _scaler_columns(name: str, index, scaler: Scaler, size: int) -> list[int]:
+    """``index`` as a list of ``size`` scaler columns; ``None``: all of them, if there are ``size``."""
+    columns = len(scaler.mean)
+    if index is None:
+        if columns != size:
+            raise ValueError(f"{name}: expected {size} of the scaler's {columns} columns, got None")
+        return list(range(columns))
+    index = [int(i) for i in index]
+    if len(index) != size or not all(0 <= i < columns for i in index):
+        raise ValueError(f"{name}: expected {size} column indexes in [0, {columns}), got {index}")
+    return index
 
 
 def load_checkpoint(directory):
