@@ -92,6 +92,10 @@ def test_seq_lengths_out_of_range_outside_jit(lstm_setup):
          r"merge: 'sum' needs equal hidden sizes, got 3 \(forward\) and 4 \(backward\)"),
         (lambda: jrnn.gru(3).check_params(jrnn.gru(3, reset_after=True).init(jax.random.key(0), 2)),
          ValueError, "params.b_hn: expected None for this cell, got an array"),
+        (lambda: jrnn.lstm(3).initial_carry((2, -1)), ValueError,
+         r"batch_shape: expected non-negative ints, got \(2, -1\)"),
+        (lambda: jrnn.count_params({"w": jnp.ones(3), "name": "lstm"}), TypeError,
+         "params: expected a pytree of arrays, got a leaf of type str"),
     ],
 )
 def test_construction_errors(factory, error, message):

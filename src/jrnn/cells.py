@@ -21,6 +21,7 @@ from typing import Any, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jrnn import initializers as inits
 from jrnn._checks import check_array, check_floating, check_init_args, check_shape
@@ -176,8 +177,10 @@ class Cell:
 
     # -- carry ----------------------------------------------------------------
     def initial_carry(self, batch_shape: tuple[int, ...] | int = (), dtype=jnp.float32):
-        """Zeros of shape ``(*batch_shape, H)``."""
+        """Zeros of shape ``(*batch_shape, H)``; ``ValueError`` for a negative or non-integer size."""
         batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
+        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in batch_shape):
+            raise ValueError(f"batch_shape: expected non-negative ints, got {batch_shape}")
         return jnp.zeros((*batch_shape, self.hidden_size), dtype)
 
     def hidden(self, carry) -> jax.Array:
@@ -456,4 +459,8 @@ def count_params(params) -> int:
     >>> jrnn.count_params(jrnn.gru(32).init(jax.random.key(0), 2))
     3360
     """
-    return sum(int(leaf.size) for leaf in jax.tree.leaves(params))
+    leaves = jax.tree.leaves(params)
+    for leaf in leaves:
+        if not (hasattr(leaf, "shape") or isinstance(leaf, (int, float, complex))):
+            raise TypeError(f"params: expected a pytree of arrays, got a leaf of type {type(leaf).__name__}")
+    return sum(int(np.size(leaf)) for leaf in leaves)
