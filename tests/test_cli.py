@@ -73,6 +73,22 @@ def test_train_predict_resume(tmp_path, weather_csv):
         "or a new --out to start afresh")
 
 
+def test_train_out_steps_predicts_a_week_at_once(tmp_path, weather_csv):
+    """All weather columns in, the next 7 days' temp_max out (no feedback, so any --features)."""
+    ck = tmp_path / "week"
+    out = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",
+                   "--out-steps", 7, "--epochs", 2, "--quiet", "--out", ck)
+    assert out.returncode == 0, out.stderr
+    out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", weather_csv)
+    assert out.returncode == 0, out.stderr
+    forecasts = pd.read_csv(io.StringIO(out.stdout))
+    assert forecasts.columns.tolist() == ["step", "date", "temp_max"] and forecasts.step.tolist() == list(range(1, 8))
+    assert forecasts.date.tolist() == [f"2016-01-0{d}" for d in range(1, 8)]
+    assert forecasts.temp_max.between(-10, 40).all()
+    out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", weather_csv, "--steps", 2)
+    assert out.returncode == 2 and "--steps: the model forecasts its next 7 steps at once" in out.stderr
+
+
 def _bad_inputs(tmp_path, weather_csv):
     frame = pd.read_csv(weather_csv)
     nan = frame.copy()

@@ -34,6 +34,12 @@ def test_windows_stride_and_jax():
     (lambda: data.supervised(np.zeros((5, 1)), 4, horizon=2), ValueError,
      "array: expected at least seq_len \\+ horizon = 6 rows, got 5"),
     (lambda: data.chronological_split(10, (0.5, 0.5)), ValueError, "fractions"),
+    (lambda: data.supervised(np.zeros((8, 1)), 4, horizon=2, out_steps=4), ValueError,
+     "array: expected at least seq_len \\+ horizon \\+ out_steps - 1 = 9 rows, got 8"),
+    (lambda: data.supervised(np.zeros((9, 1)), 4, out_steps=0), ValueError,
+     "out_steps: expected a positive int, got 0"),
+    (lambda: data.supervised(np.zeros((9, 1)), 4, out_steps=2, mode="sequence"), ValueError,
+     "out_steps: needs mode='last'"),
 ])
 def test_data_errors(call, error, message):
     with pytest.raises(error, match=message):
@@ -49,6 +55,30 @@ def test_supervised_targets(horizon):
     Xs, Ys = data.supervised(series, 4, horizon=horizon, targets=[0], mode="sequence")
     assert Ys.shape == (X.shape[0], 4, 1)
     np.testing.assert_array_equal(Ys[..., 0], Xs[..., 0] + horizon)  # one target per step
+
+
+@pytest.mark.parametrize("horizon,out_steps,stride", [(1, 1, 1), (1, 3, 1), (2, 4, 3)])
+def test_supervised_out_steps(horizon, out_steps, stride):
+    """Each window's targets are the ``out_steps`` rows from ``horizon`` after its end (a loop as reference)."""
+    series = np.stack([np.arange(20.0), 100 + np.arange(20.0)], axis=1)
+    X, Y = data.supervised(series, 5, horizon=horizon, targets=[1], out_steps=out_steps, stride=stride)
+    starts = range(0, 20 - 5 - horizon - out_steps + 2, stride)
+    want_X = np.stack([series[s : s + 5] for s in starts])
+    want_Y = np.stack([series[s + 4 + horizon : s + 4 + horizon + out_steps, [1]] for s in starts])
+    np.testing.assert_array_equal(X, want_X)
+    np.testing.assert_array_equal(Y, want_Y)
+    assert Y.shape == (len(starts), out_steps, 1)
+    if stride == 1:
+        assert want_Y[-1, -1, 0] == 119  # the last window's last target is the last row
+
+
+def test_prepare_out_steps_target_rows():
+    prepared = data.prepare(_frame(), targets=["a"], features=["a", "b"], seq_len=10, out_steps=3)
+    for split, (X, Y) in zip(("train", "val", "test"), (prepared.train, prepared.val, prepared.test)):
+        first_targets = prepared.unscale_targets(Y)[:, :, 0]  # column "a" is the row number
+        np.testing.assert_allclose(first_targets[:, 0], prepared.target_rows(split), atol=1e-3)
+        np.testing.assert_allclose(np.diff(first_targets, axis=1), 1.0, atol=1e-3)
+    assert prepared.window_config()["out_steps"] == 3
 
 
 def _frame(n=200):

@@ -68,3 +68,21 @@ def test_forecaster_is_a_jit_argument(key):
     np.testing.assert_allclose(apply(model, params, xs), model.apply(params, xs), rtol=1e-12)
     last = Forecaster(jrnn.gru(4), input_size=2, output_size=1, mode="last")
     np.testing.assert_allclose(apply(last, params, xs), model.apply(params, xs)[:, -1], rtol=1e-12)
+
+
+def test_out_steps_forecaster(key):
+    """``out_steps=K``: one head of K*O outputs, read as (K, O); streaming equals the scanned apply."""
+    model = Forecaster(jrnn.lstm(6), input_size=3, output_size=2, num_layers=2, out_steps=4)
+    params = model.init(key)
+    assert params.w_out.shape == (6, 8) and params.b_out.shape == (8,)
+    history = jax.random.normal(key, (9, 3))
+    scanned = model.apply(params, history[None])
+    assert scanned.shape == (1, 4, 2)
+    flat = model.network(params.rnn, history[None])[1][0, -1] @ params.w_out + params.b_out
+    np.testing.assert_allclose(scanned[0], flat.reshape(4, 2), rtol=1e-6)  # step k is columns 2k, 2k+1
+    np.testing.assert_allclose(forecast(model, params, history), scanned[0], rtol=1e-5, atol=1e-6)
+    assert Forecaster.from_config(model.config()) == model
+    with pytest.raises(ValueError, match="steps: 2 with a model that forecasts its next 4 steps at once"):
+        forecast(model, params, history, steps=2)
+    with pytest.raises(ValueError, match="out_steps: needs mode='last'"):
+        Forecaster(jrnn.gru(3), input_size=1, output_size=1, mode="sequence", out_steps=2)

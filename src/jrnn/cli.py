@@ -95,6 +95,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers (default 1)")
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    p.add_argument("--out-steps", type=_positive_int,
+                   help="predict this many consecutive steps at once, from --horizon on (default: one step)")
     _add_model_options(p, epochs=50, lr=1e-3, patience=20)
 
     p = sub.add_parser("diagnose", help="gradient flow of SimpleRNN vs LSTM vs GRU on the adding problem",
@@ -201,9 +203,10 @@ def run_train(args) -> int:
 
     frame, targets, features, date_column, _ = _frame(args)
     prepared = jdata.prepare(frame, targets=targets, features=features, seq_len=args.seq_len,
-                             horizon=args.horizon, nan_policy=args.nan, date_column=date_column)
+                             horizon=args.horizon, out_steps=args.out_steps, nan_policy=args.nan,
+                             date_column=date_column)
     model = Forecaster(make_cell(args.cell, args.hidden), len(prepared.features),
-                       len(prepared.targets), num_layers=args.layers)
+                       len(prepared.targets), num_layers=args.layers, out_steps=args.out_steps)
     meta = {"model": model.config(), "data": prepared.window_config(),
             "scaler": prepared.scaler.to_dict(), "columns": prepared.columns, "date_column": date_column,
             "optimizer": {"name": "adam", "learning_rate": args.lr, "clip_norm": 1.0}}
@@ -235,7 +238,8 @@ def _check_resume(directory, meta) -> None:
         model, data = m.get("model", {}), m.get("data", {})
         cell = model.get("cell", {})
         return {"--cell": cell.get("kind"), "--hidden": cell.get("hidden_size"), "--layers": model.get("num_layers"),
-                "--features": data.get("features"), "--target": data.get("targets")}
+                "--features": data.get("features"), "--target": data.get("targets"),
+                "--out-steps": model.get("out_steps")}
 
     was, now = options(saved), options(meta)
     differ = [f"{name} {_shown(was[name])} (this run: {_shown(now[name])})" for name in was if was[name] != now[name]]
@@ -245,6 +249,8 @@ def _check_resume(directory, meta) -> None:
 
 
 def _shown(value) -> str:
+    if value is None:
+        return "not given"
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
@@ -262,6 +268,9 @@ def run_predict(args) -> int:
     window = meta["data"]
     if args.steps > 1 and window["horizon"] != 1:
         raise ValueError(f"--steps: {args.steps} needs a model trained with --horizon 1, got {window['horizon']}")
+    if args.steps > 1 and model.out_steps is not None:
+        raise ValueError(f"--steps: the model forecasts its next {model.out_steps} steps at once "
+                         f"(trained with --out-steps {model.out_steps}); leave --steps out")
     scaler = jdata.Scaler.from_dict(meta["scaler"])
     columns = meta["columns"]
     date_column = meta.get("date_column")  # None: no --date-column, or an older checkpoint
@@ -273,7 +282,10 @@ def run_predict(args) -> int:
     t_idx = [columns.index(c) for c in window["targets"]]
     out = forecast(model, params, history, steps=args.steps, scaler=scaler, feature_index=f_idx, target_index=t_idx)
     result = pd.DataFrame(out, columns=window["targets"])
-    steps_ahead = np.arange(1, args.steps + 1) * window["horizon"]
+    if model.out_steps is None:
+        steps_ahead = np.arange(1, args.steps + 1) * window["horizon"]
+    else:
+        steps_ahead = window["horizon"] + np.arange(model.out_steps)
     result.insert(0, "step", steps_ahead)
     if date_column is not None:
         kept = frame if args.nan != "drop" else frame[np.isfinite(frame[window["features"]].to_numpy(float)).all(1)]
@@ -282,7 +294,7 @@ def run_predict(args) -> int:
             result.insert(1, date_column, dates)
     if args.out:
         result.to_csv(args.out, index=False)
-        print(f"jrnn predict: wrote {args.steps} forecast(s) to {args.out}")
+        print(f"jrnn predict: wrote {len(result)} forecast(s) to {args.out}")
     else:
         result.to_csv(sys.stdout, index=False)
     return 0

@@ -55,28 +55,37 @@ def supervised(
     targets: Sequence[int] | None = None,
     mode: str = "last",
     stride: int = 1,
+    out_steps: int | None = None,
 ):
     """Input windows and the values ``horizon`` steps after them.
 
     Window ``k`` covers rows ``s .. s+L-1`` (``s = k * stride``). With
     ``mode="last"`` its target is row ``s+L-1+horizon`` (one output at the end
-    of the window); with ``mode="sequence"`` the targets are rows
-    ``s+horizon .. s+L-1+horizon`` (one output per step).
+    of the window), or with ``out_steps=K`` the ``K`` rows from there on
+    (single-shot multi-step forecasting); with ``mode="sequence"`` the targets
+    are rows ``s+horizon .. s+L-1+horizon`` (one output per step).
 
     Args:
       array: ``(N, F)``.
       seq_len: L, the window length.
-      horizon: how many steps ahead the target lies (>= 1).
+      horizon: how many steps ahead the (first) target lies (>= 1).
       inputs, targets: column indices (default: all columns).
       mode: ``"last"`` or ``"sequence"``.
+      out_steps: ``None`` (one target row) or K >= 1 consecutive target rows
+        (``mode="last"`` only).
 
     Returns:
-      ``(X, Y)``: ``X (n, L, len(inputs))``; ``Y (n, len(targets))`` or
-      ``(n, L, len(targets))``, with ``n = (N - L - horizon) // stride + 1``.
+      ``(X, Y)``: ``X (n, L, len(inputs))``; ``Y (n, len(targets))``,
+      ``(n, K, len(targets))`` with ``out_steps``, or ``(n, L, len(targets))``
+      for ``"sequence"``; ``n = (N - L - horizon - (K - 1)) // stride + 1``
+      (K = 1 without ``out_steps``).
 
     >>> X, Y = supervised(np.arange(6.0)[:, None], 3)
     >>> X[:, :, 0].tolist(), Y[:, 0].tolist()
     ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0], [2.0, 3.0, 4.0]], [3.0, 4.0, 5.0])
+    >>> X, Y = supervised(np.arange(6.0)[:, None], 3, out_steps=2)
+    >>> X[:, :, 0].tolist(), Y[:, :, 0].tolist()
+    ([[0.0, 1.0, 2.0], [1.0, 2.0, 3.0]], [[3.0, 4.0], [4.0, 5.0]])
     """
     array = np.asarray(array)
     if array.ndim != 2:
@@ -85,18 +94,30 @@ def supervised(
     if mode not in TARGET_MODES:
         raise ValueError(f"mode: expected one of {TARGET_MODES}, got {mode!r}")
     _check_positive("seq_len", seq_len)
+    check_out_steps(out_steps, mode)
+    extra = 0 if out_steps is None else out_steps - 1  # target rows after the first
     num_rows, num_cols = array.shape
-    needed = seq_len + horizon
+    needed = seq_len + horizon + extra
     if num_rows < needed:
-        raise ValueError(
-            f"array: expected at least seq_len + horizon = {needed} rows, got {num_rows}"
-        )
+        what = "seq_len + horizon" + (" + out_steps - 1" if extra else "")
+        raise ValueError(f"array: expected at least {what} = {needed} rows, got {num_rows}")
     inputs = list(range(num_cols)) if inputs is None else list(inputs)
     targets = list(range(num_cols)) if targets is None else list(targets)
-    X = windows(array[: num_rows - horizon, inputs], seq_len, stride)
+    X = windows(array[: num_rows - horizon - extra, inputs], seq_len, stride)
+    if out_steps is not None:
+        return X, windows(array[seq_len - 1 + horizon :, targets], out_steps)[::stride]
     shifted = windows(array[horizon:, targets], seq_len, stride)
     Y = shifted[:, -1] if mode == "last" else shifted
     return X, Y
+
+
+def check_out_steps(out_steps, mode: str = "last") -> None:
+    """Raise ``ValueError`` unless ``out_steps`` is ``None`` or a positive int, with ``mode="last"``."""
+    if out_steps is None:
+        return
+    _check_positive("out_steps", out_steps)
+    if mode != "last":
+        raise ValueError(f"out_steps: needs mode='last' (one block of outputs per window), got mode={mode!r}")
 
 
 def chronological_split(num_rows: int, fractions: Sequence[float] = (0.7, 0.15, 0.15)):
@@ -242,6 +263,7 @@ class ForecastData:
     seq_len: int
     horizon: int
     mode: str
+    out_steps: int | None
     values: np.ndarray
     dates: np.ndarray | None
     splits: list[tuple[int, int]]
@@ -259,10 +281,11 @@ class ForecastData:
         return [self.columns.index(c) for c in self.targets]
 
     def target_rows(self, split: str) -> np.ndarray:
-        """Row numbers (into ``values``) of the ``mode="last"`` targets of a split."""
+        """Row numbers (into ``values``) of the ``mode="last"`` targets of a split
+        (with ``out_steps``: of each window's first target)."""
         start, stop = self.splits[("train", "val", "test").index(split)]
         first = start + self.seq_len - 1 + self.horizon
-        return np.arange(first, stop)
+        return np.arange(first, stop - (self.out_steps or 1) + 1)
 
     def unscale_targets(self, Y) -> np.ndarray:
         """Targets or predictions back in the data's own units."""
@@ -270,7 +293,7 @@ class ForecastData:
 
     def window_config(self) -> dict:
         return {"features": self.features, "targets": self.targets, "seq_len": self.seq_len,
-                "horizon": self.horizon, "mode": self.mode}
+                "horizon": self.horizon, "mode": self.mode, "out_steps": self.out_steps}
 
 
 def prepare(
@@ -281,6 +304,7 @@ def prepare(
     seq_len: int = 30,
     horizon: int = 1,
     mode: str = "last",
+    out_steps: int | None = None,
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     nan_policy: str = "error",
     date_column: str | None = None,
@@ -291,7 +315,7 @@ def prepare(
       frame: the measurements, one row per time step, oldest first.
       targets: columns to predict.
       features: input columns (default: every numeric column but ``date_column``).
-      seq_len, horizon, mode: as in :func:`supervised`.
+      seq_len, horizon, mode, out_steps: as in :func:`supervised`.
       fractions: train, validation and test shares of the rows.
       nan_policy: see :func:`numeric_frame`.
       date_column: optional column of dates, kept for plots and seasonal baselines.
@@ -308,6 +332,9 @@ def prepare(
         raise ValueError("targets: expected at least one column, got none")
     if not features:
         raise ValueError("features: expected at least one column, got none")
+    check_out_steps(out_steps, mode)
+    needed = seq_len + horizon + (out_steps or 1) - 1
+    needed_what = f"seq_len {seq_len} + horizon {horizon}" + (f" + out_steps {out_steps} - 1" if out_steps else "")
     columns = features + [t for t in targets if t not in features]
     dates = None
     if date_column is not None:
@@ -317,30 +344,31 @@ def prepare(
         dates = pd.to_datetime(frame[date_column], errors="coerce")
         if dates.isna().any():
             raise ValueError(f"date_column: {date_column!r} has values that are not dates")
-    checked = numeric_frame(frame, columns, nan_policy=nan_policy, min_rows=seq_len + horizon,
-                            min_rows_reason=f"seq_len {seq_len} + horizon {horizon}")
+    checked = numeric_frame(frame, columns, nan_policy=nan_policy, min_rows=needed, min_rows_reason=needed_what)
     if dates is not None and nan_policy == "drop":
         finite = np.isfinite(frame[columns].to_numpy(np.float64)).all(axis=1)
         dates = dates[finite]
     values = checked.to_numpy()
     splits = chronological_split(len(values), fractions)
     for name, (start, stop) in zip(("train", "val", "test"), splits):
-        if stop - start < seq_len + horizon:
+        if stop - start < needed:
             raise ValueError(
-                f"data: the {name} split has {stop - start} rows, fewer than seq_len + horizon = "
-                f"{seq_len + horizon}; use more data or a shorter --seq-len"
+                f"data: the {name} split has {stop - start} rows, fewer than seq_len + horizon"
+                f"{' + out_steps - 1' if out_steps else ''} = "
+                f"{needed}; use more data or a shorter --seq-len"
             )
     scaler = Scaler.fit(values[splits[0][0] : splits[0][1]])
     scaled = scaler.transform(values)
     f_idx = [columns.index(c) for c in features]
     t_idx = [columns.index(c) for c in targets]
     pairs = [
-        supervised(scaled[start:stop], seq_len, horizon=horizon, inputs=f_idx, targets=t_idx, mode=mode)
+        supervised(scaled[start:stop], seq_len, horizon=horizon, inputs=f_idx, targets=t_idx, mode=mode,
+                   out_steps=out_steps)
         for start, stop in splits
     ]
     pairs = [(X.astype(np.float32), Y.astype(np.float32)) for X, Y in pairs]
     return ForecastData(
-        columns, features, targets, seq_len, horizon, mode, values,
+        columns, features, targets, seq_len, horizon, mode, out_steps, values,
         None if dates is None else np.asarray(dates, dtype="datetime64[D]"),
         splits, scaler, *pairs,
     )

@@ -18,7 +18,7 @@ from jrnn import checkpoint as ckpt
 from jrnn._ranks import add_bias
 from jrnn._serializable import serializable
 from jrnn.cells import Cell, from_config
-from jrnn.data import TARGET_MODES, Scaler
+from jrnn.data import TARGET_MODES, Scaler, check_out_steps
 from jrnn.layers import stacked
 
 
@@ -36,7 +36,9 @@ class ForecasterParams(NamedTuple):
 class Forecaster:
     """``num_layers`` cells like ``cell`` stacked, then ``y = h @ w_out + b_out``.
 
-    ``mode="last"`` predicts from the last hidden state: ``(n, L, I) -> (n, O)``;
+    ``mode="last"`` predicts from the last hidden state: ``(n, L, I) -> (n, O)``,
+    or with ``out_steps=K`` the next K steps at once (single-shot multi-step:
+    the head has ``K * O`` outputs): ``(n, L, I) -> (n, K, O)``;
     ``mode="sequence"`` predicts at every step: ``(n, L, I) -> (n, L, O)``.
 
     >>> import jax, jax.numpy as jnp, jrnn
@@ -52,10 +54,12 @@ class Forecaster:
     num_layers: int = 1
     mode: str = "last"
     dropout: float = 0.0
+    out_steps: int | None = None
 
     def __post_init__(self):
         if self.mode not in TARGET_MODES:
             raise ValueError(f"mode: expected one of {TARGET_MODES}, got {self.mode!r}")
+        check_out_steps(self.out_steps, self.mode)
         for name in ("input_size", "output_size", "num_layers"):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
@@ -67,35 +71,38 @@ class Forecaster:
 
     def init(self, key, dtype=jnp.float32) -> ForecasterParams:
         k_rnn, k_out = jax.random.split(key)
-        H = self.cell.hidden_size
-        w_out = jax.nn.initializers.glorot_uniform()(k_out, (H, self.output_size), dtype)
-        return ForecasterParams(
-            self.network.init(k_rnn, self.input_size, dtype), w_out, jnp.zeros(self.output_size, dtype)
-        )
+        H, outputs = self.cell.hidden_size, self.output_size * (self.out_steps or 1)
+        w_out = jax.nn.initializers.glorot_uniform()(k_out, (H, outputs), dtype)
+        return ForecasterParams(self.network.init(k_rnn, self.input_size, dtype), w_out, jnp.zeros(outputs, dtype))
+
+    def _head(self, params: ForecasterParams, hidden):
+        """``hidden (..., H) -> (..., O)``, or ``(..., K, O)`` with ``out_steps``."""
+        y = add_bias(hidden @ params.w_out, params.b_out)
+        return y if self.out_steps is None else y.reshape(*y.shape[:-1], self.out_steps, self.output_size)
 
     def apply(self, params: ForecasterParams, X, *, dropout_key=None):
         """Predictions for windows ``X (*batch, L, I)``."""
         _, ys = self.network(params.rnn, X, dropout_key=dropout_key)
-        hidden = ys[..., -1, :] if self.mode == "last" else ys
-        return add_bias(hidden @ params.w_out, params.b_out)
+        return self._head(params, ys[..., -1, :] if self.mode == "last" else ys)
 
     # -- streaming -------------------------------------------------------------
     def initial_state(self, batch_shape=(), dtype=jnp.float32) -> tuple:
         return self.network.initial_carry(batch_shape, dtype)
 
     def step(self, params: ForecasterParams, state: tuple, x_t):
-        """One streaming step through every layer: ``x_t (*batch, I) -> (state, y_t (*batch, O))``."""
+        """One streaming step through every layer: ``x_t (*batch, I) -> (state, y_t (*batch, O))``
+        (``(*batch, K, O)`` with ``out_steps``)."""
         new_state = []
         h = x_t
         for layer_params, carry in zip(params.rnn, state):
             carry, h = self.cell.step(layer_params, carry, h)
             new_state.append(carry)
-        return tuple(new_state), add_bias(h @ params.w_out, params.b_out)
+        return tuple(new_state), self._head(params, h)
 
     def config(self) -> dict[str, Any]:
         return {"cell": self.cell.config(), "input_size": self.input_size,
                 "output_size": self.output_size, "num_layers": self.num_layers,
-                "mode": self.mode, "dropout": self.dropout}
+                "mode": self.mode, "dropout": self.dropout, "out_steps": self.out_steps}
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> Forecaster:
@@ -123,12 +130,13 @@ def forecast(
     model has inputs or outputs); without one both are in model units.
 
     Returns:
-      ``(steps, O)`` forecasts.
+      ``(steps, O)`` forecasts; for a model with ``out_steps=K``, its ``(K, O)``
+      forecasts of the next K steps.
 
     Raises:
       ValueError: ``history`` of the wrong shape or with no rows, ``steps < 1``,
         column indexes that do not fit the scaler and the model, or ``steps > 1``
-        when the model's outputs cannot be its next inputs.
+        when the model's outputs cannot be its next inputs or it has ``out_steps``.
     """
     history = np.asarray(history, np.float64)
     if history.ndim != 2 or history.shape[1] != model.input_size or len(history) == 0:
@@ -139,6 +147,9 @@ def forecast(
         feature_index = _scaler_columns("feature_index", feature_index, scaler, model.input_size)
         target_index = _scaler_columns("target_index", target_index, scaler, model.output_size)
     autoregressive_ok = model.output_size == model.input_size and (scaler is None or feature_index == target_index)
+    if steps > 1 and model.out_steps is not None:
+        raise ValueError(f"steps: {steps} with a model that forecasts its next {model.out_steps} steps at once "
+                         "(out_steps); use steps=1")
     if steps > 1 and not autoregressive_ok:
         raise ValueError(
             f"steps: {steps} needs the targets to be the features (outputs fed back as "
@@ -155,7 +166,7 @@ def forecast(
     for _ in range(steps - 1):
         state, y = step(params, state, y)
         outputs.append(np.asarray(y))
-    out = np.stack(outputs).astype(np.float64)
+    out = (np.stack(outputs) if model.out_steps is None else outputs[0]).astype(np.float64)
     return out if scaler is None else scaler.inverse_transform(out, target_index)
 
 
