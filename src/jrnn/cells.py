@@ -179,7 +179,8 @@ class Cell:
     def initial_carry(self, batch_shape: tuple[int, ...] | int = (), dtype=jnp.float32):
         """Zeros of shape ``(*batch_shape, H)``; ``ValueError`` for a negative or non-integer size."""
         batch_shape = (batch_shape,) if isinstance(batch_shape, int) else tuple(batch_shape)
-        if not all(isinstance(n, (int, np.integer)) and not isinstance(n, bool) and n >= 0 for n in batch_shape):
+        # (symbolic sizes from jax.export shape polymorphism pass through)
+        if any(isinstance(n, (bool, float, str)) or (isinstance(n, (int, np.integer)) and n < 0) for n in batch_shape):
             raise ValueError(f"batch_shape: expected non-negative ints, got {batch_shape}")
         return jnp.zeros((*batch_shape, self.hidden_size), dtype)
 
