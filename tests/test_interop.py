@@ -159,6 +159,25 @@ def test_keras_layers(name, options, I, H, keras):
     _assert_identical(interop.from_keras(interop.to_keras(cell, params))[1], params)
 
 
+def test_keras_go_backwards_is_refused_with_advice_that_holds(keras):
+    """A lone ``go_backwards=True`` layer is refused; the advice in the message
+    (convert it forwards, run the cell on time-reversed inputs) gives Keras' outputs."""
+    backwards = keras.layers.LSTM(H, return_sequences=True, return_state=True, go_backwards=True)
+    xs = _xs(7, shape=(B, T, I))
+    backwards(xs)
+    _keras_randomize(backwards, seed=4)
+    with pytest.raises(ValueError, match="go_backwards=True has no jrnn cell equivalent"):
+        interop.from_keras(backwards)
+    forwards = keras.layers.LSTM(H, return_sequences=True)
+    forwards(xs)
+    forwards.set_weights(backwards.get_weights())
+    cell, params = interop.from_keras(forwards)
+    carry, ys = jrnn.scan(cell, params, xs[:, ::-1])
+    out = backwards(xs)
+    np.testing.assert_allclose(ys, np.asarray(out[0]), **TOL)
+    np.testing.assert_allclose(carry.h, np.asarray(out[1]), **TOL)
+
+
 @pytest.mark.parametrize("merge", ["concat", "sum", "mul", "ave"])
 def test_keras_bidirectional_and_sequential(merge, keras):
     layer = keras.layers.Bidirectional(keras.layers.GRU(H, return_sequences=True), merge_mode=merge)

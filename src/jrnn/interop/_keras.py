@@ -74,8 +74,8 @@ def from_keras(layer):
 
     Raises:
       TypeError: not a Keras recurrent layer.
-      ValueError: activations other than tanh/sigmoid, an unbuilt layer, or
-        ``merge_mode=None``.
+      ValueError: activations other than tanh/sigmoid, an unbuilt layer,
+        ``merge_mode=None``, or ``go_backwards=True`` outside a ``Bidirectional``.
     """
     import keras
 
@@ -88,6 +88,10 @@ def from_keras(layer):
         b_cell, b_params = _from_layer(layer.backward_layer)
         network = jrnn.bidirectional(f_cell, b_cell, merge=MERGES[layer.merge_mode])
         return network, jrnn.BidirectionalParams(f_params, b_params)
+    if getattr(layer, "go_backwards", False):
+        refuse("layer: go_backwards=True has no jrnn cell equivalent (Keras reads the sequence backwards and "
+               "returns the outputs in that order); convert it with go_backwards=False and run the cell on "
+               "xs[..., ::-1, :], or convert the Bidirectional layer it belongs to")
     return _from_layer(layer)
 
 
