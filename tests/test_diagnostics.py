@@ -114,3 +114,18 @@ def test_train_step_memory_is_xlas_temp_bytes_or_none():
     memory = gradient_study.train_step_memory(model, model.init(jax.random.key(0)), (X, Y))
     assert isinstance(memory, int) and memory >= 0
     assert xla_temp_bytes(object()) is None  # a backend without memory analysis
+
+
+@pytest.mark.parametrize("diagnose", [
+    lambda c, p, x: diagnostics.gradient_norms(c, p, x, lambda ys: ys.sum()),
+    diagnostics.jacobian_spectrum, diagnostics.state_statistics, diagnostics.first_nonfinite_step,
+], ids=["gradient_norms", "jacobian_spectrum", "state_statistics", "first_nonfinite_step"])
+def test_diagnostics_check_their_inputs_as_scan_does(diagnose, key):
+    cell = jrnn.gru(3)
+    params = cell.init(key, 2)
+    with pytest.raises(ValueError, match=r"xs: expected input_size 2 on the last axis .*, got 5"):
+        diagnose(cell, params, jnp.ones((1, 4, 5)))
+    with pytest.raises(ValueError, match=r"xs: expected rank >= 2 \(\*batch, T, input_size\), got shape \(4,\)"):
+        diagnose(cell, params, jnp.ones(4))
+    with pytest.raises(TypeError, match=r"cell: expected a jrnn cell .*, got Bidirectional; diagnostics take one cell"):
+        diagnose(jrnn.bidirectional(cell), jrnn.bidirectional(cell).init(key, 2), jnp.ones((1, 4, 2)))

@@ -451,6 +451,16 @@ def from_config(config: dict[str, Any]) -> Cell:
     return CELL_TYPES[kind](**config)
 
 
+def check_cell(cell, layer_hint: str = "a layer (jrnn.bidirectional, jrnn.stacked) runs as layer(params, xs)") -> None:
+    """Raise ``TypeError`` unless ``cell`` is a jrnn cell; ``layer_hint`` is added when it is a layer."""
+    if not isinstance(cell, Cell):
+        hint = f"; {layer_hint}" if callable(cell) else ""
+        raise TypeError(
+            "cell: expected a jrnn cell (jrnn.simple_rnn, jrnn.lstm, jrnn.gru, jrnn.min_gru, jrnn.min_lstm), "
+            f"got {type(cell).__name__}{hint}"
+        )
+
+
 def count_params(params) -> int:
     """Number of scalars in a params pytree (``None`` fields count zero).
 

@@ -17,7 +17,18 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from jrnn.cells import LSTMCell, LSTMState
+from jrnn._checks import as_array
+from jrnn.cells import LSTMCell, LSTMState, check_cell
+
+
+def _checked(cell, params, xs):
+    """``xs`` as an array, after the checks :func:`jrnn.scan` makes of a cell, its params and inputs."""
+    check_cell(cell, "diagnostics take one cell of a layer (e.g. layer.forward, layer.layers[0])")
+    xs = as_array("xs", xs)
+    if xs.ndim < 2:
+        raise ValueError(f"xs: expected rank >= 2 (*batch, T, input_size), got shape {tuple(xs.shape)}")
+    cell.check_input("xs", xs, params)
+    return xs
 
 
 def _time_major(xs):
@@ -51,6 +62,7 @@ def gradient_norms(cell, params, xs, loss_fn: Callable, carry=None):
     >>> gradient_norms(cell, p, jnp.ones((3, 10, 2)), lambda ys: ys[:, -1].sum()).shape
     (3, 10)
     """
+    xs = _checked(cell, params, xs)
     batch_shape = xs.shape[:-2]
     carry = cell.initial_carry(batch_shape, xs.dtype) if carry is None else carry
     projected = _time_major(cell.project_input(params, xs))
@@ -91,6 +103,7 @@ def jacobian_spectrum(cell, params, xs, carry=None):
     Returns:
       ``(sigma_max, rho)``, each ``(*batch, T)``.
     """
+    xs = _checked(cell, params, xs)
     if xs.ndim > 2:
         flat = xs.reshape(-1, *xs.shape[-2:])
         init = None if carry is None else jax.tree.map(lambda c: c.reshape(-1, c.shape[-1]), carry)
@@ -126,6 +139,7 @@ def state_statistics(cell, params, xs, carry=None, eps: float = 1e-3):
     fraction of its outputs within ``eps`` of the activation's limits (0 or 1
     for sigmoid gates, ±1 for tanh).
     """
+    xs = _checked(cell, params, xs)
     batch_shape = xs.shape[:-2]
     carry = cell.initial_carry(batch_shape, xs.dtype) if carry is None else carry
     projected = _time_major(cell.project_input(params, xs))
@@ -169,6 +183,7 @@ def first_nonfinite_step(cell, params, xs, carry=None):
     >>> first_nonfinite_step(cell, p, xs).tolist()
     [3]
     """
+    xs = _checked(cell, params, xs)
     carry = cell.initial_carry(xs.shape[:-2], xs.dtype) if carry is None else carry
 
     def body(state, px):

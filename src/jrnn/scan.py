@@ -30,7 +30,7 @@ from jrnn._checks import (
     is_concrete,
 )
 from jrnn._varying import vary_like
-from jrnn.cells import Cell
+from jrnn.cells import check_cell
 from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm, parallel
 from jrnn.min_cells import _MinCell
 
@@ -153,12 +153,7 @@ def scan(
       >>> bool((ys[1, 2:] == 0).all())               # padding outputs are zero
       True
     """
-    if not isinstance(cell, Cell):
-        hint = "; a layer (jrnn.bidirectional, jrnn.stacked) runs as layer(params, xs)" if callable(cell) else ""
-        raise TypeError(
-            "cell: expected a jrnn cell (jrnn.simple_rnn, jrnn.lstm, jrnn.gru, jrnn.min_gru, jrnn.min_lstm), "
-            f"got {type(cell).__name__}{hint}"
-        )
+    check_cell(cell)
     xs = as_array("xs", xs)
     check_floating("xs", xs)
     if xs.ndim < 2:
