@@ -152,3 +152,24 @@ def test_load_csv(tmp_path):
     (tmp_path / "empty.csv").write_text("")
     with pytest.raises(ValueError, match="csv: cannot read"):
         datasets.load_csv(tmp_path / "empty.csv")
+
+
+def test_numeric_date_columns_are_read_as_text(tmp_path):
+    """Years and yyyymmdd numbers are dates; other numbers are refused, not read as
+    nanoseconds since 1970 (pandas' reading, which sorted rows by the numbers' values)."""
+    path = tmp_path / "years.csv"
+    pd.DataFrame({"year": [2014, 2012, 2013], "v": [3.0, 1.0, 2.0]}).to_csv(path, index=False)
+    frame = datasets.load_csv(path, date_column="year")
+    assert frame.year.dt.year.tolist() == [2012, 2013, 2014] and frame.v.tolist() == [1.0, 2.0, 3.0]
+    day = pd.DataFrame({"day": [20200102, 20200101], "v": [2.0, 1.0]})
+    assert data.parse_dates(day, "day", "x").dt.strftime("%Y-%m-%d").tolist() == ["2020-01-02", "2020-01-01"]
+    with pytest.raises(ValueError, match=r"date_column: 'b' has values that are not dates \(first at row 0: "):
+        datasets.load_csv(_write(tmp_path, _frame(5)), date_column="b")
+    with pytest.raises(ValueError, match=r"date_column: 'a' has values that are not dates"):
+        data.prepare(_frame(), targets=["b"], date_column="a")
+
+
+def _write(tmp_path, frame):
+    path = tmp_path / "frame.csv"
+    frame.to_csv(path, index=False)
+    return path

@@ -7,6 +7,7 @@ Everything here is NumPy on the host; arrays go to the device batch by batch.
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from collections.abc import Iterator, Sequence
 
 import numpy as np
@@ -118,6 +119,32 @@ def check_out_steps(out_steps, mode: str = "last") -> None:
     _check_positive("out_steps", out_steps)
     if mode != "last":
         raise ValueError(f"out_steps: needs mode='last' (one block of outputs per window), got mode={mode!r}")
+
+
+def parse_dates(frame: pd.DataFrame, date_column: str, source: str) -> pd.Series:
+    """``frame[date_column]`` as datetimes. Numbers are read as text (2012 is the year,
+    20120131 a day), not as nanoseconds since 1970 as pandas would.
+
+    Raises:
+      ValueError: no such column, or values that are not dates (naming ``source``).
+    """
+    if date_column not in frame.columns:
+        raise ValueError(f"date_column: {date_column!r} not in {source}; available: "
+                         f"{', '.join(map(str, frame.columns))}")
+    column = frame[date_column]
+    if pd.api.types.is_numeric_dtype(column) and not pd.api.types.is_bool_dtype(column):
+        column = column.astype(str)
+    with warnings.catch_warnings():  # pandas warns before giving up on text that is not a date
+        warnings.simplefilter("ignore", UserWarning)
+        dates = pd.to_datetime(column, errors="coerce")
+    if dates.isna().any():
+        first = int(np.flatnonzero(dates.isna().to_numpy())[0])
+        value = frame[date_column].iloc[first]
+        value = value.item() if isinstance(value, np.generic) else value
+        raise ValueError(
+            f"date_column: {date_column!r} has values that are not dates (first at row {first}: {value!r})"
+        )
+    return dates
 
 
 def chronological_split(num_rows: int, fractions: Sequence[float] = (0.7, 0.15, 0.15)):
@@ -338,12 +365,7 @@ def prepare(
     columns = features + [t for t in targets if t not in features]
     dates = None
     if date_column is not None:
-        if date_column not in frame.columns:
-            available = ", ".join(map(str, frame.columns))
-            raise ValueError(f"date_column: {date_column!r} not in the data; available: {available}")
-        dates = pd.to_datetime(frame[date_column], errors="coerce")
-        if dates.isna().any():
-            raise ValueError(f"date_column: {date_column!r} has values that are not dates")
+        dates = parse_dates(frame, date_column, "the data")
     checked = numeric_frame(frame, columns, nan_policy=nan_policy, min_rows=needed, min_rows_reason=needed_what)
     if dates is not None and nan_policy == "drop":
         finite = np.isfinite(frame[columns].to_numpy(np.float64)).all(axis=1)

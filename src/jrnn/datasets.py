@@ -10,6 +10,8 @@ import os
 
 import pandas as pd
 
+from jrnn.data import parse_dates
+
 WEATHER_COLUMNS = ["precipitation", "temp_max", "temp_min", "wind"]
 
 
@@ -49,13 +51,7 @@ def load_csv(path: str | os.PathLike, *, date_column: str | None = None) -> pd.D
     if frame.empty:
         raise ValueError(f"csv: {path} has no rows")
     if date_column is not None:
-        if date_column not in frame.columns:
-            raise ValueError(
-                f"date_column: {date_column!r} not in {path}; available: {', '.join(map(str, frame.columns))}"
-            )
-        dates = pd.to_datetime(frame[date_column], errors="coerce")
-        if dates.isna().any():
-            raise ValueError(f"date_column: {date_column!r} has values that are not dates")
+        dates = parse_dates(frame, date_column, path)
         frame = frame.assign(**{date_column: dates}).sort_values(date_column, kind="stable")
         frame = frame.reset_index(drop=True)
     return frame
