@@ -110,6 +110,7 @@ def _bad_inputs(tmp_path, weather_csv):
         ([*base, "wind", "--csv", weather_csv, "--lr", "-1"], "argument --lr: expected a positive number, got -1"),
         (["compare", "--lr", "nan"], "argument --lr: expected a positive number, got nan"),
         (["diagnose", "--seed", "-1"], "argument --seed: expected a non-negative integer, got -1"),
+        (["train", "--csv", weather_csv, "--target", "wind", "--out", weather_csv], "is a file; expected a folder"),
         (["predict", "--checkpoint", tmp_path / "nowhere", "--csv", weather_csv], "--checkpoint: no such folder"),
         (["predict", "--checkpoint", tmp_path / "foreign", "--csv", weather_csv], "damaged or not a jrnn checkpoint"),
         (["compare", "--cells", "lstm,transformer"], "cell: expected one of"),

@@ -9,6 +9,7 @@ import optax
 import pytest
 
 import jrnn
+import jrnn.train
 from jrnn import checkpoint as ckpt
 from jrnn.forecast import Forecaster
 from jrnn.train import fit
@@ -54,6 +55,7 @@ def test_loss_falls_and_same_seed_same_result():
     ({"patience": 0}, "patience: expected a positive int or None, got 0"),
     ({"seed": -1}, "seed: expected a non-negative int, got -1"),
     ({"batch_size": 0}, "batch_size: expected a positive int, got 0"),
+    ({"resume": True}, "resume: needs a checkpoint_dir to resume from, got None"),
 ])
 def test_bad_options_name_the_argument(option, message):
     with pytest.raises(ValueError, match=message):
@@ -76,6 +78,13 @@ def test_bad_data_names_the_argument(data, message):
     train, val = data(*_task())
     with pytest.raises(ValueError, match=message):
         fit(model.apply, model.init(jax.random.key(0)), train, val, epochs=1, progress=False)
+
+
+def test_checkpoint_dir_that_cannot_be_made_fails_before_training(tmp_path, monkeypatch):
+    (tmp_path / "a_file").write_text("")
+    monkeypatch.setattr(jrnn.train, "make_train_step", None)  # training would fail differently
+    with pytest.raises(OSError, match="checkpoint_dir: cannot create the folder .*a_file"):
+        _fit(checkpoint_dir=str(tmp_path / "a_file"))
 
 
 def test_early_stopping_restores_best():

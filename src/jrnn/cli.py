@@ -210,6 +210,8 @@ def run_train(args) -> int:
     meta = {"model": model.config(), "data": prepared.window_config(),
             "scaler": prepared.scaler.to_dict(), "columns": prepared.columns, "date_column": date_column,
             "optimizer": {"name": "adam", "learning_rate": args.lr, "clip_norm": 1.0}}
+    if os.path.exists(args.out) and not os.path.isdir(args.out):
+        raise ValueError(f"--out: {args.out} is a file; expected a folder for the checkpoints")
     if args.resume:
         _check_resume(args.out, meta)
     params, history = fit(

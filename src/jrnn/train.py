@@ -13,6 +13,7 @@ The loop in short::
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 from collections.abc import Callable
 from typing import Any, NamedTuple
@@ -194,8 +195,10 @@ def fit(
     Raises:
       NonFiniteLossError: a NaN or Inf loss; names the epoch, batch and step. No
         checkpoint is written for that epoch, so the last good one stays the newest.
-      ValueError: bad options; ``train`` or ``val`` with no rows, unequal rows, or
-        ``Y`` not shaped like the predictions; batch sizes that do not divide over ``mesh``.
+      OSError: ``checkpoint_dir`` cannot be created (checked before training).
+      ValueError: bad options (``resume`` without ``checkpoint_dir``); ``train`` or
+        ``val`` with no rows, unequal rows, or ``Y`` not shaped like the predictions;
+        batch sizes that do not divide over ``mesh``.
     """
     from tqdm.auto import tqdm
 
@@ -205,6 +208,13 @@ def fit(
         raise ValueError(f"patience: expected a positive int or None, got {patience!r}")
     if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
         raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
+    if resume and checkpoint_dir is None:
+        raise ValueError("resume: needs a checkpoint_dir to resume from, got None")
+    if checkpoint_dir is not None:  # fail now, not after the first epoch
+        try:
+            os.makedirs(checkpoint_dir, exist_ok=True)
+        except OSError as err:
+            raise OSError(f"checkpoint_dir: cannot create the folder {checkpoint_dir} ({err.strerror})") from None
     _check_pair("train", train, apply_fn, params)
     if val is not None:
         _check_pair("val", val, apply_fn, params)
