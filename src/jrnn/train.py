@@ -210,14 +210,14 @@ def fit(
         raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume: needs a checkpoint_dir to resume from, got None")
+    _check_pair("train", train, apply_fn, params)
+    if val is not None:
+        _check_pair("val", val, apply_fn, params)
     if checkpoint_dir is not None:  # fail now, not after the first epoch
         try:
             os.makedirs(checkpoint_dir, exist_ok=True)
         except OSError as err:
             raise OSError(f"checkpoint_dir: cannot create the folder {checkpoint_dir} ({err.strerror})") from None
-    _check_pair("train", train, apply_fn, params)
-    if val is not None:
-        _check_pair("val", val, apply_fn, params)
     place = _placement(mesh, batch_size, len(train[0]), drop_last)
     tx = make_optimizer(optax.adam(1e-3) if optimizer is None else optimizer, clip_norm)
     state = TrainState(jnp.zeros((), jnp.int32), params, tx.init(params))
