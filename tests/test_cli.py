@@ -116,6 +116,8 @@ def _bad_inputs(tmp_path, weather_csv):
         (["compare", "--cells", "lstm,transformer"], "cell: expected one of"),
         (["frobnicate"], "argument COMMAND: invalid choice"),
         (["bench", "--sizes", "C3,Z9"], "argument --sizes: expected names from C1, C3, C4, C5, got 'C3,Z9'"),
+        (["bench", "--repeats", "0"], "argument --repeats: expected a positive integer, got 0"),
+        (["bench", "--jsonl", tmp_path / "no" / "such" / "r.jsonl"], "argument --jsonl: cannot write"),
         (["bench", "--cells", "lstm,rnn"],
          "argument --cells: expected names from lstm, gru, simple_rnn, got 'lstm,rnn'"),
     ]

@@ -12,7 +12,6 @@ Run ``python benchmarks/speed.py`` (or ``jrnn bench``); ``--quick`` for a smoke 
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -255,10 +254,12 @@ def markdown(rows: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="jrnn bench", description=__doc__.split("\n\n")[0])
+    from jrnn.cli import _Parser, _positive_int  # the jrnn command's one-line usage errors
+
+    parser = _Parser(prog="jrnn bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--cells", default=",".join(CELLS), help=f"comma-separated from {', '.join(CELLS)}")
     parser.add_argument("--sizes", default=",".join(SIZES), help=f"comma-separated from {', '.join(SIZES)}")
-    parser.add_argument("--repeats", type=int, default=10, help="timed runs per contender (median reported)")
+    parser.add_argument("--repeats", type=_positive_int, default=10, help="timed runs per contender (median reported)")
     parser.add_argument("--quick", action="store_true", help="tiny shapes, 3 repeats: a smoke run")
     parser.add_argument("--no-peers", action="store_true", help="time jrnn's paths only")
     parser.add_argument("--jsonl", help="append one JSON line per result to this file")
@@ -270,6 +271,11 @@ def main(argv=None) -> int:
         parser.exit(2, f"jrnn: error: argument --cells: expected names from {', '.join(CELLS)}, got {args.cells!r}\n")
     if bad_sizes and not args.quick:
         parser.exit(2, f"jrnn: error: argument --sizes: expected names from {', '.join(SIZES)}, got {args.sizes!r}\n")
+    if args.jsonl:
+        try:  # fail now, not after the timings
+            open(args.jsonl, "a").close()
+        except OSError as err:
+            parser.exit(2, f"jrnn: error: argument --jsonl: cannot write {args.jsonl} ({err.strerror})\n")
     sizes = QUICK_SIZES if args.quick else {s: SIZES[s] for s in args.sizes.split(",")}
     run(kinds, sizes, 3 if args.quick else args.repeats, not args.no_peers, args.jsonl)
     return 0
