@@ -110,6 +110,8 @@ def _bad_inputs(tmp_path, weather_csv):
         ([*base, "wind", "--csv", weather_csv, "--lr", "-1"], "argument --lr: expected a positive number, got -1"),
         (["compare", "--lr", "nan"], "argument --lr: expected a positive number, got nan"),
         (["diagnose", "--seed", "-1"], "argument --seed: expected a non-negative integer, got -1"),
+        (["diagnose", "--out", weather_csv], "--out: cannot create the folder"),
+        (["compare", "--json", tmp_path / "missing" / "t.json"], "--json: no such folder"),
         (["train", "--csv", weather_csv, "--target", "wind", "--out", weather_csv], "is a file; expected a folder"),
         (["predict", "--checkpoint", tmp_path / "nowhere", "--csv", weather_csv], "--checkpoint: no such folder"),
         (["predict", "--checkpoint", tmp_path / "foreign", "--csv", weather_csv], "damaged or not a jrnn checkpoint"),

@@ -159,10 +159,22 @@ def _frame(args):
     return frame, args.target, args.features, args.date_column, ""
 
 
+def _check_outputs(args) -> None:
+    """Make ``--out`` and check ``--json``'s folder before the work, not after it."""
+    try:
+        os.makedirs(args.out, exist_ok=True)
+    except OSError as err:
+        raise OSError(f"--out: cannot create the folder {args.out} ({err.strerror})") from None
+    folder = os.path.dirname(args.json) if args.json else ""
+    if folder and not os.path.isdir(folder):
+        raise OSError(f"--json: no such folder: {folder}")
+
+
 def run_compare(args) -> int:
     from jrnn import compare
 
     frame, targets, features, date_column, units = _frame(args)
+    _check_outputs(args)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     result = compare.compare(
         frame, targets=targets, features=features, date_column=date_column, cells=cells,
@@ -182,6 +194,7 @@ def run_diagnose(args) -> int:
 
     if args.gradient_steps < 2 or args.train_steps < 2:
         raise ValueError("--gradient-steps, --train-steps: expected at least 2")
+    _check_outputs(args)
     result = gradient_study.run_study(gradient_steps=args.gradient_steps, train_steps=args.train_steps,
                                       epochs=args.epochs, seed=args.seed)
     paths = gradient_study.write_outputs(result, args.out, args.json)
