@@ -117,6 +117,9 @@ def test_table_checks():
         data.prepare(nan, targets=["a"], seq_len=5, date_column="date")
     dropped = data.prepare(nan, targets=["a"], seq_len=5, date_column="date", nan_policy="drop")
     assert len(dropped.values) == 59 and len(dropped.dates) == 59
+    kept = nan.drop(index=7)  # the dates stay with their rows (column "a" is the row number)
+    np.testing.assert_array_equal(dropped.dates, kept.date.to_numpy(dtype="datetime64[D]"))
+    np.testing.assert_array_equal(dropped.values[:, 0], kept.a)
     filled = data.prepare(nan, targets=["a"], seq_len=5, date_column="date", nan_policy="interpolate")
     assert filled.values[7, 1] == pytest.approx((nan.b[6] + nan.b[8]) / 2)
     with pytest.raises(ValueError, match=r"data: expected at least 31 rows \(seq_len 30 \+ horizon 1\), got 20"):

@@ -303,8 +303,8 @@ def run_predict(args) -> int:
         steps_ahead = window["horizon"] + np.arange(model.out_steps)
     result.insert(0, "step", steps_ahead)
     if date_column is not None:
-        kept = frame if args.nan != "drop" else frame[np.isfinite(frame[window["features"]].to_numpy(float)).all(1)]
-        dates = _forecast_dates(kept[date_column].iloc[-window["seq_len"]:], steps_ahead)
+        kept = frame[date_column][jdata.kept_rows(frame, window["features"], args.nan)]
+        dates = _forecast_dates(kept.iloc[-window["seq_len"]:], steps_ahead)
         if dates is not None:
             result.insert(1, date_column, dates)
     if args.out:

@@ -213,6 +213,14 @@ def batches(
         yield X[idx], Y[idx]
 
 
+def kept_rows(frame: pd.DataFrame, columns: Sequence[str], nan_policy: str) -> np.ndarray:
+    """``(N,)`` booleans: the rows :func:`numeric_frame` keeps (all but, under ``"drop"``,
+    those with NaN or Inf in ``columns``); for lining other columns, e.g. dates, up with it."""
+    if nan_policy != "drop":
+        return np.ones(len(frame), bool)
+    return np.isfinite(frame[list(columns)].to_numpy(np.float64)).all(axis=1)
+
+
 def numeric_frame(
     frame: pd.DataFrame,
     columns: Sequence[str],
@@ -367,9 +375,8 @@ def prepare(
     if date_column is not None:
         dates = parse_dates(frame, date_column, "the data")
     checked = numeric_frame(frame, columns, nan_policy=nan_policy, min_rows=needed, min_rows_reason=needed_what)
-    if dates is not None and nan_policy == "drop":
-        finite = np.isfinite(frame[columns].to_numpy(np.float64)).all(axis=1)
-        dates = dates[finite]
+    if dates is not None:
+        dates = dates[kept_rows(frame, columns, nan_policy)]
     values = checked.to_numpy()
     splits = chronological_split(len(values), fractions)
     for name, (start, stop) in zip(("train", "val", "test"), splits):

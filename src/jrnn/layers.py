@@ -93,6 +93,13 @@ class Bidirectional:
             )
         return f
 
+    def check_params(self, params) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``params`` fit both directions."""
+        if not isinstance(params, BidirectionalParams):
+            raise TypeError(f"params: expected BidirectionalParams, got {type(params).__name__}")
+        self.forward.check_params(params.forward)
+        self.backward.check_params(params.backward)
+
     def __call__(self, params, xs, carry=None, *, dropout_key=None, **options):
         """Run both directions; ``options`` go to :func:`jrnn.scan` (not ``reverse``).
 
@@ -101,8 +108,7 @@ class Bidirectional:
         if "reverse" in options:
             raise TypeError("reverse: not an option of a bidirectional layer")
         self.output_size()
-        if not isinstance(params, BidirectionalParams):
-            raise TypeError(f"params: expected BidirectionalParams, got {type(params).__name__}")
+        self.check_params(params)
         carry_f, carry_b = (None, None) if carry is None else carry
         key_f = key_b = None
         if dropout_key is not None:
@@ -170,6 +176,14 @@ class Stacked:
     def initial_carry(self, batch_shape=(), dtype=jnp.float32) -> tuple:
         return tuple(layer.initial_carry(batch_shape, dtype) for layer in self.layers)
 
+    def check_params(self, params) -> None:
+        """Raise ``TypeError``/``ValueError`` unless ``params`` is one fitting entry per layer."""
+        if not isinstance(params, (tuple, list)) or len(params) != len(self.layers):
+            got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
+            raise ValueError(f"params: expected a tuple of {len(self.layers)} layer params, got {got}")
+        for layer, layer_params in zip(self.layers, params):
+            layer.check_params(layer_params)
+
     def output_size(self, input_size: int | None = None) -> int:
         for layer in self.layers:
             input_size = layer.output_size(input_size)
@@ -178,9 +192,7 @@ class Stacked:
     def __call__(self, params, xs, carry=None, *, dropout_key=None, **options):
         """Run every layer; ``options`` (``seq_lengths``, ``time_major``, ``unroll``)
         go to each one. Returns ``(tuple of per-layer carries, ys of the last layer)``."""
-        if not isinstance(params, (tuple, list)) or len(params) != len(self.layers):
-            got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
-            raise ValueError(f"params: expected a tuple of {len(self.layers)} layer params, got {got}")
+        self.check_params(params)
         if carry is not None and (not isinstance(carry, (tuple, list)) or len(carry) != len(self.layers)):
             raise ValueError(f"carry: expected a tuple of {len(self.layers)} layer carries")
         carries = (None,) * len(self.layers) if carry is None else carry

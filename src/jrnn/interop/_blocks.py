@@ -102,29 +102,17 @@ def split_layers(network, params, library: str):
       ValueError: a cell ``library`` has no equivalent of (minGRU, minLSTM); params of the
         wrong shapes or number of layers.
     """
-    if isinstance(network, jrnn.Stacked):
-        if not isinstance(params, (tuple, list)) or len(params) != len(network.layers):
-            got = len(params) if isinstance(params, (tuple, list)) else type(params).__name__
-            raise ValueError(f"params: expected a tuple of {len(network.layers)} layer params, got {got}")
-        pairs = list(zip(network.layers, params))
-    else:
-        pairs = [(network, params)]
-    for layer, layer_params in pairs:
-        if isinstance(layer, jrnn.Bidirectional):
-            if not isinstance(layer_params, jrnn.BidirectionalParams):
-                raise TypeError(f"params: expected BidirectionalParams, got {type(layer_params).__name__}")
-            directions = [(layer.forward, layer_params.forward), (layer.backward, layer_params.backward)]
-        elif isinstance(layer, Cell):
-            directions = [(layer, layer_params)]
-        else:
+    layers = network.layers if isinstance(network, jrnn.Stacked) else (network,)
+    for layer in layers:
+        if not isinstance(layer, (Cell, jrnn.Bidirectional)):
             raise TypeError(
                 f"network: expected jrnn cells, bidirectional or stacked layers, got {type(layer).__name__}"
             )
-        for cell, cell_params in directions:
+        for cell in (layer.forward, layer.backward) if isinstance(layer, jrnn.Bidirectional) else (layer,):
             if not isinstance(cell, TEXTBOOK_CELLS):
                 refuse(f"network: {library} has no {type(cell).__name__}; only SimpleRNN, LSTM and GRU cells convert")
-            cell.check_params(cell_params)
-    return pairs
+    network.check_params(params)
+    return list(zip(layers, params)) if isinstance(network, jrnn.Stacked) else [(network, params)]
 
 
 def refuse(message: str):
