@@ -1,5 +1,6 @@
 """The jrnn command, run for real in subprocesses."""
 
+import importlib.util
 import io
 import json
 import os
@@ -160,9 +161,12 @@ def test_bench_quick_smoke(tmp_path):
     out = jrnn_cmd("bench", "--quick", "--cells", "lstm", "--jsonl", tmp_path / "r.jsonl",
                    env={"JAX_NUMPY_RANK_PROMOTION": "raise"})
     assert out.returncode == 0, out.stderr
-    assert "jrnn (auto)" in out.stdout and "torch.nn.LSTM" in out.stdout
-    assert "flax nn.RNN(LSTMCell)" in out.stdout and "keras.layers.LSTM (jax)" in out.stdout
+    # the peers installed here are timed (``pip install -e ".[test]"`` brings them all)
+    peers = {"torch": "torch.nn.LSTM", "flax": "flax nn.RNN(LSTMCell)", "keras": "keras.layers.LSTM (jax)"}
+    installed = {name for module, name in peers.items() if importlib.util.find_spec(module)}
+    expected = {"jrnn (auto)", "jrnn (plain)"} | installed
+    assert all(name in out.stdout for name in expected)
     rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
-    assert {r["contender"] for r in rows} >= {"jrnn (auto)", "jrnn (plain)", "torch.nn.LSTM"}
+    assert {r["contender"] for r in rows} >= expected
     assert all(r["forward_backward_ms"] > 0 for r in rows)
     assert all(r["xla_temp_mib"] is not None for r in rows if r["contender"].startswith("jrnn"))

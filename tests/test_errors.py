@@ -50,6 +50,8 @@ def lstm_setup(key):
          "params: expected LSTMParams for a lstm cell, got SimpleRNNParams"),
         (lambda c, p: jrnn.scan(c, p._replace(w_h=jnp.zeros((4, 16), jnp.int32)), jnp.ones((2, 5, 3))),
          TypeError, "params.w_h: expected a floating dtype, got int32"),
+        (lambda c, p: jrnn.scan(c, p._replace(b=p.b.astype(jnp.bfloat16)), jnp.ones((2, 5, 3))), TypeError,
+         r"params.b: expected the dtype of params.w_x \(float32\), got bfloat16; cast all params to one dtype"),
         (lambda c, p: jrnn.scan(jrnn.bidirectional(c), p, jnp.ones((2, 5, 3))), TypeError,
          (r"cell: expected a jrnn cell \(jrnn.simple_rnn, .*\), got Bidirectional; a layer \(jrnn.bidirectional, "
          r"jrnn.stacked\) runs as layer\(params, xs\)")),

@@ -277,3 +277,147 @@ def test_haiku_cores(kind):
 def test_haiku_refusal():
     with pytest.raises(ValueError, match="no haiku module named 'lstm'"):
         interop.from_haiku({"gru": {}}, "lstm")
+
+
+# ----------------------------------------------------------------------------- jrnn -> Flax, Equinox, Haiku
+def _random_params(cell, seed, input_size=I):
+    """Init params nudged off their presets, so every bias (LSTM forget bias, ``b_hn``) is nonzero."""
+    params = cell.init(jax.random.key(seed), input_size)
+    return jax.tree.map(lambda a: a + 0.3 * jax.random.normal(jax.random.key(seed + 1), a.shape, a.dtype), params)
+
+
+FLAX_TARGETS = [("lstm", "LSTMCell"), ("lstm", "OptimizedLSTMCell"), ("gru", "GRUCell"),
+                ("simple_rnn", "SimpleCell"), ("relu_rnn", "SimpleCell")]
+_CELLS = {"lstm": lambda: jrnn.lstm(H), "gru": lambda: jrnn.gru(H, reset_after=True),
+          "simple_rnn": lambda: jrnn.simple_rnn(H), "relu_rnn": lambda: jrnn.simple_rnn(H, activation="relu")}
+
+
+@pytest.mark.parametrize("kind,name", FLAX_TARGETS)
+def test_to_flax_linen(kind, name):
+    """nn.RNN over the converted linen cell computes jrnn's outputs and final carry; exact round trip."""
+    nn = pytest.importorskip("flax.linen")
+    cell = _CELLS[kind]()
+    params = _random_params(cell, 11)
+    xs = _xs(12)
+    carry, ys = jrnn.scan(cell, params, xs)
+    module, variables = interop.to_flax(cell, params, getattr(nn, name))
+    assert type(module) is getattr(nn, name)
+    carry_f, want = nn.RNN(module, return_carry=True).apply({"params": {"cell": variables["params"]}}, xs)
+    np.testing.assert_allclose(want, ys, **TOL)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), interop.carry_to_flax(carry), carry_f)
+    _assert_identical(interop.from_flax(module, variables)[1], params)
+    h0 = cell.initial_carry((B,))
+    step_carry, _ = module.apply(variables, interop.carry_to_flax(h0), xs[:, 0])  # one step, as Flax cells run
+    np.testing.assert_allclose(interop.carry_from_flax(step_carry).h if kind == "lstm" else step_carry,
+                               ys[:, 0], **TOL)
+
+
+@pytest.mark.parametrize("kind,name", FLAX_TARGETS)
+def test_to_flax_nnx(kind, name):
+    nnx = pytest.importorskip("flax.nnx")
+    cell = _CELLS[kind]()
+    params = _random_params(cell, 13)
+    if kind == "gru":  # nnx.GRUCell has no b_hn: nonzero is refused, zero converts
+        with pytest.raises(ValueError, match="params.b_hn: flax.nnx.GRUCell has no bias inside the reset product"):
+            interop.to_flax(cell, params, nnx.GRUCell)
+        params = params._replace(b_hn=jnp.zeros_like(params.b_hn))
+    xs = _xs(14)
+    module = interop.to_flax(cell, params, getattr(nnx, name))
+    assert type(module) is getattr(nnx, name)
+    np.testing.assert_allclose(nnx.RNN(module)(xs), jrnn.scan(cell, params, xs)[1], **TOL)
+    _assert_identical(interop.from_flax(module)[1], params)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru"])
+def test_to_equinox(kind):
+    eqx = pytest.importorskip("equinox")
+    cell = _CELLS[kind]()
+    params = _random_params(cell, 15)
+    module = interop.to_equinox(cell, params)
+    assert isinstance(module, eqx.nn.LSTMCell if kind == "lstm" else eqx.nn.GRUCell)
+    xs = _xs(16)
+    carry, ys = jrnn.scan(cell, params, xs)
+
+    def run(seq):  # Equinox cells run one example and one step at a time
+        def body(state, x):
+            state = module(x, state)
+            return state, state[0] if kind == "lstm" else state
+        init = (jnp.zeros(H), jnp.zeros(H)) if kind == "lstm" else jnp.zeros(H)
+        return jax.lax.scan(body, init, seq)
+
+    final, want = jax.vmap(run)(xs)
+    np.testing.assert_allclose(want, ys, **TOL)
+    np.testing.assert_allclose(final[1] if kind == "lstm" else final, carry.c if kind == "lstm" else carry, **TOL)
+    _assert_identical(interop.from_equinox(module)[1], params)
+
+
+@pytest.mark.parametrize("kind", ["lstm", "gru", "vanilla_rnn"])
+@pytest.mark.parametrize("name", [None, "forecaster/core"])
+def test_to_haiku(kind, name):
+    """The dict goes into hk.transform(...).apply like init's; round trip exact but for the
+    LSTM forget bias, which passes through Haiku's built-in +1 (one rounding)."""
+    hk = pytest.importorskip("haiku")
+    cell = {"lstm": jrnn.lstm(H), "gru": jrnn.gru(H), "vanilla_rnn": jrnn.simple_rnn(H, activation="relu")}[kind]
+    params = _random_params(cell, 17)
+    core_cls = {"lstm": hk.LSTM, "gru": hk.GRU, "vanilla_rnn": hk.VanillaRNN}[kind]
+
+    def forward(xs):
+        if name is None:
+            core = core_cls(H)
+        else:
+            with hk.experimental.name_scope("forecaster"):
+                core = core_cls(H, name="core")
+        return hk.dynamic_unroll(core, xs, core.initial_state(B), time_major=False)
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    xs = _xs(18)
+    converted = interop.to_haiku(cell, params, name=name)
+    assert jax.tree.structure(converted) == jax.tree.structure(model.init(jax.random.key(0), xs))
+    want, final = model.apply(converted, xs)
+    carry, ys = jrnn.scan(cell, params, xs)
+    np.testing.assert_allclose(want, ys, **TOL)
+    np.testing.assert_allclose(final.cell if kind == "lstm" else final, carry.c if kind == "lstm" else carry, **TOL)
+    _, back = interop.from_haiku(converted, kind, name=name)
+    if kind == "lstm":
+        np.testing.assert_allclose(back.b, params.b, rtol=0, atol=float(np.spacing(np.float32(1))))
+        back = back._replace(b=params.b)
+    _assert_identical(back, params)
+
+
+@pytest.mark.parametrize("convert", [interop.to_flax, interop.to_equinox, interop.to_haiku],
+                         ids=["flax", "equinox", "haiku"])
+def test_to_single_cell_peer_refusals(convert):
+    """Checked before the peer library is imported."""
+    key = jax.random.key(0)
+    lstm_params = jrnn.lstm(H).init(key, I)
+    net = jrnn.stacked([jrnn.lstm(H), jrnn.lstm(H)])
+    with pytest.raises(TypeError, match="cell: .* converts one cell at a time, got Stacked; convert its cells"):
+        convert(net, net.init(key, I))
+    with pytest.raises(TypeError, match="params: expected LSTMParams for a lstm cell, got GRUParams"):
+        convert(jrnn.lstm(H), jrnn.gru(H).init(key, I))
+    with pytest.raises(ValueError, match=r"params.w_x: expected shape \(4, 12\), got \(4, 20\)"):
+        convert(jrnn.lstm(3), lstm_params)
+    with pytest.raises(ValueError, match="cell: .* has no MinGRUCell; cells that convert: LSTMCell, GRUCell"):
+        convert(jrnn.min_gru(H), jrnn.min_gru(H).init(key, I))
+    gru, other_gru = (jrnn.gru(H), jrnn.gru(H, reset_after=True))
+    if convert is interop.to_haiku:
+        gru, other_gru = other_gru, gru
+    with pytest.raises(ValueError, match="reset-after GRU"):
+        convert(gru, gru.init(key, I))
+    convert(other_gru, other_gru.init(key, I))
+
+
+def test_to_peer_cell_type_refusals():
+    nn = pytest.importorskip("flax.linen")
+    pytest.importorskip("equinox")
+    key = jax.random.key(0)
+    lstm = jrnn.lstm(H)
+    with pytest.raises(TypeError, match="module_class: expected one of linen.GRUCell, nnx.GRUCell for a gru cell, "
+                                        "got 'LSTMCell'"):
+        interop.to_flax(jrnn.gru(H, reset_after=True), jrnn.gru(H, reset_after=True).init(key, I), nn.LSTMCell)
+    with pytest.raises(ValueError, match="cell: Equinox has no SimpleRNNCell"):
+        interop.to_equinox(jrnn.simple_rnn(H), jrnn.simple_rnn(H).init(key, I))
+    with pytest.raises(ValueError, match="hk.VanillaRNN uses relu; got a SimpleRNN with activation='tanh'"):
+        interop.to_haiku(jrnn.simple_rnn(H), jrnn.simple_rnn(H).init(key, I))
+    with pytest.raises(TypeError, match="cell: expected a jrnn cell, got str"):
+        interop.to_equinox("lstm", lstm.init(key, I))

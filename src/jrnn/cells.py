@@ -174,6 +174,11 @@ class Cell:
             check_array(f"params.{name}", value)
             check_floating(f"params.{name}", value)
             check_shape(f"params.{name}", value, shape)
+            if value.dtype != params.w_x.dtype:  # mixed dtypes would change the carry's dtype mid-loop
+                raise TypeError(
+                    f"params.{name}: expected the dtype of params.w_x ({params.w_x.dtype}), got {value.dtype}; "
+                    "cast all params to one dtype (e.g. jax.tree.map(lambda a: a.astype(dtype), params))"
+                )
 
     # -- carry ----------------------------------------------------------------
     def initial_carry(self, batch_shape: tuple[int, ...] | int = (), dtype=jnp.float32):

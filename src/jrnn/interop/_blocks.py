@@ -115,5 +115,29 @@ def split_layers(network, params, library: str):
     return list(zip(layers, params)) if isinstance(network, jrnn.Stacked) else [(network, params)]
 
 
+def single_cell(cell, params, library: str, supported: tuple[type, ...]):
+    """Check ``cell`` and ``params`` for a converter whose peer has single cells only.
+
+    Returns the params as NumPy arrays by field name (``None`` fields left out).
+
+    Raises:
+      TypeError: a stacked or bidirectional layer, or not a jrnn cell; params of another cell type.
+      ValueError: a cell type not in ``supported``; params of the wrong shapes.
+    """
+    if isinstance(cell, (jrnn.Stacked, jrnn.Bidirectional)):
+        raise TypeError(
+            f"cell: {library} converts one cell at a time, got {type(cell).__name__}; convert its cells one by "
+            "one (stacked: network.layers[k] with params[k]; bidirectional: layer.forward with params.forward, "
+            "layer.backward with params.backward)"
+        )
+    if not isinstance(cell, Cell):
+        raise TypeError(f"cell: expected a jrnn cell, got {type(cell).__name__}")
+    if not isinstance(cell, supported):
+        names = ", ".join(c.__name__ for c in supported)
+        refuse(f"cell: {library} has no {type(cell).__name__}; cells that convert: {names}")
+    cell.check_params(params)
+    return {name: np.asarray(value) for name, value in params._asdict().items() if value is not None}
+
+
 def refuse(message: str):
     raise ValueError(message)
