@@ -21,6 +21,27 @@ def test_one_step_forecast_equals_scan(cell, num_layers, key):
     np.testing.assert_allclose(got[0], want, rtol=1e-5, atol=1e-6)
 
 
+def test_forecast_equals_a_loop_of_steps_and_compiles_once(key):
+    """The compiled forecast equals streaming ``model.step`` in Python (history, then
+    forecasts fed back); rolling forecasts of one length reuse one compiled program."""
+    from jrnn import forecast as forecast_module
+
+    model = Forecaster(jrnn.gru(5), input_size=2, output_size=2, num_layers=2)
+    params = model.init(key)
+    series = np.asarray(jax.random.normal(key, (20, 2)))
+    state, want = model.initial_state(), []
+    for x_t in series[:12]:
+        state, y = model.step(params, state, jnp.asarray(x_t, jnp.float32))
+    for _ in range(3):
+        want.append(np.asarray(y))
+        state, y = model.step(params, state, y)
+    np.testing.assert_allclose(forecast(model, params, series[:12], steps=3), want, rtol=1e-5, atol=1e-6)
+    compiled = forecast_module._forecast._cache_size()
+    for start in range(1, 6):
+        forecast(model, params, series[start : start + 12], steps=3)
+    assert forecast_module._forecast._cache_size() == compiled
+
+
 def test_multi_step_forecast_is_autoregressive_scan(key):
     model = Forecaster(jrnn.lstm(6), input_size=2, output_size=2, num_layers=2)
     params = model.init(key)

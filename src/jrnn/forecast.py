@@ -8,6 +8,7 @@ inference) and equals the scanned computation where the two overlap.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any, NamedTuple
 
 import jax
@@ -120,11 +121,11 @@ def forecast(
     feature_index=None,
     target_index=None,
 ) -> np.ndarray:
-    """Forecast ``steps`` values after ``history``, carrying the state with ``cell.step``.
-
-    The state is built by streaming ``history (L, F)`` from zeros; each forecast
-    is then fed back as the next input (autoregressive), which needs the
-    targets to be the features. With a ``scaler``, ``history`` and the result
+    """Forecast ``steps`` values after ``history``: the network runs over
+    ``history (L, F)`` from a zero state, then each forecast is fed back as the
+    next input (``model.step``; autoregressive), which needs the targets to be
+    the features. One compiled call, reused by later calls with the same model
+    configuration, history length and ``steps`` (rolling forecasts). With a ``scaler``, ``history`` and the result
     are in original units (``feature_index``/``target_index`` pick the scaler's
     columns; ``None``: all of them, when the scaler has as many columns as the
     model has inputs or outputs); without one both are in model units.
@@ -157,17 +158,27 @@ def forecast(
         )
     if scaler is not None:
         history = scaler.transform(history, feature_index)
-    dtype = params.w_out.dtype
-    step = jax.jit(model.step)
-    state = model.initial_state((), dtype)
-    for x_t in history:
-        state, y = step(params, state, jnp.asarray(x_t, dtype))
-    outputs = [np.asarray(y)]
-    for _ in range(steps - 1):
-        state, y = step(params, state, y)
-        outputs.append(np.asarray(y))
-    out = (np.stack(outputs) if model.out_steps is None else outputs[0]).astype(np.float64)
+    out = _forecast(model, params, jnp.asarray(history, params.w_out.dtype), steps)
+    out = np.asarray(out if model.out_steps is None else out[0], np.float64)
     return out if scaler is None else scaler.inverse_transform(out, target_index)
+
+
+@functools.partial(jax.jit, static_argnames="steps")
+def _forecast(model: Forecaster, params: ForecasterParams, history, steps: int):
+    """``(steps, O)`` (``(1, K, O)`` with ``out_steps``) after ``history (L, I)``, in one
+    compiled call: the network scanned over ``history``, then ``steps - 1`` steps fed
+    back. Compiled once per model configuration, history length and ``steps``."""
+    state, ys = model.network(params.rnn, history)
+    y = model._head(params, ys[-1])
+    if steps == 1:  # (outputs may not fit as inputs: nothing to feed back)
+        return y[None]
+
+    def feed_back(carry, _):
+        state, y = model.step(params, *carry)
+        return (state, y), y
+
+    _, later = jax.lax.scan(feed_back, (state, y), length=steps - 1)
+    return jnp.concatenate([y[None], later])
 
 
 def _scaler_columns(name: str, index, scaler: Scaler, size: int) -> list[int]:
