@@ -162,3 +162,56 @@ def test_modules_refuse_what_is_not_a_jrnn_layer(key):
         jrnn.nnx.RNN(nnx.LSTMCell(3, 4, rngs=nnx.Rngs(0)), 3, rngs=nnx.Rngs(0))
     with pytest.raises(TypeError, match="layer: expected a jrnn cell or layer, got str$"):
         jrnn.nnx.RNN("lstm", 3, rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("layer", LAYERS, ids=["lstm", "gru", "stacked"])
+def test_params_to_and_from_jrnn(layer, key):
+    """A module's params come out as jrnn params (same outputs through jrnn's layer, and
+    through interop to PyTorch), and jrnn params go in (same outputs as the layer)."""
+    xs = jax.random.normal(key, (3, 6, 2), jnp.float32)
+    other = layer.init(jax.random.key(7), 2)
+
+    class Model(nn.Module):  # the RNN inside a model, as users compose it
+        @nn.compact
+        def __call__(self, x):
+            return jrnn.linen.RNN(layer)(nn.Dense(2)(x))
+
+    model = Model()
+    variables = model.init(key, xs)
+    rnn = jrnn.linen.RNN(layer)
+    params = rnn.jrnn_params(variables["params"]["RNN_0"])
+    dense = variables["params"]["Dense_0"]
+    hidden = xs @ dense["kernel"] + dense["bias"][None, None]
+    np.testing.assert_allclose(model.apply(variables, xs), layer(params, hidden)[1], rtol=1e-6, atol=1e-6)
+    variables["params"]["RNN_0"] = rnn.flax_params(other)
+    np.testing.assert_allclose(model.apply(variables, xs), layer(other, hidden)[1], rtol=1e-6, atol=1e-6)
+    with pytest.raises(ValueError, match=r"params: expected this module's params, a dict with one entry 'layer' "
+                                         r"\(variables\['params'\]\[<the module's name>\]\), got \['params'\]"):
+        rnn.jrnn_params(variables)
+    named = dict(variables["params"]["RNN_0"]["layer"])
+    named.pop(next(iter(named)))
+    with pytest.raises(ValueError, match=r"params\['layer'\]: expected the entries .*; missing"):
+        rnn.jrnn_params({"layer": named})
+
+    module = jrnn.nnx.RNN(layer, 2, rngs=nnx.Rngs(0))
+    np.testing.assert_allclose(module(xs), layer(module.jrnn_params(), xs)[1], rtol=1e-6, atol=1e-6)
+    module.set_jrnn_params(other)
+    np.testing.assert_allclose(module(xs), layer(other, xs)[1], rtol=1e-6, atol=1e-6)
+    jax.tree.map(np.testing.assert_array_equal, module.jrnn_params(), other)
+    wrong = layer.init(key, 3)
+    with pytest.raises(ValueError, match=r"params.*w_x: expected shape \(2, .*\) and dtype float32 like this "
+                                         r"module's, got \(3, .*\) float32"):
+        module.set_jrnn_params(wrong)
+
+
+def test_flax_trained_rnn_exports_to_torch(key):
+    torch = pytest.importorskip("torch")
+    from jrnn import interop
+
+    layer = jrnn.stacked([jrnn.lstm(4), jrnn.lstm(4)])
+    module = jrnn.nnx.RNN(layer, 3, rngs=nnx.Rngs(1))
+    xs = np.asarray(jax.random.normal(key, (2, 5, 3)), np.float32)
+    torch_lstm = interop.to_torch(layer, module.jrnn_params())
+    with torch.no_grad():
+        want = torch_lstm(torch.from_numpy(xs))[0].numpy()
+    np.testing.assert_allclose(module(xs), want, rtol=1e-5, atol=1e-5)

@@ -41,6 +41,29 @@ def from_named(template, named):
     return jax.tree.unflatten(treedef, leaves)
 
 
+def _paths(tree) -> set[str]:
+    return {"/".join(_name(p) for p in path) for path, _ in jax.tree.flatten_with_path(tree)[0]}
+
+
+def jrnn_params(layer, named, name: str):
+    """Named arrays (a Flax module's) -> ``layer``'s params, checked against it.
+
+    Raises:
+      ValueError: entries missing or extra (naming ``name`` and the entries), or arrays of
+        the wrong shapes. TypeError: arrays of the wrong dtypes.
+    """
+    template = jax.eval_shape(lambda: layer.init(jax.random.key(0), 1))  # only the structure is used
+    expected, given = _paths(template), _paths(named)
+    if expected != given:
+        problems = [f"{label} {', '.join(sorted(paths))}" for label, paths in
+                    (("missing", expected - given), ("unexpected", given - expected)) if paths]
+        raise ValueError(f"{name}: expected the entries {', '.join(sorted(expected))} "
+                         f"for this {type(layer).__name__}; {'; '.join(problems)}")
+    params = from_named(template, named)
+    layer.check_params(params)
+    return params
+
+
 def run_layer(layer, params, xs, *, seq_lengths, initial_carry, reverse, time_major, unroll, rates, dropout_key,
               implementation):
     """Call a jrnn cell or layer with the options the Flax adapters expose."""

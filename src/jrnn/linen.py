@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jrnn._named import from_named, run_layer, to_named
+from jrnn._named import from_named, jrnn_params, run_layer, to_named
 from jrnn.layers import check_layer
 
 
@@ -32,6 +32,8 @@ class RNN(nn.Module):
 
     Params are one entry, ``"layer"``: a dict ``{"w_x", "w_h", "b", ...}`` (nested
     by layer index or direction for stacked and bidirectional layers).
+    :meth:`jrnn_params` and :meth:`flax_params` convert them to and from jrnn's
+    params (for :func:`jrnn.scan`, :mod:`jrnn.interop`, or weights trained elsewhere).
 
     Example:
       >>> import jax, jax.numpy as jnp, flax.linen as nn, jrnn
@@ -68,3 +70,20 @@ class RNN(nn.Module):
                               reverse=reverse, time_major=self.time_major, unroll=self.unroll,
                               rates=rates, dropout_key=dropout_key, implementation=self.implementation)
         return (carry, ys) if return_carry else ys
+
+    def jrnn_params(self, params):
+        """This module's params (``variables["params"]["RNN_0"]``, say) -> the layer's jrnn params.
+
+        Raises:
+          ValueError: not ``{"layer": ...}`` with the layer's entries and shapes.
+        """
+        if not isinstance(params, dict) or set(params) != {"layer"}:
+            found = sorted(params) if isinstance(params, dict) else type(params).__name__
+            raise ValueError(f"params: expected this module's params, a dict with one entry 'layer' "
+                             f"(variables['params'][<the module's name>]), got {found}")
+        return jrnn_params(self.layer, params["layer"], "params['layer']")
+
+    def flax_params(self, params):
+        """The layer's jrnn params -> this module's params ``{"layer": ...}`` (to put in ``variables``)."""
+        self.layer.check_params(params)
+        return {"layer": to_named(params)}

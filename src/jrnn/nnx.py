@@ -52,8 +52,7 @@ class RNN(nnx.Module):
     def __call__(self, xs, *, seq_lengths=None, initial_carry=None, reverse: bool = False,
                  return_carry: bool = False, deterministic: bool | None = None):
         """Returns ``ys``, or ``(carry, ys)`` with ``return_carry``."""
-        named = jax.tree.map(lambda p: p[...], self.params, is_leaf=lambda x: isinstance(x, nnx.Param))
-        params = from_named(self.template, named)
+        params = self.jrnn_params()
         deterministic = self.deterministic if deterministic is None else deterministic
         dropout_key = None if (self.rngs is None or deterministic) else self.rngs()
         carry, ys = run_layer(self.layer, params, xs, seq_lengths=seq_lengths, initial_carry=initial_carry,
@@ -61,3 +60,26 @@ class RNN(nnx.Module):
                               rates={"dropout": self.dropout, "recurrent_dropout": self.recurrent_dropout},
                               dropout_key=dropout_key, implementation=self.implementation)
         return (carry, ys) if return_carry else ys
+
+    def jrnn_params(self):
+        """The layer's params as jrnn's NamedTuples (for :func:`jrnn.scan`, :mod:`jrnn.interop`)."""
+        named = jax.tree.map(lambda p: p[...], self.params, is_leaf=lambda x: isinstance(x, nnx.Param))
+        return from_named(self.template, named)
+
+    def set_jrnn_params(self, params) -> None:
+        """Load jrnn params (trained elsewhere, or converted by :mod:`jrnn.interop`) into this module.
+
+        Raises:
+          TypeError/ValueError: params that do not fit the layer, or of another shape or
+            dtype than the module's (the input size and ``param_dtype`` are fixed at construction).
+        """
+        self.layer.check_params(params)
+        for (path, new), old in zip(jax.tree.flatten_with_path(params)[0], jax.tree.leaves(self.template)):
+            if (new.shape, new.dtype) != (old.shape, old.dtype):
+                raise ValueError(f"params{jax.tree_util.keystr(path)}: expected shape {old.shape} and dtype "
+                                 f"{old.dtype} like this module's, got {new.shape} {new.dtype}")
+
+        def assign(param, value):
+            param[...] = jnp.asarray(value)
+
+        jax.tree.map(assign, self.params, to_named(params), is_leaf=lambda x: isinstance(x, nnx.Param))
