@@ -98,8 +98,45 @@ def test_seq_lengths_out_of_range_outside_jit(lstm_setup):
          r"batch_shape: expected non-negative ints, got \(2, -1\)"),
         (lambda: jrnn.count_params({"w": jnp.ones(3), "name": "lstm"}), TypeError,
          "params: expected a pytree of arrays, got a leaf of type str"),
+        (lambda: jrnn.lstm(3).init(0, 2), TypeError,
+         r"key: expected a JAX PRNG key \(jax.random.key\(seed\)\), got int 0"),
+        (lambda: jrnn.min_lstm(3).init(None, 2), TypeError, "key: expected a JAX PRNG key .*, got NoneType None"),
+        (lambda: jrnn.stacked([jrnn.lstm(3), jrnn.gru(2)]).init(1, 2), TypeError, "key: expected a JAX PRNG key"),
+        (lambda: jrnn.bidirectional(jrnn.lstm(3)).init(jnp.ones(2), 2), TypeError,
+         "key: expected a JAX PRNG key .*, got an array of dtype float"),
+        (lambda: jrnn.data.windows(np.ones(10), 3), ValueError,
+         r"array: expected shape \(N, F\), got \(10,\); for one series pass array\[:, None\]"),
     ],
 )
 def test_construction_errors(factory, error, message):
     with pytest.raises(error, match=message):
         factory()
+
+
+def test_legacy_keys_and_numpy_float64_inputs_pass_quietly():
+    """``jax.random.PRNGKey`` keys are keys too; NumPy float64 inputs (what np.random gives)
+    run in float32 without JAX's "explicitly requested dtype float64" warning when x64 is
+    off (this suite turns x64 on, so the check runs in a fresh interpreter)."""
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "import warnings, jax, numpy as np, jrnn\n"
+        "warnings.simplefilter('error')\n"
+        "cell = jrnn.lstm(4); params = cell.init(jax.random.PRNGKey(0), 2)\n"
+        "net = jrnn.stacked([jrnn.bidirectional(jrnn.gru(3)), cell])\n"
+        "xs = np.random.default_rng(0).normal(size=(2, 5, 2))\n"
+        "_, ys = net(net.init(jax.random.PRNGKey(1), 2), xs, seq_lengths=np.array([5, 2]))\n"
+        "assert jrnn.scan(cell, params, xs, seq_lengths=[5, 3])[1].dtype == ys.dtype == np.float32\n"
+    )
+    env = {**os.environ, "JAX_ENABLE_X64": "0", "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_windows_of_a_dataframe_are_its_values():
+    import pandas as pd
+
+    frame = pd.DataFrame({"a": np.arange(6.0), "b": np.arange(6.0) * 10})
+    np.testing.assert_array_equal(jrnn.data.windows(frame, 3, stride=2), jrnn.data.windows(frame.to_numpy(), 3, 2))

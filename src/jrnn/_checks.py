@@ -25,9 +25,21 @@ def check_floating(name: str, value) -> None:
         raise TypeError(f"{name}: expected a floating dtype, got {value.dtype}")
 
 
-def check_init_args(input_size, dtype) -> None:
-    """A cell's ``init``: ``ValueError`` unless ``input_size`` is a positive int,
-    ``TypeError`` unless ``dtype`` is a floating dtype."""
+def check_key(key) -> None:
+    """``TypeError`` unless ``key`` is a JAX PRNG key: ``jax.random.key(seed)``, or the
+    raw ``uint32`` key data of ``jax.random.PRNGKey(seed)``."""
+    dtype = getattr(key, "dtype", None)
+    if dtype is not None and (jax.dtypes.issubdtype(dtype, jax.dtypes.prng_key)
+                              or (dtype == jnp.uint32 and getattr(key, "ndim", 0) >= 1)):
+        return
+    got = f"{type(key).__name__} {key!r}" if dtype is None else f"an array of dtype {dtype}"
+    raise TypeError(f"key: expected a JAX PRNG key (jax.random.key(seed)), got {got}")
+
+
+def check_init_args(key, input_size, dtype) -> None:
+    """A cell's ``init``: ``TypeError`` unless ``key`` is a PRNG key, ``ValueError`` unless
+    ``input_size`` is a positive int, ``TypeError`` unless ``dtype`` is a floating dtype."""
+    check_key(key)
     if isinstance(input_size, bool) or not isinstance(input_size, int) or input_size < 1:
         raise ValueError(f"input_size: expected a positive int, got {input_size!r}")
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -64,7 +76,10 @@ def is_concrete(value) -> bool:
 
 
 def as_array(name: str, value):
-    """Convert lists and scalars to arrays; leave arrays as they are."""
+    """Convert lists, scalars and NumPy arrays to JAX arrays (float64 becomes float32
+    unless x64 is enabled, silently, as ``jnp.asarray`` does); leave JAX arrays as they are."""
+    if isinstance(value, np.ndarray) and value.dtype.kind in "biufc":  # (others fail the dtype checks)
+        return jnp.asarray(value)
     if hasattr(value, "shape") and hasattr(value, "dtype"):
         return value
     try:

@@ -126,7 +126,7 @@ class Cell:
 
     def init(self, key: jax.Array, input_size: int, dtype=jnp.float32):
         """Draw parameters for inputs of size ``input_size`` (see :mod:`jrnn.initializers`)."""
-        check_init_args(input_size, dtype)
+        check_init_args(key, input_size, dtype)
         initializer = inits.resolve(self.init_preset, self.hidden_size)
         k_x, k_h, k_b, k_hn = jax.random.split(key, 4)
         shapes = self.param_shapes(input_size)

@@ -22,7 +22,8 @@ def windows(array, seq_len: int, stride: int = 1):
 
     ``(N, F) -> (N - seq_len + 1, seq_len, F)`` (every ``stride``-th window);
     window ``k`` is ``array[k * stride : k * stride + seq_len]``. Works on NumPy
-    and JAX arrays (the result has the input's array type).
+    and JAX arrays (the result has the input's array type) and pandas
+    DataFrames (a NumPy result).
 
     Raises:
       ValueError: ``array`` not 2-D, ``seq_len``/``stride`` not positive, or
@@ -36,8 +37,11 @@ def windows(array, seq_len: int, stride: int = 1):
       >>> w[1].tolist()
       [[9, 85], [7, 88], [8, 91]]
     """
+    if isinstance(array, (pd.DataFrame, pd.Series)):
+        array = array.to_numpy()
     if getattr(array, "ndim", None) != 2:
-        raise ValueError(f"array: expected shape (N, F), got {np.shape(array)}")
+        hint = "; for one series pass array[:, None]" if getattr(array, "ndim", None) == 1 else ""
+        raise ValueError(f"array: expected shape (N, F), got {np.shape(array)}{hint}")
     _check_positive("seq_len", seq_len)
     _check_positive("stride", stride)
     num_rows = array.shape[0]

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jrnn import checkpoint as ckpt
+from jrnn._checks import check_key
 from jrnn._ranks import add_bias
 from jrnn._serializable import serializable
 from jrnn.cells import Cell, from_config
@@ -71,6 +72,7 @@ class Forecaster:
         return stacked([self.cell] * self.num_layers, dropout=self.dropout)
 
     def init(self, key, dtype=jnp.float32) -> ForecasterParams:
+        check_key(key)
         k_rnn, k_out = jax.random.split(key)
         H, outputs = self.cell.hidden_size, self.output_size * (self.out_steps or 1)
         w_out = jax.nn.initializers.glorot_uniform()(k_out, (H, outputs), dtype)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from jrnn._checks import check_rate
+from jrnn._checks import check_key, check_rate
 from jrnn._serializable import serializable
 from jrnn.cells import Cell
 from jrnn.scan import dropout_mask
@@ -72,6 +72,7 @@ class Bidirectional:
         self.output_size()  # a merge other than concat needs equal hidden sizes
 
     def init(self, key, input_size: int, dtype=jnp.float32) -> BidirectionalParams:
+        check_key(key)
         k_f, k_b = jax.random.split(key)
         return BidirectionalParams(
             self.forward.init(k_f, input_size, dtype), self.backward.init(k_b, input_size, dtype)
@@ -166,6 +167,7 @@ class Stacked:
 
     def init(self, key, input_size: int, dtype=jnp.float32) -> tuple:
         """Params of every layer, a tuple; layer k's input size is layer k-1's output size."""
+        check_key(key)
         keys = jax.random.split(key, len(self.layers))
         params = []
         for layer, k in zip(self.layers, keys):

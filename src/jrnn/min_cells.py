@@ -45,7 +45,7 @@ class _MinCell(Cell):
         return {"w_x": (input_size, self.gate_size), "b": (self.gate_size,)}
 
     def init(self, key, input_size: int, dtype=jnp.float32):
-        check_init_args(input_size, dtype)
+        check_init_args(key, input_size, dtype)
         from jrnn import initializers as inits
 
         initializer = inits.resolve(self.init_preset, self.hidden_size)
