@@ -24,6 +24,21 @@ def test_windows_stride_and_jax():
     assert w.shape == (3, 4, 2)
     np.testing.assert_array_equal(w[:, 0, 0], [0, 6, 12])
     assert isinstance(data.windows(jnp.asarray(a), 4), type(jnp.zeros(1)))
+    np.testing.assert_array_equal(data.windows(jnp.asarray(a), 4, stride=3), w)
+
+
+@pytest.mark.parametrize("stride", [1, 3])
+def test_numpy_windows_are_read_only_views(stride):
+    """No copy of the L-times-larger window tensor: the windows share the series' memory,
+    cannot be written through, and equal the gathered copy; prepare's splits too."""
+    a = np.random.default_rng(0).normal(size=(50, 3)).astype(np.float32)
+    w = data.windows(a, 7, stride=stride)
+    gathered = a[np.arange(0, 44, stride)[:, None] + np.arange(7)[None, :]]
+    np.testing.assert_array_equal(w, gathered)
+    assert np.shares_memory(w, a) and not w.flags.writeable
+    frame = pd.DataFrame(np.random.default_rng(1).normal(size=(100, 3)), columns=["x", "y", "z"])
+    X, Y = data.prepare(frame, seq_len=7, targets=["z"]).train
+    assert X.dtype == Y.dtype == np.float32 and not X.flags.owndata and not Y.flags.owndata
 
 
 @pytest.mark.parametrize("call,error,message", [

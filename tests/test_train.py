@@ -50,6 +50,21 @@ def test_loss_falls_and_same_seed_same_result():
     assert not np.allclose(other.w_out, params.w_out)
 
 
+def test_validation_pass_compiles_once_per_fit():
+    """The per-epoch validation predictions reuse one compiled program (two batch shapes:
+    full and last partial) instead of compiling one per epoch, and equal the model's."""
+    model = _model()
+    params = model.init(jax.random.key(0))
+    X = _task()[0][0]
+    before = jrnn.train._apply._cache_size()
+    got = jrnn.train.predict(model.apply, params, X, batch_size=24)  # batches of 24, 24, 16
+    np.testing.assert_allclose(got, model.apply(params, X), rtol=1e-5, atol=1e-6)
+    assert jrnn.train._apply._cache_size() == before + 2
+    _, history = fit(model.apply, params, *_task(), epochs=5, batch_size=16, progress=False)
+    assert len(history.val_loss) == 5
+    assert jrnn.train._apply._cache_size() == before + 3  # + the validation set's one batch shape
+
+
 @pytest.mark.parametrize("option,message", [
     ({"epochs": 0}, "epochs: expected a positive int, got 0"),
     ({"patience": 0}, "patience: expected a positive int or None, got 0"),

@@ -21,9 +21,10 @@ def windows(array, seq_len: int, stride: int = 1):
     """Every ``seq_len``-long window of a series, Keras style.
 
     ``(N, F) -> (N - seq_len + 1, seq_len, F)`` (every ``stride``-th window);
-    window ``k`` is ``array[k * stride : k * stride + seq_len]``. Works on NumPy
-    and JAX arrays (the result has the input's array type) and pandas
-    DataFrames (a NumPy result).
+    window ``k`` is ``array[k * stride : k * stride + seq_len]``. For NumPy
+    arrays (and pandas DataFrames) the result is a read-only view that shares
+    the array's memory, so ``L`` times the series costs nothing until a batch
+    of it is indexed; for JAX arrays, a JAX array.
 
     Raises:
       ValueError: ``array`` not 2-D, ``seq_len``/``stride`` not positive, or
@@ -47,6 +48,9 @@ def windows(array, seq_len: int, stride: int = 1):
     num_rows = array.shape[0]
     if num_rows < seq_len:
         raise ValueError(f"array: expected at least seq_len={seq_len} rows, got {num_rows}")
+    if isinstance(array, np.ndarray):
+        view = np.lib.stride_tricks.sliding_window_view(array, seq_len, axis=0)  # (n, F, L)
+        return np.moveaxis(view, -1, 1)[::stride]
     starts = np.arange(0, num_rows - seq_len + 1, stride)
     return array[starts[:, None] + np.arange(seq_len)[None, :]]
 
@@ -391,7 +395,7 @@ def prepare(
                 f"{needed}; use more data or a shorter --seq-len"
             )
     scaler = Scaler.fit(values[splits[0][0] : splits[0][1]])
-    scaled = scaler.transform(values)
+    scaled = scaler.transform(values).astype(np.float32)  # the windows below are views of it
     f_idx = [columns.index(c) for c in features]
     t_idx = [columns.index(c) for c in targets]
     pairs = [
@@ -399,7 +403,6 @@ def prepare(
                    out_steps=out_steps)
         for start, stop in splits
     ]
-    pairs = [(X.astype(np.float32), Y.astype(np.float32)) for X, Y in pairs]
     return ForecastData(
         columns, features, targets, seq_len, horizon, mode, out_steps, values,
         None if dates is None else np.asarray(dates, dtype="datetime64[D]"),
