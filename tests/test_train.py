@@ -176,3 +176,36 @@ def test_damaged_or_foreign_checkpoints(tmp_path):
     np.savez(tmp_path / "step_00000002.npz", x=np.zeros(3))  # foreign npz
     with pytest.raises(ckpt.CheckpointError, match="damaged or not a jrnn checkpoint"):
         ckpt.read_meta(tmp_path)
+
+
+def test_custom_loss_trains_a_sequence_classifier():
+    """Sequence classification with cross-entropy on integer labels: whether a sequence's
+    first feature sums to more than zero. The validation loss is that loss; no MAE."""
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(256, 6, 2)).astype(np.float32)
+    labels = (X[:, :, 0].sum(axis=1) > 0).astype(np.int32)
+    model = Forecaster(jrnn.gru(8), input_size=2, output_size=2)  # logits of 2 classes
+
+    def cross_entropy(logits, y):
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+
+    params = model.init(jax.random.key(0))
+    best, history = fit(model.apply, params, (X[:192], labels[:192]), (X[192:], labels[192:]),
+                        optimizer=optax.adam(1e-2), epochs=15, batch_size=32, progress=False, loss=cross_entropy)
+    accuracy = float((np.argmax(model.apply(best, X[192:]), axis=-1) == labels[192:]).mean())
+    assert accuracy > 0.85, accuracy
+    initial = float(cross_entropy(model.apply(params, X[192:]), labels[192:]))
+    assert history.best_val_loss == min(history.val_loss) < 0.5 * initial
+    assert history.val_mae == [] and len(history.val_loss) == len(history.train_loss)
+
+
+@pytest.mark.parametrize("loss,message", [
+    (lambda pred, y: ((pred - y) ** 2).mean(axis=-1),
+     r"loss: expected a scalar \(the mean over the batch\), got \(1,\)"),
+    (lambda pred, y: (pred.reshape(3) - y).mean(),
+     r"train: loss\(predictions \(1, 1\), Y \(1, 1\)\) \(one row\) failed: TypeError: cannot reshape"),
+])
+def test_custom_loss_errors_name_it(loss, message):
+    model = _model()
+    with pytest.raises(ValueError, match=message):
+        fit(model.apply, model.init(jax.random.key(0)), *_task(), epochs=1, progress=False, loss=loss)

@@ -40,7 +40,8 @@ class TrainState(NamedTuple):
 
 @dataclasses.dataclass
 class History:
-    """Per-epoch losses (mean squared error in model units) and bookkeeping."""
+    """Per-epoch losses (mean squared error in model units, or ``fit``'s ``loss``) and
+    bookkeeping; ``val_mae``/``val_rmse`` are recorded for the default loss only."""
 
     train_loss: list[float] = dataclasses.field(default_factory=list)
     val_loss: list[float] = dataclasses.field(default_factory=list)
@@ -169,6 +170,7 @@ def fit(
     mesh=None,
     drop_last: bool = False,
     check_numerics: bool = False,
+    loss: Callable | None = None,
 ):
     """Train ``params`` of ``apply_fn(params, X, dropout_key=None) -> predictions``.
 
@@ -197,6 +199,12 @@ def fit(
       check_numerics: run each step under ``jax.experimental.checkify`` float
         checks, so the first NaN or Inf raises at the operation that made it
         (slower; for debugging).
+      loss: ``loss(predictions, Y) -> scalar``, the mean over the batch's rows, e.g.
+        ``lambda logits, labels: optax.softmax_cross_entropy_with_integer_labels(logits,
+        labels).mean()`` for sequence classification (``Y`` may then be integer labels
+        of any shape the loss takes). It also scores the validation set for early
+        stopping. Default: mean squared error, with the validation MAE and RMSE
+        recorded too (then ``Y`` must be shaped like the predictions).
 
     Returns:
       ``(best_params, history)``.
@@ -206,7 +214,8 @@ def fit(
         checkpoint is written for that epoch, so the last good one stays the newest.
       OSError: ``checkpoint_dir`` cannot be created (checked before training).
       ValueError: bad options (``resume`` without ``checkpoint_dir``); ``train`` or
-        ``val`` with no rows, unequal rows, or ``Y`` not shaped like the predictions;
+        ``val`` with no rows, unequal rows, or ``Y`` not shaped like the predictions
+        (default loss) or not taken by ``loss`` (or ``loss`` not giving a scalar);
         batch sizes that do not divide over ``mesh``.
     """
     from tqdm.auto import tqdm
@@ -219,9 +228,10 @@ def fit(
         raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume: needs a checkpoint_dir to resume from, got None")
-    _check_pair("train", train, apply_fn, params)
+    loss = None if loss is mse else loss  # None: the default, mean squared error
+    _check_pair("train", train, apply_fn, params, loss)
     if val is not None:
-        _check_pair("val", val, apply_fn, params)
+        _check_pair("val", val, apply_fn, params, loss)
     if checkpoint_dir is not None:  # fail now, not after the first epoch
         try:
             os.makedirs(checkpoint_dir, exist_ok=True)
@@ -240,7 +250,7 @@ def fit(
     state, best_params = place.replicate(state), place.replicate(best_params)
     # checkify's error state in scan carries breaks shard_map's typing (JAX 0.10):
     # checked steps shard with XLA instead
-    train_step = make_train_step(apply_fn, tx, mesh=None if check_numerics else mesh)
+    train_step = make_train_step(apply_fn, tx, mse if loss is None else loss, mesh=None if check_numerics else mesh)
     if check_numerics:
         from jax.experimental import checkify
 
@@ -262,8 +272,8 @@ def fit(
         first_step = int(state.step)
         for X, Y in batches(*train, batch_size, seed=_epoch_seed(seed, epoch), drop_last=drop_last):
             dropout_key = jax.random.fold_in(base_key, first_step + len(losses))
-            state, loss = train_step(state, *place.split(X, Y), dropout_key)
-            losses.append(loss)
+            state, batch_loss = train_step(state, *place.split(X, Y), dropout_key)
+            losses.append(batch_loss)
             weights.append(len(X))
         losses = np.asarray(jax.device_get(losses), np.float64)
         if not np.isfinite(losses).all():
@@ -278,10 +288,13 @@ def fit(
         postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
         if val is not None:
             pred = predict(apply_fn, state.params, val[0])
-            history.val_loss.append(float(np.mean((pred - val[1]) ** 2)))
-            m = metrics(pred, val[1])
-            history.val_mae.append(m["mae"])
-            history.val_rmse.append(m["rmse"])
+            if loss is None:
+                history.val_loss.append(float(np.mean((pred - val[1]) ** 2)))
+                m = metrics(pred, val[1])
+                history.val_mae.append(m["mae"])
+                history.val_rmse.append(m["rmse"])
+            else:
+                history.val_loss.append(float(loss(jnp.asarray(pred), jnp.asarray(val[1]))))
             postfix["val"] = f"{history.val_loss[-1]:.4f}"
             if history.val_loss[-1] < history.best_val_loss:
                 history.best_val_loss, history.best_epoch = history.val_loss[-1], epoch
@@ -303,9 +316,10 @@ def fit(
     return best_params, history
 
 
-def _check_pair(name: str, pair, apply_fn: Callable, params) -> None:
+def _check_pair(name: str, pair, apply_fn: Callable, params, loss=None) -> None:
     """Raise ``ValueError`` unless ``pair`` is ``(X, Y)`` with as many rows, at least
-    one, and ``Y``'s rows shaped like the model's predictions (else the loss broadcasts)."""
+    one, and ``Y``'s rows shaped like the model's predictions (else the mean squared
+    error broadcasts) or, with a ``loss``, taken by it to a scalar."""
     if not isinstance(pair, (tuple, list)) or len(pair) != 2:
         got = f"a {type(pair).__name__} of {len(pair)}" if isinstance(pair, (tuple, list)) else type(pair).__name__
         raise ValueError(f"{name}: expected a pair (X, Y), got {got}")
@@ -314,6 +328,17 @@ def _check_pair(name: str, pair, apply_fn: Callable, params) -> None:
         raise ValueError(f"{name}: expected X and Y with the same number of rows, at least 1, "
                          f"got {len(X)} and {len(Y)}")
     predicted = jax.eval_shape(apply_fn, params, jax.ShapeDtypeStruct((1, *np.shape(X)[1:]), np.asarray(X[:1]).dtype))
+    if loss is not None:
+        targets = jax.ShapeDtypeStruct((1, *np.shape(Y)[1:]), np.asarray(Y[:1]).dtype)
+        try:
+            value = jax.eval_shape(loss, predicted, targets)
+        except Exception as err:  # the user's function: report what it was given
+            raise ValueError(f"{name}: loss(predictions {tuple(predicted.shape)}, Y {tuple(targets.shape)}) "
+                             f"(one row) failed: {type(err).__name__}: {str(err).splitlines()[0]}") from err
+        if getattr(value, "shape", None) != ():
+            raise ValueError(f"loss: expected a scalar (the mean over the batch), got "
+                             f"{getattr(value, 'shape', type(value).__name__)}")
+        return
     if tuple(predicted.shape[1:]) != tuple(np.shape(Y)[1:]):
         raise ValueError(f"{name}: expected Y of shape (N, {', '.join(map(str, predicted.shape[1:]))}) like the "
                          f"model's predictions, got {tuple(np.shape(Y))}")
