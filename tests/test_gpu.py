@@ -16,6 +16,13 @@ from tests.helpers import assert_derivatives_equal, random_params, scan_loss_pro
 gpu = pytest.mark.skipif(jax.default_backend() != "gpu", reason="needs a GPU backend")
 
 
+@pytest.fixture(autouse=True)
+def _trace_afresh():
+    """Tests here monkeypatch what jrnn.scan decides at trace time (cuDNN's availability,
+    its calls), and jrnn.scan keeps what it compiled: start each test with none kept."""
+    jax.clear_caches()
+
+
 @gpu
 @pytest.mark.parametrize("kind, hidden_size, lengths", [("lstm", 16, None), ("lstm", 16, [12, 5, 0, 1]),
                                                         ("lstm", 256, None), ("gru", 16, None), ("gru", 256, None)])

@@ -15,6 +15,8 @@ out (and what the tests hold the driver to)::
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -31,7 +33,7 @@ from jrnn._checks import (
 )
 from jrnn._varying import vary_like
 from jrnn.cells import check_cell
-from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm, parallel
+from jrnn.kernels import _pallas, cudnn, fused, native, pallas_gru, pallas_lstm, parallel
 from jrnn.min_cells import _MinCell
 
 IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain", "cudnn", "pallas")
@@ -198,6 +200,31 @@ def scan(
         check_shape("resets", resets, expected)
         if not time_major:
             resets = jnp.moveaxis(resets, -1, 0)
+
+    return _run(cell, params, xs, carry, seq_lengths, resets, dropout_key, dropout=float(dropout),
+                recurrent_dropout=float(recurrent_dropout), reverse=reverse, time_major=time_major, unroll=unroll,
+                implementation=implementation, auto=auto, checkpoint_every=checkpoint_every,
+                truncate_every=truncate_every, switches=_trace_switches())
+
+
+def _trace_switches() -> tuple:
+    """The kernels' trace-time switches (``native.disabled()``, ``cudnn.own_binding_disabled()``,
+    ``cudnn.forced_algorithm()``, ``fused.gate_layout()``): part of :func:`_run`'s cache key."""
+    return native._disabled, cudnn._own_disabled, cudnn._forced_algorithm, fused._forced_split
+
+
+@functools.partial(jax.jit, static_argnames=("dropout", "recurrent_dropout", "reverse", "time_major", "unroll",
+                                             "implementation", "auto", "checkpoint_every", "truncate_every",
+                                             "switches"))
+def _run(cell, params, xs, carry, seq_lengths, resets, dropout_key, *, dropout, recurrent_dropout, reverse,
+         time_major, unroll, implementation, auto, checkpoint_every, truncate_every, switches):
+    """:func:`scan` after its checks: compiled and kept per configuration and shapes, so
+    eager calls do not trace the loop again (inside a caller's ``jit`` it is inlined)."""
+    del switches  # (only keys the cache)
+    if time_major:
+        num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
+    else:
+        num_steps, batch_shape = xs.shape[-2], xs.shape[:-2]
 
     input_mask = recurrent_mask = None
     if dropout_key is not None:

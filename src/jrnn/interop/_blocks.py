@@ -139,5 +139,13 @@ def single_cell(cell, params, library: str, supported: tuple[type, ...]):
     return {name: np.asarray(value) for name, value in params._asdict().items() if value is not None}
 
 
+def require_gru_variant(cell, reset_after: bool, library: str) -> None:
+    """Refuse a GRU of the variant ``library`` lacks (it has only ``reset_after``'s)."""
+    if isinstance(cell, jrnn.GRUCell) and cell.reset_after != reset_after:
+        has = "reset-after" if reset_after else "reset-before"
+        refuse(f"cell: {library} has only the {has} GRU; a jrnn.gru(H, reset_after={cell.reset_after}) computes "
+               "a different function and cannot be converted exactly")
+
+
 def refuse(message: str):
     raise ValueError(message)

@@ -12,7 +12,15 @@ from __future__ import annotations
 import numpy as np
 
 import jrnn
-from jrnn.interop._blocks import IDENTITY, RZN_KEEP_GATE, from_jrnn, make_params, refuse, single_cell, to_jrnn
+from jrnn.interop._blocks import (
+    IDENTITY,
+    RZN_KEEP_GATE,
+    from_jrnn,
+    make_params,
+    require_gru_variant,
+    single_cell,
+    to_jrnn,
+)
 
 
 def from_equinox(module):
@@ -52,9 +60,7 @@ def to_equinox(cell, params):
       TypeError: a stacked or bidirectional layer; params of another cell type.
     """
     arrays = single_cell(cell, params, "Equinox", (jrnn.LSTMCell, jrnn.GRUCell))
-    if isinstance(cell, jrnn.GRUCell) and not cell.reset_after:
-        refuse("cell: Equinox's GRUCell is the reset-after GRU; jrnn.gru(H) is reset-before (use "
-               "jrnn.gru(H, reset_after=True))")
+    require_gru_variant(cell, True, "Equinox")
     import equinox as eqx
     import jax
     import jax.numpy as jnp

@@ -15,7 +15,16 @@ from __future__ import annotations
 import numpy as np
 
 import jrnn
-from jrnn.interop._blocks import IDENTITY, RZN_KEEP_GATE, from_jrnn, make_params, refuse, single_cell, to_jrnn
+from jrnn.interop._blocks import (
+    IDENTITY,
+    RZN_KEEP_GATE,
+    from_jrnn,
+    make_params,
+    refuse,
+    require_gru_variant,
+    single_cell,
+    to_jrnn,
+)
 
 
 def carry_from_flax(carry):
@@ -204,9 +213,7 @@ def to_flax(cell, params, module_class=None):
         cell type; params of another cell type.
     """
     arrays = single_cell(cell, params, "Flax", (jrnn.LSTMCell, jrnn.GRUCell, jrnn.SimpleRNNCell))
-    if isinstance(cell, jrnn.GRUCell) and not cell.reset_after:
-        refuse("cell: Flax's GRUCell is the reset-after GRU; jrnn.gru(H) is reset-before (use "
-               "jrnn.gru(H, reset_after=True))")
+    require_gru_variant(cell, True, "Flax")
     import jax
     import jax.numpy as jnp
     from flax import nnx

@@ -14,7 +14,16 @@ from __future__ import annotations
 import numpy as np
 
 import jrnn
-from jrnn.interop._blocks import IDENTITY, Layout, from_jrnn, make_params, refuse, single_cell, to_jrnn
+from jrnn.interop._blocks import (
+    IDENTITY,
+    Layout,
+    from_jrnn,
+    make_params,
+    refuse,
+    require_gru_variant,
+    single_cell,
+    to_jrnn,
+)
 
 HAIKU_LSTM = Layout((0, 2, 1, 3))  # jrnn i, f, g, o <- haiku i, g, f, o
 KINDS = ("lstm", "gru", "vanilla_rnn")
@@ -88,8 +97,7 @@ def to_haiku(cell, params, *, name: str | None = None):
       TypeError: a stacked or bidirectional layer; params of another cell type.
     """
     arrays = single_cell(cell, params, "Haiku", (jrnn.LSTMCell, jrnn.GRUCell, jrnn.SimpleRNNCell))
-    if isinstance(cell, jrnn.GRUCell) and cell.reset_after:
-        refuse("cell: hk.GRU is the reset-before GRU (jrnn.gru(H)); Haiku has no reset-after GRU")
+    require_gru_variant(cell, False, "Haiku")
     if isinstance(cell, jrnn.SimpleRNNCell) and cell.activation != "relu":
         refuse(f"cell: hk.VanillaRNN uses relu; got a SimpleRNN with activation={cell.activation!r}")
     w_x, w_h, b = arrays["w_x"], arrays["w_h"], arrays["b"]

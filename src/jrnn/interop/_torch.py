@@ -12,7 +12,17 @@ from __future__ import annotations
 import numpy as np
 
 import jrnn
-from jrnn.interop._blocks import IDENTITY, RZN_KEEP_GATE, combine, from_jrnn, make_params, refuse, split_layers, to_jrnn
+from jrnn.interop._blocks import (
+    IDENTITY,
+    RZN_KEEP_GATE,
+    combine,
+    from_jrnn,
+    make_params,
+    refuse,
+    require_gru_variant,
+    split_layers,
+    to_jrnn,
+)
 
 _WEIGHTS = ("weight_ih", "weight_hh", "bias_ih", "bias_hh")  # a layer's are these + "_l{k}" (+ "_reverse")
 
@@ -91,9 +101,7 @@ def from_torch(module):
 
 def _torch_weights(cell, params):
     """jrnn params -> ``(W_ih, W_hh, b_ih, b_hh)`` as NumPy arrays in PyTorch layout."""
-    if isinstance(cell, jrnn.GRUCell) and not cell.reset_after:
-        refuse("cell: PyTorch has only the reset-after GRU; a jrnn.gru(reset_after=False) "
-               "computes a different function and cannot be converted exactly")
+    require_gru_variant(cell, True, "PyTorch")
     H = cell.hidden_size
     w_x, w_h, b = from_jrnn(_layout(cell), *(np.asarray(a) for a in params[:3]))
     b_hh = np.zeros_like(b)
