@@ -87,7 +87,7 @@ def supervised(
       ``(X, Y)``: ``X (n, L, len(inputs))``; ``Y (n, len(targets))``,
       ``(n, K, len(targets))`` with ``out_steps``, or ``(n, L, len(targets))``
       for ``"sequence"``; ``n = (N - L - horizon - (K - 1)) // stride + 1``
-      (K = 1 without ``out_steps``).
+      (K = 1 without ``out_steps``). Read-only views (:func:`windows`), not copies.
 
     >>> X, Y = supervised(np.arange(6.0)[:, None], 3)
     >>> X[:, :, 0].tolist(), Y[:, 0].tolist()
