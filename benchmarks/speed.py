@@ -1,4 +1,4 @@
-"""jrnn vs torch.nn, Flax nn.RNN, Equinox cells and Keras-on-JAX: forward and
+"""jrnn vs torch.nn, Flax nn.RNN, Equinox cells, Keras-on-JAX and Haiku: forward and
 forward+backward times, compile time and XLA temporary memory.
 
     python benchmarks/speed.py                  # C1, C3, C4, C5 for LSTM, GRU, SimpleRNN

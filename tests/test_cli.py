@@ -162,7 +162,8 @@ def test_bench_quick_smoke(tmp_path):
                    env={"JAX_NUMPY_RANK_PROMOTION": "raise"})
     assert out.returncode == 0, out.stderr
     # the peers installed here are timed (``pip install -e ".[test]"`` brings them all)
-    peers = {"torch": "torch.nn.LSTM", "flax": "flax nn.RNN(LSTMCell)", "keras": "keras.layers.LSTM (jax)"}
+    peers = {"torch": "torch.nn.LSTM", "flax": "flax nn.RNN(LSTMCell)", "keras": "keras.layers.LSTM (jax)",
+             "haiku": "haiku hk.LSTM"}
     installed = {name for module, name in peers.items() if importlib.util.find_spec(module)}
     expected = {"jrnn (auto)", "jrnn (plain)"} | installed
     assert all(name in out.stdout for name in expected)

@@ -1,4 +1,4 @@
-"""Speed benchmark: jrnn against PyTorch, Flax, Equinox and Keras-on-JAX.
+"""Speed benchmark: jrnn against PyTorch, Flax, Equinox, Keras-on-JAX and Haiku.
 
 Every contender runs the same cell on the same shapes in one process. After
 warm-up, the contenders are timed in turns (A, B, C, A, B, C, ...) and the
@@ -131,6 +131,28 @@ def _equinox(kind, I, H, xs):
     return _jax_contender(f"equinox {type(cell).__name__}", loss, params, xs)
 
 
+def _haiku(kind, I, H, xs):
+    """``hk.dynamic_unroll`` of Haiku's core. Haiku has only the reset-before GRU and
+    a ReLU SimpleRNN, which the name says (the other contenders run reset-after, tanh)."""
+    import haiku as hk
+
+    core_class = {"lstm": hk.LSTM, "gru": hk.GRU, "simple_rnn": hk.VanillaRNN}[kind]
+
+    def forward(x):
+        core = core_class(H)
+        return hk.dynamic_unroll(core, x, core.initial_state(x.shape[0]), time_major=False)[0]
+
+    model = hk.without_apply_rng(hk.transform(forward))
+    params = model.init(jax.random.key(0), xs)
+
+    def loss(p, x):
+        ys = model.apply(p, x)
+        return jnp.sum(ys), ys
+
+    variant = {"gru": " (reset-before)", "simple_rnn": " (relu)"}.get(kind, "")
+    return _jax_contender(f"haiku hk.{core_class.__name__}{variant}", loss, params, xs)
+
+
 def _keras(kind, I, H, xs):
     os.environ.setdefault("KERAS_BACKEND", "jax")
     import keras
@@ -166,6 +188,7 @@ def contenders(kind: str, size, peers: bool = True):
     if kind in ("lstm", "gru"):
         builders.append(lambda: _equinox(kind, I, H, xs))
     builders.append(lambda: _keras(kind, I, H, xs))
+    builders.append(lambda: _haiku(kind, I, H, xs))
     for build in builders:
         try:
             # Flax's and Keras' layers broadcast implicitly; the setting only checks tracing, so a
