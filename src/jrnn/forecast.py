@@ -127,10 +127,12 @@ def forecast(
     ``history (L, F)`` from a zero state, then each forecast is fed back as the
     next input (``model.step``; autoregressive), which needs the targets to be
     the features. One compiled call, reused by later calls with the same model
-    configuration, history length and ``steps`` (rolling forecasts). With a ``scaler``, ``history`` and the result
-    are in original units (``feature_index``/``target_index`` pick the scaler's
-    columns; ``None``: all of them, when the scaler has as many columns as the
-    model has inputs or outputs); without one both are in model units.
+    configuration, history length and ``steps`` (rolling forecasts).
+
+    With a ``scaler``, ``history`` and the result are in original units
+    (``feature_index``/``target_index`` pick the scaler's columns; ``None``: all
+    of them, when the scaler has as many columns as the model has inputs or
+    outputs); without one both are in model units.
 
     Returns:
       ``(steps, O)`` forecasts; for a model with ``out_steps=K``, its ``(K, O)``
