@@ -1,8 +1,9 @@
-"""A recurrent forecaster (stacked cells + a dense head) and streaming forecasts.
+"""A recurrent forecaster (stacked cells + a dense head) and autoregressive forecasts.
 
 ``Forecaster.apply`` runs the scanned network over whole windows (training);
-:func:`forecast` carries the state step by step with ``cell.step`` (streaming
-inference) and equals the scanned computation where the two overlap.
+``Forecaster.step`` advances the state one step (streaming inference);
+:func:`forecast` scans the network over a history and then feeds each
+forecast back through ``step``, and equals the step-by-step computation.
 """
 
 from __future__ import annotations
