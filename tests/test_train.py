@@ -209,3 +209,18 @@ def test_custom_loss_errors_name_it(loss, message):
     model = _model()
     with pytest.raises(ValueError, match=message):
         fit(model.apply, model.init(jax.random.key(0)), *_task(), epochs=1, progress=False, loss=loss)
+
+
+def test_on_epoch_end_sees_every_epoch_and_can_stop(tmp_path):
+    seen = []
+
+    def log(epoch, history, params):
+        seen.append((epoch, len(history.train_loss), history.val_loss[-1], params.w_out.shape))
+        return epoch == 2  # stop after the third epoch
+
+    _, history = _fit(epochs=6, on_epoch_end=log, checkpoint_dir=str(tmp_path))
+    assert [s[:2] for s in seen] == [(0, 1), (1, 2), (2, 3)] and seen[0][3] == (8, 1)
+    assert history.stopped_early and len(history.train_loss) == 3
+    assert ckpt.read_meta(str(tmp_path))[1]["history"]["stopped_early"]  # so --resume does not go on
+    _, resumed = _fit(epochs=6, resume=True, checkpoint_dir=str(tmp_path))
+    assert len(resumed.train_loss) == 3

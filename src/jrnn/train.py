@@ -171,6 +171,7 @@ def fit(
     drop_last: bool = False,
     check_numerics: bool = False,
     loss: Callable | None = None,
+    on_epoch_end: Callable | None = None,
 ):
     """Train ``params`` of ``apply_fn(params, X, dropout_key=None) -> predictions``.
 
@@ -205,6 +206,10 @@ def fit(
         of any shape the loss takes). It also scores the validation set for early
         stopping. Default: mean squared error, with the validation MAE and RMSE
         recorded too (then ``Y`` must be shaped like the predictions).
+      on_epoch_end: ``on_epoch_end(epoch, history, params)`` after every epoch, with
+        that epoch's params (before its checkpoint is written), e.g. to log to
+        TensorBoard or compute other metrics; returning ``True`` stops training as
+        early stopping does (``history.stopped_early``; the best params are returned).
 
     Returns:
       ``(best_params, history)``.
@@ -308,6 +313,8 @@ def fit(
             best_params, history.best_epoch = state.params, epoch
         bar.set_postfix(postfix)
         history.seconds = time.perf_counter() - started
+        if on_epoch_end is not None and on_epoch_end(epoch, history, state.params) is True:
+            history.stopped_early = True
         if checkpoint_dir is not None:
             meta = {**(checkpoint_meta or {}), "epoch": epoch, "step": int(state.step),
                     "seed": seed, "history": history.to_dict()}
