@@ -45,7 +45,7 @@ def _paths(tree) -> set[str]:
     return {"/".join(_name(p) for p in path) for path, _ in jax.tree.flatten_with_path(tree)[0]}
 
 
-def jrnn_params(layer, named, name: str):
+def checked_from_named(layer, named, name: str):
     """Named arrays (a Flax module's) -> ``layer``'s params, checked against it.
 
     Raises:

@@ -13,7 +13,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from jrnn._named import from_named, jrnn_params, run_layer, to_named
+from jrnn._named import checked_from_named, from_named, run_layer, to_named
 from jrnn.layers import check_layer
 
 
@@ -81,7 +81,7 @@ class RNN(nn.Module):
             found = sorted(params) if isinstance(params, dict) else type(params).__name__
             raise ValueError(f"params: expected this module's params, a dict with one entry 'layer' "
                              f"(variables['params'][<the module's name>]), got {found}")
-        return jrnn_params(self.layer, params["layer"], "params['layer']")
+        return checked_from_named(self.layer, params["layer"], "params['layer']")
 
     def flax_params(self, params):
         """The layer's jrnn params -> this module's params ``{"layer": ...}`` (to put in ``variables``)."""
