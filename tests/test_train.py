@@ -216,7 +216,7 @@ def test_on_epoch_end_sees_every_epoch_and_can_stop(tmp_path):
 
     def log(epoch, history, params):
         seen.append((epoch, len(history.train_loss), history.val_loss[-1], params.w_out.shape))
-        return epoch == 2  # stop after the third epoch
+        return np.int64(epoch) == 2  # stop after the third epoch (a NumPy bool, as comparisons give)
 
     _, history = _fit(epochs=6, on_epoch_end=log, checkpoint_dir=str(tmp_path))
     assert [s[:2] for s in seen] == [(0, 1), (1, 2), (2, 3)] and seen[0][3] == (8, 1)

@@ -208,8 +208,9 @@ def fit(
         recorded too (then ``Y`` must be shaped like the predictions).
       on_epoch_end: ``on_epoch_end(epoch, history, params)`` after every epoch, with
         that epoch's params (before its checkpoint is written), e.g. to log to
-        TensorBoard or compute other metrics; returning ``True`` stops training as
-        early stopping does (``history.stopped_early``; the best params are returned).
+        TensorBoard or compute other metrics; returning a true value (``True``,
+        ``accuracy > 0.99``) stops training as early stopping does
+        (``history.stopped_early``; the best params are returned).
 
     Returns:
       ``(best_params, history)``.
@@ -313,8 +314,9 @@ def fit(
             best_params, history.best_epoch = state.params, epoch
         bar.set_postfix(postfix)
         history.seconds = time.perf_counter() - started
-        if on_epoch_end is not None and on_epoch_end(epoch, history, state.params) is True:
-            history.stopped_early = True
+        if on_epoch_end is not None:
+            stop = on_epoch_end(epoch, history, state.params)
+            history.stopped_early |= stop is not None and bool(stop)  # NumPy's True too
         if checkpoint_dir is not None:
             meta = {**(checkpoint_meta or {}), "epoch": epoch, "step": int(state.step),
                     "seed": seed, "history": history.to_dict()}
