@@ -81,7 +81,14 @@ DATA_PARALLEL_SCRIPT = textwrap.dedent("""
     dropout_losses = [float(make_train_step(dropout_model.apply, optax.adam(1e-2), mesh=m)(state, *xy,
                                                                                           jax.random.key(3))[1])
                       for m, xy in ((mesh, copies), (None, (X4, Y4)))]
-    print(json.dumps({"loss1": h1.train_loss, "loss8": h8.train_loss, "param_rel_diff": diff,
+    # a custom loss (cross-entropy of two classes) trains the same over the mesh
+    labels = (Y[:, 0] > 0).astype(np.int32)
+    classifier = Forecaster(jrnn.gru(8), 3, 2)
+    ce = lambda logits, y: optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
+    ce_runs = [fit(classifier.apply, classifier.init(jax.random.key(0)), (X, labels), (X[:32], labels[:32]),
+                   mesh=m, loss=ce, **options)[1] for m in (None, mesh)]
+    print(json.dumps({"ce_val1": ce_runs[0].val_loss, "ce_val8": ce_runs[1].val_loss,
+                      "loss1": h1.train_loss, "loss8": h8.train_loss, "param_rel_diff": diff,
                       "sharding": sharding, "error": error, "loss_4x2": h42.train_loss, "param_rel_diff_4x2": diff2,
                       "specs_4x2": specs, "resumed_diff": resumed_diff, "resumed_specs": resumed_specs,
                       "native": native.available(), "loop_batches": loop_batches,
@@ -97,6 +104,8 @@ def test_data_parallel_equals_single_device():
     result = json.loads(out.stdout.strip().splitlines()[-1])
     np.testing.assert_allclose(result["loss8"], result["loss1"], rtol=1e-6)
     assert result["param_rel_diff"] < 1e-6  # ‖multi − single‖ / ‖single‖, per array
+    assert len(result["ce_val1"]) == 3  # fit(loss=...) over a mesh: the same validation losses
+    np.testing.assert_allclose(result["ce_val8"], result["ce_val1"], rtol=1e-5)
     assert "NamedSharding" in result["sharding"]
     assert "batch_size: with a mesh of 8 devices along 'data'" in result["error"]
     assert "last batch of 4" in result["error"]
