@@ -178,10 +178,7 @@ def scan(
     implementation = _pick_implementation(cell, implementation, resets is not None)
     cell.check_input("xs", xs, params)
 
-    if time_major:
-        num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
-    else:
-        num_steps, batch_shape = xs.shape[-2], xs.shape[:-2]
+    num_steps, batch_shape = _steps_and_batch(xs, time_major)
 
     if carry is None:
         dtype = jnp.result_type(xs.dtype, params.w_x.dtype) if carry_dtype is None else carry_dtype
@@ -207,6 +204,11 @@ def scan(
                 truncate_every=truncate_every, switches=_trace_switches())
 
 
+def _steps_and_batch(xs, time_major: bool) -> tuple:
+    """``(T, batch_shape)`` of ``xs`` in either layout."""
+    return (xs.shape[0], xs.shape[1:-1]) if time_major else (xs.shape[-2], xs.shape[:-2])
+
+
 def _trace_switches() -> tuple:
     """The kernels' trace-time switches (``native.disabled()``, ``cudnn.own_binding_disabled()``,
     ``cudnn.forced_algorithm()``, ``fused.gate_layout()``): part of :func:`_run`'s cache key."""
@@ -221,10 +223,7 @@ def _run(cell, params, xs, carry, seq_lengths, resets, dropout_key, *, dropout, 
     """:func:`scan` after its checks: compiled and kept per configuration and shapes, so
     eager calls do not trace the loop again (inside a caller's ``jit`` it is inlined)."""
     del switches  # (only keys the cache)
-    if time_major:
-        num_steps, batch_shape = xs.shape[0], xs.shape[1:-1]
-    else:
-        num_steps, batch_shape = xs.shape[-2], xs.shape[:-2]
+    num_steps, batch_shape = _steps_and_batch(xs, time_major)
 
     input_mask = recurrent_mask = None
     if dropout_key is not None:

@@ -234,10 +234,11 @@ def fit(
         raise ValueError(f"seed: expected a non-negative int, got {seed!r}")
     if resume and checkpoint_dir is None:
         raise ValueError("resume: needs a checkpoint_dir to resume from, got None")
-    loss = None if loss is mse else loss  # None: the default, mean squared error
-    _check_pair("train", train, apply_fn, params, loss)
+    loss_fn = mse if loss is None else loss
+    regression = loss_fn is mse  # then Y is shaped like the predictions, and MAE/RMSE are recorded
+    _check_pair("train", train, apply_fn, params, None if regression else loss_fn)
     if val is not None:
-        _check_pair("val", val, apply_fn, params, loss)
+        _check_pair("val", val, apply_fn, params, None if regression else loss_fn)
     if checkpoint_dir is not None:  # fail now, not after the first epoch
         try:
             os.makedirs(checkpoint_dir, exist_ok=True)
@@ -256,7 +257,7 @@ def fit(
     state, best_params = place.replicate(state), place.replicate(best_params)
     # checkify's error state in scan carries breaks shard_map's typing (JAX 0.10):
     # checked steps shard with XLA instead
-    train_step = make_train_step(apply_fn, tx, mse if loss is None else loss, mesh=None if check_numerics else mesh)
+    train_step = make_train_step(apply_fn, tx, loss_fn, mesh=None if check_numerics else mesh)
     if check_numerics:
         from jax.experimental import checkify
 
@@ -294,13 +295,13 @@ def fit(
         postfix = {"loss": f"{history.train_loss[-1]:.4f}"}
         if val is not None:
             pred = predict(apply_fn, state.params, val[0])
-            if loss is None:
+            if regression:
                 history.val_loss.append(float(np.mean((pred - val[1]) ** 2)))
                 m = metrics(pred, val[1])
                 history.val_mae.append(m["mae"])
                 history.val_rmse.append(m["rmse"])
             else:
-                history.val_loss.append(float(loss(jnp.asarray(pred), jnp.asarray(val[1]))))
+                history.val_loss.append(float(loss_fn(jnp.asarray(pred), jnp.asarray(val[1]))))
             postfix["val"] = f"{history.val_loss[-1]:.4f}"
             if history.val_loss[-1] < history.best_val_loss:
                 history.best_val_loss, history.best_epoch = history.val_loss[-1], epoch
