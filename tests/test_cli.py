@@ -90,6 +90,45 @@ def test_train_out_steps_predicts_a_week_at_once(tmp_path, weather_csv):
     assert out.returncode == 2 and "--steps: the model forecasts its next 7 steps at once" in out.stderr
 
 
+def test_train_predict_several_series(tmp_path):
+    """A CSV of three cities in long format: one model, each city scaled by its own
+    training rows; a forecast per city, after that city's own last rows (its level,
+    its dates)."""
+    dates = pd.date_range("2021-01-01", periods=150).strftime("%Y-%m-%d")
+    season = 5 * np.sin(2 * np.pi * np.arange(150) / 30)
+    cities = pd.concat([pd.DataFrame({"date": dates, "city": city, "temp": level + season})
+                        for city, level in (("north", 5.0), ("south", 25.0), ("east", 15.0))])
+    cities.sort_values("date", kind="stable").to_csv(tmp_path / "cities.csv", index=False)
+    ck = tmp_path / "ck"
+    train = ["train", "--csv", tmp_path / "cities.csv", "--target", "temp", "--date-column", "date",
+             "--group-column", "city", "--seq-len", 10, "--quiet", "--out", ck]
+    out = jrnn_cmd(*train, "--epochs", 30, "--scale-per-series")
+    assert out.returncode == 0, out.stderr
+    latest = cities[cities.date <= "2021-05-20"]
+    latest.to_csv(tmp_path / "latest.csv", index=False)
+    out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", tmp_path / "latest.csv", "--steps", 2)
+    assert out.returncode == 0, out.stderr
+    forecasts = pd.read_csv(io.StringIO(out.stdout))
+    assert forecasts.columns.tolist() == ["city", "step", "date", "temp"]
+    assert forecasts.city.tolist() == ["north", "north", "south", "south", "east", "east"]
+    assert forecasts.date.tolist() == ["2021-05-21", "2021-05-22"] * 3
+    truth = cities.set_index(["city", "date"]).temp.loc[list(zip(forecasts.city, forecasts.date))]
+    np.testing.assert_allclose(forecasts.temp, truth.to_numpy(), atol=2.0)  # levels 5, 25, 15 kept apart
+    short = latest[(latest.city != "south") | (latest.date >= "2021-05-15")]
+    short.to_csv(tmp_path / "short.csv", index=False)
+    out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", tmp_path / "short.csv")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "jrnn: error: series city='south': data: expected at least 10 rows (the model reads windows of 10 rows), "
+        "got 6")
+    latest.assign(city=latest.city.replace({"east": "west"})).to_csv(tmp_path / "west.csv", index=False)
+    out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", tmp_path / "west.csv")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "jrnn: error: series city='west': not in the training data; a model trained with --scale-per-series "
+        "knows the scales of north, south, east only")
+    out = jrnn_cmd(*train, "--epochs", 31, "--resume")
+    assert out.returncode == 2 and "--scale-per-series on (this run: off)" in out.stderr
+
+
 def _bad_inputs(tmp_path, weather_csv):
     frame = pd.read_csv(weather_csv)
     nan = frame.copy()
@@ -117,6 +156,10 @@ def _bad_inputs(tmp_path, weather_csv):
         (["predict", "--checkpoint", tmp_path / "nowhere", "--csv", weather_csv], "--checkpoint: no such folder"),
         (["predict", "--checkpoint", tmp_path / "foreign", "--csv", weather_csv], "damaged or not a jrnn checkpoint"),
         (["compare", "--cells", "lstm,transformer"], "cell: expected one of"),
+        (["compare", "--group-column", "city"], "--group-column: needs --csv"),
+        (["compare", "--scale-per-series"], "--scale-per-series: needs --group-column"),
+        ([*base, "temp_max", "--csv", weather_csv, "--date-column", "date", "--group-column", "weather"],
+         "group_column: 'weather' not in the data; available: date, precipitation"),
         (["frobnicate"], "argument COMMAND: invalid choice"),
         (["bench", "--sizes", "C3,Z9"], "argument --sizes: expected names from C1, C3, C4, C5, got 'C3,Z9'"),
         (["bench", "--repeats", "0"], "argument --repeats: expected a positive integer, got 0"),

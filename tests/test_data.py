@@ -191,3 +191,113 @@ def _write(tmp_path, frame):
     path = tmp_path / "frame.csv"
     frame.to_csv(path, index=False)
     return path
+
+
+def _several_series(lengths=(120, 90, 150), seed=0):
+    """Three series in long format, rows interleaved by date as a CSV sorted by date has them.
+    Column ``a`` = 1000 * series number + row number in the series, so a window shows
+    which series and rows it read."""
+    rng = np.random.default_rng(seed)
+    frames = [pd.DataFrame({"store": name, "date": pd.date_range("2020-01-01", periods=n),
+                            "a": 1000.0 * g + np.arange(n), "b": rng.normal(size=n)})
+              for g, (name, n) in enumerate(zip("ABC", lengths))]
+    return pd.concat(frames).sort_values("date", kind="stable").reset_index(drop=True)
+
+
+@pytest.mark.parametrize("out_steps", [None, 3])
+def test_prepare_several_series(out_steps):
+    """Each series is split and windowed on its own (no window crosses a series or a
+    split), the scaler sees every series' training rows and nothing else, and
+    ``target_rows``/``target_groups`` say where each pair comes from."""
+    from jrnn.compare import persistence
+
+    frame = _several_series()
+    prepared = data.prepare(frame, targets=["a"], seq_len=5, date_column="date", group_column="store",
+                            out_steps=out_steps)
+    assert prepared.groups == ["A", "B", "C"] and prepared.features == ["a", "b"]  # not the labels
+    assert prepared.group_splits == [[(0, 84), (84, 102), (102, 120)], [(120, 183), (183, 197), (197, 210)],
+                                     [(210, 315), (315, 337), (337, 360)]]
+    np.testing.assert_array_equal(prepared.values[:, 0] // 1000, np.repeat([0, 1, 2], [120, 90, 150]))
+    np.testing.assert_array_equal(prepared.dates[120:123], np.arange("2020-01-01", "2020-01-04", dtype="datetime64[D]"))
+    for k, split in enumerate(data.SPLIT_NAMES):
+        X, Y = (prepared.train, prepared.val, prepared.test)[k]
+        rows = np.rint(prepared.scaler.inverse_transform(X[..., 0], [0]))  # (n, L): the "a" of each row read
+        targets = np.rint(prepared.unscale_targets(Y)).reshape(len(Y), -1)
+        assert (np.diff(rows, axis=1) == 1).all()  # consecutive rows of one series
+        np.testing.assert_array_equal(targets[:, 0], rows[:, -1] + 1)
+        labels = prepared.target_groups(split)
+        np.testing.assert_array_equal(rows[:, 0] // 1000, [ord(g) - ord("A") for g in labels])
+        np.testing.assert_array_equal(prepared.values[prepared.target_rows(split), 0], targets[:, 0])
+        for g, ranges in enumerate(prepared.group_splits):  # inside the series' own split
+            mine = labels == "ABC"[g]
+            start, stop = ranges[k]
+            assert rows[mine].min() == 1000 * g + start - ranges[0][0]
+            assert targets[mine].max() == 1000 * g + stop - 1 - ranges[0][0]
+        if out_steps is None:  # tomorrow = today, within the series
+            np.testing.assert_array_equal(persistence(prepared, split)[:, 0], rows[:, -1])
+    train_rows = np.concatenate([prepared.values[a:b] for (a, b), _, _ in prepared.group_splits])
+    np.testing.assert_allclose(prepared.scaler.mean, train_rows.mean(axis=0))
+    np.testing.assert_array_equal(prepared.split_rows("val"), np.r_[84:102, 183:197, 315:337])
+    assert prepared.window_config()["group_column"] == "store"
+    with pytest.raises(ValueError, match=r"splits: the data holds 3 series \('store'\); use group_splits"):
+        _ = prepared.splits
+    one = data.prepare(frame[frame.store == "B"], targets=["a"], seq_len=5, group_column="store")
+    plain = data.prepare(frame[frame.store == "B"].drop(columns="store"), targets=["a"], seq_len=5)
+    assert one.groups == ["B"] and one.splits == plain.splits
+    for got, want in zip(one.train + one.test, plain.train + plain.test):
+        np.testing.assert_array_equal(got, want)
+
+
+def test_several_series_checks():
+    frame = _several_series()
+    nan = frame.copy()
+    first_c = frame.index[frame.store == "C"][0]
+    nan.loc[first_c, "b"] = np.nan  # C's first row: filled from C's next value, not from B's
+    filled = data.prepare(nan, targets=["a"], seq_len=5, group_column="store", nan_policy="interpolate")
+    assert filled.values[210, 1] == frame.b[frame.store == "C"].iloc[1]
+    with pytest.raises(ValueError, match=r"series store='C' \(rows numbered within it\): data: NaN or infinite "
+                                         r"values in \['b'\] \(first at row 0\)"):
+        data.prepare(nan, targets=["a"], seq_len=5, group_column="store")
+    with pytest.raises(ValueError, match=r"the val split, series store='B', has 14 rows, fewer than "
+                                         r"seq_len \+ horizon = 16"):
+        data.prepare(frame, targets=["a"], seq_len=15, group_column="store")
+    with pytest.raises(ValueError, match=r"date_column: 'date' repeats 2020-01-01 \(rows 0 and 1\); several "
+                                         r"series in one table\? pass group_column"):
+        data.prepare(frame, targets=["a"], seq_len=5, date_column="date")
+    shuffled = frame.iloc[np.r_[0:6, 9, 6:9, 10:len(frame)]]  # A's 4th day before its 3rd
+    with pytest.raises(ValueError, match=r"date_column: 'date' must be oldest first, series store='A'; row 3 "
+                                         r"\(2020-01-03\) comes after 2020-01-04; sort the table by date"):
+        data.prepare(shuffled, targets=["a"], seq_len=5, date_column="date", group_column="store")
+    with pytest.raises(ValueError, match=r"group_column: 'shop' not in the data; available: store, date, a, b"):
+        data.prepare(frame, targets=["a"], group_column="shop")
+    unlabelled = frame.assign(store=frame.store.where(frame.index != 4))
+    with pytest.raises(ValueError, match=r"group_column: 'store' has no value at row 4"):
+        data.prepare(unlabelled, targets=["a"], group_column="store")
+    with pytest.raises(ValueError, match=r"group_column: 'a' is also a feature or target"):
+        data.prepare(frame, targets=["b"], features=["a", "b"], group_column="a")
+
+
+def test_scale_per_series():
+    """Each series standardised by its own training rows; targets come back with the
+    series of each row; single-scaler helpers refuse to guess."""
+    frame = _several_series()
+    prepared = data.prepare(frame, targets=["a"], seq_len=5, group_column="store", scale_per_series=True)
+    assert prepared.scaler is None and list(prepared.series_scalers) == ["A", "B", "C"]
+    assert prepared.window_config()["scale_per_series"] is True
+    X, Y = prepared.train
+    labels = prepared.target_groups("train")
+    for label, ranges in zip(prepared.groups, prepared.group_splits):
+        own = prepared.values[ranges[0][0] : ranges[0][1]]
+        np.testing.assert_allclose(prepared.scaler_of(label).mean, own.mean(axis=0))
+        first_rows = X[labels == label][:, 0]  # each training row but the last few, once
+        np.testing.assert_allclose(first_rows.mean(axis=0), 0.0, atol=0.2)
+        assert abs(X[labels == label][..., 0].std() - 1) < 0.1
+    for split, (X, Y) in zip(data.SPLIT_NAMES, (prepared.train, prepared.val, prepared.test)):
+        np.testing.assert_allclose(prepared.unscale_targets(Y, prepared.target_groups(split))[:, 0],
+                                   prepared.values[prepared.target_rows(split), 0], atol=1e-3)
+    with pytest.raises(ValueError, match=r"groups: expected the series of each of the \d+ rows"):
+        prepared.unscale_targets(Y)
+    with pytest.raises(ValueError, match=r"label: expected a series of the training data \('A', 'B', 'C'\), got 'D'"):
+        prepared.scaler_of("D")
+    with pytest.raises(ValueError, match="scale_per_series: needs group_column"):
+        data.prepare(_frame(), targets=["a"], scale_per_series=True)

@@ -25,14 +25,14 @@ def xla_temp_bytes(compiled) -> int | None:
         return None
 
 
-def figure(size=(8, 4.5)):
-    """A new ``(fig, ax)`` on the non-interactive Agg backend."""
+def figure(size=(8, 4.5), nrows: int = 1):
+    """A new ``(fig, ax)`` (``ax`` an array with ``nrows > 1``) on the non-interactive Agg backend."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    return plt.subplots(figsize=size)
+    return plt.subplots(nrows, figsize=size)
 
 
 def save(fig, path: str) -> str:

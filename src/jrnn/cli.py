@@ -69,6 +69,11 @@ def _add_data_options(p, *, required: bool):
                    help="column to predict (repeat for several)")
     p.add_argument("--features", nargs="+", help="input columns (default: every numeric column)")
     p.add_argument("--date-column", help="column of dates (parsed, sorted by, excluded from features)")
+    p.add_argument("--group-column", help="column naming the series of each row, for a CSV of several series "
+                   "(long format: a store, sensor or city per row); one model learns from all of them")
+    p.add_argument("--scale-per-series", action="store_true",
+                   help="with --group-column: standardise each series by its own training rows (default: one "
+                   "scale for all)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -151,7 +156,11 @@ def main(argv=None) -> int:
 def _frame(args):
     from jrnn import datasets
 
+    if args.scale_per_series and args.group_column is None:
+        raise ValueError("--scale-per-series: needs --group-column (several series to scale one by one)")
     if args.csv is None:
+        if args.group_column is not None:
+            raise ValueError("--group-column: needs --csv (the default weather data is one series)")
         return datasets.seattle_weather(), ["temp_max"], None, "date", "°C"
     if not args.target:
         raise ValueError("--target: required with --csv")
@@ -177,7 +186,8 @@ def run_compare(args) -> int:
     _check_outputs(args)
     cells = [c.strip() for c in args.cells.split(",") if c.strip()]
     result = compare.compare(
-        frame, targets=targets, features=features, date_column=date_column, cells=cells,
+        frame, targets=targets, features=features, date_column=date_column, group_column=args.group_column,
+        scale_per_series=args.scale_per_series, cells=cells,
         seq_len=args.seq_len, horizon=args.horizon, hidden_size=args.hidden, epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,
         nan_policy=args.nan, progress=not args.quiet,
@@ -217,11 +227,12 @@ def run_train(args) -> int:
     frame, targets, features, date_column, _ = _frame(args)
     prepared = jdata.prepare(frame, targets=targets, features=features, seq_len=args.seq_len,
                              horizon=args.horizon, out_steps=args.out_steps, nan_policy=args.nan,
-                             date_column=date_column)
+                             date_column=date_column, group_column=args.group_column,
+                             scale_per_series=args.scale_per_series)
     model = Forecaster(make_cell(args.cell, args.hidden), len(prepared.features),
                        len(prepared.targets), num_layers=args.layers, out_steps=args.out_steps)
     meta = {"model": model.config(), "data": prepared.window_config(),
-            "scaler": prepared.scaler.to_dict(), "columns": prepared.columns, "date_column": date_column,
+            **_scaler_meta(prepared), "columns": prepared.columns, "date_column": date_column,
             "optimizer": {"name": "adam", "learning_rate": args.lr, "clip_norm": 1.0}}
     if os.path.exists(args.out) and not os.path.isdir(args.out):
         raise ValueError(f"--out: {args.out} is a file; expected a folder for the checkpoints")
@@ -234,11 +245,21 @@ def run_train(args) -> int:
         checkpoint_dir=args.out, checkpoint_meta=meta, resume=args.resume,
     )
     X_test, Y_test = prepared.test
-    test = metrics(prepared.unscale_targets(predict(model.apply, params, X_test)), prepared.unscale_targets(Y_test))
+    labels = prepared.target_groups("test")
+    test = metrics(prepared.unscale_targets(predict(model.apply, params, X_test), labels),
+                   prepared.unscale_targets(Y_test, labels))
     print(f"jrnn train: {args.cell}, {jrnn.count_params(params)} parameters, "
           f"{len(history.train_loss)} epoch{'s' * (len(history.train_loss) != 1)} (best {history.best_epoch + 1}), "
           f"test MAE {test['mae']:.4f}, RMSE {test['rmse']:.4f}; checkpoint in {args.out}")
     return 0
+
+
+def _scaler_meta(prepared) -> dict:
+    """The checkpoint's scaling: ``{"scaler": ...}``, or ``{"series_scalers": {series: ...}}``
+    (series named as text, as a CSV gives them back) with ``--scale-per-series``."""
+    if prepared.series_scalers is None:
+        return {"scaler": prepared.scaler.to_dict()}
+    return {"series_scalers": {str(label): s.to_dict() for label, s in prepared.series_scalers.items()}}
 
 
 def _check_resume(directory, meta) -> None:
@@ -254,7 +275,8 @@ def _check_resume(directory, meta) -> None:
         cell = model.get("cell", {})
         return {"--cell": cell.get("kind"), "--hidden": cell.get("hidden_size"), "--layers": model.get("num_layers"),
                 "--features": data.get("features"), "--target": data.get("targets"),
-                "--out-steps": model.get("out_steps")}
+                "--out-steps": model.get("out_steps"), "--group-column": data.get("group_column"),
+                "--scale-per-series": data.get("scale_per_series", False)}
 
     was, now = options(saved), options(meta)
     differ = [f"{name} {_shown(was[name])} (this run: {_shown(now[name])})" for name in was if was[name] != now[name]]
@@ -266,16 +288,17 @@ def _check_resume(directory, meta) -> None:
 def _shown(value) -> str:
     if value is None:
         return "not given"
+    if isinstance(value, bool):
+        return "on" if value else "off"
     return " ".join(map(str, value)) if isinstance(value, list) else str(value)
 
 
 def run_predict(args) -> int:
-    import numpy as np
     import pandas as pd
 
     from jrnn import data as jdata
     from jrnn import datasets
-    from jrnn.forecast import forecast, load_checkpoint
+    from jrnn.forecast import load_checkpoint
 
     if not os.path.isdir(args.checkpoint):
         raise OSError(f"--checkpoint: no such folder: {args.checkpoint}")
@@ -286,12 +309,54 @@ def run_predict(args) -> int:
     if args.steps > 1 and model.out_steps is not None:
         raise ValueError(f"--steps: the model forecasts its next {model.out_steps} steps at once "
                          f"(trained with --out-steps {model.out_steps}); leave --steps out")
-    scaler = jdata.Scaler.from_dict(meta["scaler"])
-    columns = meta["columns"]
     date_column = meta.get("date_column")  # None: no --date-column, or an older checkpoint
+    group_column = window.get("group_column")  # None: one series, or an older checkpoint
     frame = datasets.load_csv(args.csv, date_column=date_column)
+    parts = []
+    for label, rows in jdata.series_parts(frame, group_column):
+        try:
+            part = _predict_series(args, model, params, meta, rows.reset_index(drop=True), _scaler_for(meta, label))
+        except ValueError as err:
+            if label is None:
+                raise
+            raise ValueError(f"series {group_column}={label!r}: {err}") from None
+        if label is not None:
+            part.insert(0, group_column, label)
+        parts.append(part)
+    result = pd.concat(parts, ignore_index=True)
+    if args.out:
+        result.to_csv(args.out, index=False)
+        print(f"jrnn predict: wrote {len(result)} forecast(s) to {args.out}")
+    else:
+        result.to_csv(sys.stdout, index=False)
+    return 0
+
+
+def _scaler_for(meta, label):
+    """The checkpoint's scaler for one series (``label``; ``None``: the only one)."""
+    from jrnn import data as jdata
+
+    if "series_scalers" not in meta:
+        return jdata.Scaler.from_dict(meta["scaler"])
+    known = meta["series_scalers"]
+    if str(label) not in known:
+        raise ValueError(f"not in the training data; a model trained with --scale-per-series knows the scales of "
+                         f"{', '.join(known)} only")
+    return jdata.Scaler.from_dict(known[str(label)])
+
+
+def _predict_series(args, model, params, meta, frame, scaler):
+    """The forecasts after the end of one series' rows, as a table: ``step``, the date
+    (with a date column, if evenly spaced), the targets."""
+    import numpy as np
+    import pandas as pd
+
+    from jrnn import data as jdata
+    from jrnn.forecast import forecast
+
+    window, columns, date_column = meta["data"], meta["columns"], meta.get("date_column")
     table = jdata.numeric_frame(frame, window["features"], nan_policy=args.nan, min_rows=window["seq_len"],
-                                 min_rows_reason=f"the model reads windows of {window['seq_len']} rows")
+                                min_rows_reason=f"the model reads windows of {window['seq_len']} rows")
     history = table.to_numpy()[-window["seq_len"]:]
     f_idx = [columns.index(c) for c in window["features"]]
     t_idx = [columns.index(c) for c in window["targets"]]
@@ -307,12 +372,7 @@ def run_predict(args) -> int:
         dates = _forecast_dates(kept.iloc[-window["seq_len"]:], steps_ahead)
         if dates is not None:
             result.insert(1, date_column, dates)
-    if args.out:
-        result.to_csv(args.out, index=False)
-        print(f"jrnn predict: wrote {len(result)} forecast(s) to {args.out}")
-    else:
-        result.to_csv(sys.stdout, index=False)
-    return 0
+    return result
 
 
 def _forecast_dates(window_dates, steps_ahead):

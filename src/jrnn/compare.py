@@ -24,6 +24,7 @@ from jrnn.train import fit, metrics, predict
 
 CELL_FACTORIES = {"simple_rnn": jrnn.simple_rnn, "lstm": jrnn.lstm, "gru": jrnn.gru,
                   "min_gru": jrnn.min_gru, "min_lstm": jrnn.min_lstm}
+MAX_PLOTTED_SERIES = 4  # forecast.png shows the first few series of a table of several
 CELL_LABELS = {"simple_rnn": "SimpleRNN", "lstm": "LSTM", "gru": "GRU", "min_gru": "minGRU", "min_lstm": "minLSTM"}
 
 
@@ -41,22 +42,25 @@ def persistence(prepared: jdata.ForecastData, split: str = "test") -> np.ndarray
 
 
 def seasonal_mean(prepared: jdata.ForecastData, split: str = "test", half_width: int = 7) -> np.ndarray | None:
-    """Training rows' mean target for each day of the year (±``half_width`` days); ``None`` without dates."""
+    """Each series' training rows' mean target for each day of the year (±``half_width``
+    days), at the split's target dates; ``None`` without dates."""
     if prepared.dates is None:
         return None
     day = (prepared.dates - prepared.dates.astype("datetime64[Y]")).astype(int)  # 0..365
-    train_rows = np.arange(*prepared.splits[0])
     targets = prepared.values[:, prepared.target_index]
-    sums = np.zeros((366, targets.shape[1]))
-    counts = np.zeros(366)
-    np.add.at(sums, day[train_rows], targets[train_rows])
-    np.add.at(counts, day[train_rows], 1)
     kernel = np.ones(2 * half_width + 1)
     circular = lambda a: np.convolve(np.concatenate([a[-half_width:], a, a[:half_width]]), kernel, "valid")
-    smooth_counts = circular(counts)
-    smooth = np.stack([circular(sums[:, k]) for k in range(sums.shape[1])], axis=1)
-    climate = smooth / np.maximum(smooth_counts, 1)[:, None]
-    return climate[day[prepared.target_rows(split)]]
+    out = []
+    for ranges, rows in zip(prepared.group_splits, prepared.target_rows_by_series(split)):
+        train_rows = np.arange(*ranges[0])
+        sums = np.zeros((366, targets.shape[1]))
+        counts = np.zeros(366)
+        np.add.at(sums, day[train_rows], targets[train_rows])
+        np.add.at(counts, day[train_rows], 1)
+        smooth = np.stack([circular(sums[:, k]) for k in range(sums.shape[1])], axis=1)
+        climate = smooth / np.maximum(circular(counts), 1)[:, None]
+        out.append(climate[day[rows]])
+    return np.concatenate(out)
 
 
 def compare(
@@ -65,6 +69,8 @@ def compare(
     targets: Sequence[str],
     features: Sequence[str] | None = None,
     date_column: str | None = None,
+    group_column: str | None = None,
+    scale_per_series: bool = False,
     cells: Sequence[str] = ("simple_rnn", "lstm", "gru"),
     seq_len: int = 30,
     horizon: int = 1,
@@ -79,15 +85,21 @@ def compare(
 ) -> dict:
     """Train one forecaster per cell on the same data and budget; evaluate on the test split.
 
+    With ``group_column`` (a table of several series, see :func:`jrnn.data.prepare`)
+    each model is one network trained on all series; errors are over all test
+    points, and ``series_mae`` gives each series' MAE per model.
+
     Returns a JSON-friendly dict: ``rows`` (one per model and baseline), the
     settings, per-cell loss ``histories`` and test ``predictions``.
     """
     for name in cells:
         make_cell(name, 1)
     prepared = jdata.prepare(frame, targets=targets, features=features, seq_len=seq_len,
-                             horizon=horizon, nan_policy=nan_policy, date_column=date_column)
+                             horizon=horizon, nan_policy=nan_policy, date_column=date_column,
+                             group_column=group_column, scale_per_series=scale_per_series)
     X_test, Y_test = prepared.test
-    actual = prepared.unscale_targets(Y_test)
+    labels = prepared.target_groups("test")
+    actual = prepared.unscale_targets(Y_test, labels)
     rows, histories, predictions = [], {}, {}
     for name in cells:
         model = Forecaster(make_cell(name, hidden_size), len(prepared.features), len(prepared.targets))
@@ -99,7 +111,7 @@ def compare(
             seed=seed, patience=patience, progress=progress, description=CELL_LABELS[name],
         )
         seconds = time.perf_counter() - started
-        pred = prepared.unscale_targets(predict(model.apply, params, X_test))
+        pred = prepared.unscale_targets(predict(model.apply, params, X_test), labels)
         rows.append({"model": CELL_LABELS[name], "params": jrnn.count_params(params),
                      "train_seconds": round(seconds, 2), "epochs": len(history.train_loss),
                      **metrics(pred, actual)})
@@ -115,18 +127,34 @@ def compare(
     for row in rows:
         row["mae_vs_persistence"] = round(row["mae"] / persistence_mae, 4)
     test_dates = None if prepared.dates is None else [str(d) for d in prepared.dates[prepared.target_rows("test")]]
+    several = len(prepared.groups) > 1
+    series = f" of each of {len(prepared.groups)} series ({group_column})" if several else ""
     return {
         "task": f"predict {', '.join(prepared.targets)} {horizon} step(s) ahead from the last "
-                f"{seq_len} steps of {', '.join(prepared.features)}",
+                f"{seq_len} steps of {', '.join(prepared.features)}{series}",
         "settings": {"cells": list(cells), "seq_len": seq_len, "horizon": horizon,
                      "hidden_size": hidden_size, "epochs": epochs, "batch_size": batch_size,
                      "learning_rate": learning_rate, "patience": patience, "seed": seed,
-                     "clip_norm": 1.0, "split_rows": prepared.splits},
+                     "clip_norm": 1.0, "group_column": group_column, "scale_per_series": scale_per_series,
+                     "split_rows": ({str(g): r for g, r in zip(prepared.groups, prepared.group_splits)}
+                                    if several else prepared.splits)},
         "machine": {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count()},
         "rows": rows,
         "histories": histories,
-        "test": {"dates": test_dates, "actual": actual[:, 0].tolist(), "predictions": predictions},
+        "series_mae": _series_mae(labels, actual, predictions) if several else None,
+        "test": {"dates": test_dates, "series": [str(g) for g in labels] if several else None,
+                 "actual": actual[:, 0].tolist(), "predictions": predictions},
     }
+
+
+def _series_mae(labels: np.ndarray, actual: np.ndarray, predictions: dict) -> dict:
+    """``{series: {model: MAE of the first target}}`` over the test points of each series."""
+    out = {}
+    for label in dict.fromkeys(labels):
+        mine = labels == label
+        out[str(label)] = {name: round(float(np.mean(np.abs(np.asarray(pred)[mine] - actual[mine, 0]))), 4)
+                           for name, pred in predictions.items()}
+    return out
 
 
 def format_table(rows: list[dict], units: str = "") -> str:
@@ -145,14 +173,19 @@ def write_outputs(result: dict, out_dir: str, json_path: str | None = None, unit
     paths = [write_json(result, out_dir, json_path, "compare.json")]
     test = result["test"]
     x = np.arange(len(test["actual"])) if test["dates"] is None else np.asarray(test["dates"], "datetime64[D]")
-    fig, ax = figure((11, 4.5))
-    ax.plot(x, test["actual"], color="black", lw=2, label="actual")
-    for name, pred in test["predictions"].items():
-        style = {"ls": ":", "lw": 1} if name in ("persistence", "seasonal mean") else {"lw": 1.2}
-        ax.plot(x, pred, label=CELL_LABELS.get(name, name), **style)
-    ax.set_title("Test period: forecast vs actual")
-    ax.set_ylabel(units or "target")
-    ax.legend(ncol=3, fontsize=8)
+    labels = np.asarray(test.get("series") or [""] * len(x))
+    shown = list(dict.fromkeys(labels))[:MAX_PLOTTED_SERIES]
+    fig, axes = figure((11, 4.5 * len(shown)), nrows=len(shown))
+    for ax, label in zip(np.atleast_1d(axes), shown):
+        mine = labels == label
+        ax.plot(x[mine], np.asarray(test["actual"])[mine], color="black", lw=2, label="actual")
+        for name, pred in test["predictions"].items():
+            style = {"ls": ":", "lw": 1} if name in ("persistence", "seasonal mean") else {"lw": 1.2}
+            ax.plot(x[mine], np.asarray(pred)[mine], label=CELL_LABELS.get(name, name), **style)
+        series = f" ({result['settings'].get('group_column')} = {label})" if label else ""
+        ax.set_title(f"Test period: forecast vs actual{series}")
+        ax.set_ylabel(units or "target")
+        ax.legend(ncol=3, fontsize=8)
     fig.autofmt_xdate()
     paths.append(save(fig, os.path.join(out_dir, "forecast.png")))
 

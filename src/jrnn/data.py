@@ -295,9 +295,16 @@ class ForecastData:
     """A table turned into scaled supervised pairs for each chronological split.
 
     ``columns`` = features, then any target not among them; ``values`` holds
-    them unscaled ``(N, C)``. ``splits`` are row ranges; ``train``, ``val`` and
-    ``test`` are scaled ``(X, Y)`` pairs built inside each range, so no window
-    crosses a boundary. ``scaler`` was fitted on the training rows only.
+    them unscaled ``(N, C)``. A table of several series (``group_column``) has
+    their rows one series after another, in the order the series first appear,
+    ``groups`` their labels; one series has ``groups == [None]``.
+    ``group_splits[g]`` are series ``g``'s train, validation and test row
+    ranges (its first 70 %, next 15 %, last 15 % by default); ``train``,
+    ``val`` and ``test`` are scaled ``(X, Y)`` pairs built inside each range,
+    series after series, so no window crosses a split or a series. ``scaler``
+    was fitted on the training rows only (of all series together); with
+    ``scale_per_series`` it is ``None`` and ``series_scalers[label]`` was
+    fitted on that series' training rows.
     """
 
     columns: list[str]
@@ -309,11 +316,22 @@ class ForecastData:
     out_steps: int | None
     values: np.ndarray
     dates: np.ndarray | None
-    splits: list[tuple[int, int]]
-    scaler: Scaler
+    group_splits: list[list[tuple[int, int]]]
+    scaler: Scaler | None
     train: tuple[np.ndarray, np.ndarray]
     val: tuple[np.ndarray, np.ndarray]
     test: tuple[np.ndarray, np.ndarray]
+    group_column: str | None = None
+    groups: list = dataclasses.field(default_factory=lambda: [None])
+    series_scalers: dict | None = None
+
+    @property
+    def splits(self) -> list[tuple[int, int]]:
+        """The train, validation and test row ranges of a single series."""
+        if len(self.groups) != 1:
+            raise ValueError(f"splits: the data holds {len(self.groups)} series ({self.group_column!r}); "
+                             "use group_splits or split_rows(split)")
+        return self.group_splits[0]
 
     @property
     def feature_index(self) -> list[int]:
@@ -323,20 +341,103 @@ class ForecastData:
     def target_index(self) -> list[int]:
         return [self.columns.index(c) for c in self.targets]
 
+    def split_rows(self, split: str) -> np.ndarray:
+        """Row numbers (into ``values``) of a split, series after series."""
+        k = _split_number(split)
+        return np.concatenate([np.arange(*ranges[k]) for ranges in self.group_splits])
+
     def target_rows(self, split: str) -> np.ndarray:
         """Row numbers (into ``values``) of the ``mode="last"`` targets of a split
-        (with ``out_steps``: of each window's first target)."""
-        start, stop = self.splits[("train", "val", "test").index(split)]
-        first = start + self.seq_len - 1 + self.horizon
-        return np.arange(first, stop - (self.out_steps or 1) + 1)
+        (with ``out_steps``: of each window's first target), in the order of its pairs."""
+        return np.concatenate(self.target_rows_by_series(split))
 
-    def unscale_targets(self, Y) -> np.ndarray:
-        """Targets or predictions back in the data's own units."""
-        return self.scaler.inverse_transform(Y, self.target_index)
+    def target_rows_by_series(self, split: str) -> list[np.ndarray]:
+        """:meth:`target_rows` cut into one array per series (in the order of ``groups``)."""
+        k = _split_number(split)
+        skip = self.seq_len - 1 + self.horizon
+        last = (self.out_steps or 1) - 1
+        return [np.arange(ranges[k][0] + skip, ranges[k][1] - last) for ranges in self.group_splits]
+
+    def target_groups(self, split: str) -> np.ndarray:
+        """The series label of each of a split's pairs, ``(n,)`` (all ``None`` for one series)."""
+        labels = np.empty(len(self.groups), object)
+        labels[:] = self.groups
+        return np.repeat(labels, [len(rows) for rows in self.target_rows_by_series(split)])
+
+    def scaler_of(self, label=None) -> Scaler:
+        """The scaler of a series' values (``label``: its name; only looked at with
+        ``scale_per_series``)."""
+        if self.series_scalers is None:
+            return self.scaler
+        if label not in self.series_scalers:
+            raise ValueError(f"label: expected a series of the training data ({', '.join(map(repr, self.groups))}), "
+                             f"got {label!r}")
+        return self.series_scalers[label]
+
+    def unscale_targets(self, Y, groups=None) -> np.ndarray:
+        """Targets or predictions ``(n, ...)`` back in the data's own units. ``groups``:
+        the series of each row (``target_groups(split)``), needed with ``scale_per_series``."""
+        if self.series_scalers is None:
+            return self.scaler.inverse_transform(Y, self.target_index)
+        if groups is None or len(groups) != len(Y):
+            raise ValueError(f"groups: expected the series of each of the {len(Y)} rows (target_groups(split)), "
+                             f"the data being scaled per series; got {None if groups is None else len(groups)}")
+        Y, groups = np.asarray(Y), np.asarray(groups, object)
+        out = np.empty(Y.shape, np.float64)
+        for label in dict.fromkeys(groups):
+            mine = groups == label
+            out[mine] = self.scaler_of(label).inverse_transform(Y[mine], self.target_index)
+        return out
 
     def window_config(self) -> dict:
         return {"features": self.features, "targets": self.targets, "seq_len": self.seq_len,
-                "horizon": self.horizon, "mode": self.mode, "out_steps": self.out_steps}
+                "horizon": self.horizon, "mode": self.mode, "out_steps": self.out_steps,
+                "group_column": self.group_column, "scale_per_series": self.series_scalers is not None}
+
+
+SPLIT_NAMES = ("train", "val", "test")
+
+
+def _split_number(split: str) -> int:
+    if split not in SPLIT_NAMES:
+        raise ValueError(f"split: expected one of {SPLIT_NAMES}, got {split!r}")
+    return SPLIT_NAMES.index(split)
+
+
+def series_parts(frame: pd.DataFrame, group_column: str | None) -> list[tuple[object, pd.DataFrame]]:
+    """``[(label, rows)]``: the table's series in the order they first appear, each in
+    its row order; ``[(None, frame)]`` without ``group_column``.
+
+    Raises:
+      ValueError: no such column, or a row without a label.
+    """
+    if group_column is None:
+        return [(None, frame)]
+    if group_column not in frame.columns:
+        raise ValueError(f"group_column: {group_column!r} not in the data; available: "
+                         f"{', '.join(map(str, frame.columns))}")
+    labels = frame[group_column]
+    if labels.isna().any():
+        first = int(np.flatnonzero(labels.isna().to_numpy())[0])
+        raise ValueError(f"group_column: {group_column!r} has no value at row {first}; every row needs its series")
+    parts = frame.groupby(labels, sort=False, dropna=False)
+    return [(label.item() if isinstance(label, np.generic) else label, rows) for label, rows in parts]
+
+
+def check_date_order(dates: pd.Series, date_column: str, where: str = "") -> None:
+    """Raise ``ValueError`` unless ``dates`` strictly increase (a repeated date hints
+    at several series in one table)."""
+    d = dates.to_numpy()
+    back = np.flatnonzero(d[1:] <= d[:-1])
+    if not back.size:
+        return
+    i = int(back[0]) + 1
+    shown = [str(pd.Timestamp(d[k])).removesuffix(" 00:00:00") for k in (i - 1, i)]
+    if d[i] == d[i - 1]:
+        raise ValueError(f"date_column: {date_column!r} repeats {shown[1]} (rows {i - 1} and {i}{where}); "
+                         "several series in one table? pass group_column (CLI: --group-column)")
+    raise ValueError(f"date_column: {date_column!r} must be oldest first{where}; row {i} ({shown[1]}) comes "
+                     f"after {shown[0]}; sort the table by date (datasets.load_csv(..., date_column=...) does)")
 
 
 def prepare(
@@ -351,25 +452,37 @@ def prepare(
     fractions: Sequence[float] = (0.7, 0.15, 0.15),
     nan_policy: str = "error",
     date_column: str | None = None,
+    group_column: str | None = None,
+    scale_per_series: bool = False,
 ) -> ForecastData:
     """Check, split, scale and window a table for forecasting.
 
     Args:
-      frame: the measurements, one row per time step, oldest first.
+      frame: the measurements, one row per time step, oldest first (within each series).
       targets: columns to predict.
-      features: input columns (default: every numeric column but ``date_column``).
+      features: input columns (default: every numeric column but ``date_column``
+        and ``group_column``).
       seq_len, horizon, mode, out_steps: as in :func:`supervised`.
-      fractions: train, validation and test shares of the rows.
-      nan_policy: see :func:`numeric_frame`.
-      date_column: optional column of dates, kept for plots and seasonal baselines.
+      fractions: train, validation and test shares of the rows (of each series).
+      nan_policy: see :func:`numeric_frame` (applied to each series on its own).
+      date_column: optional column of dates, kept for plots and seasonal baselines;
+        they must increase within each series.
+      group_column: optional column naming the series of each row (a store, a
+        sensor, a city), for a table of several series in long format: each
+        series is split and windowed on its own and one model learns from all.
+      scale_per_series: standardise each series with its own training rows'
+        mean and spread (needs ``group_column``), so series of different
+        levels look alike to the model; default: one scaler for all series.
 
     Raises:
-      ValueError / TypeError: as :func:`numeric_frame`; a split too short for one window.
+      ValueError / TypeError: as :func:`numeric_frame`; a split too short for one
+        window; dates out of order or repeated within a series (naming the series).
     """
     if isinstance(targets, str):
         targets = [targets]
     if features is None:
-        features = [c for c in frame.columns if c != date_column and pd.api.types.is_numeric_dtype(frame[c])]
+        features = [c for c in frame.columns
+                    if c not in (date_column, group_column) and pd.api.types.is_numeric_dtype(frame[c])]
     features, targets = list(features), list(targets)
     if not targets:
         raise ValueError("targets: expected at least one column, got none")
@@ -379,32 +492,70 @@ def prepare(
     needed = seq_len + horizon + (out_steps or 1) - 1
     needed_what = f"seq_len {seq_len} + horizon {horizon}" + (f" + out_steps {out_steps} - 1" if out_steps else "")
     columns = features + [t for t in targets if t not in features]
-    dates = None
-    if date_column is not None:
-        dates = parse_dates(frame, date_column, "the data")
-    checked = numeric_frame(frame, columns, nan_policy=nan_policy, min_rows=needed, min_rows_reason=needed_what)
-    if dates is not None:
-        dates = dates[kept_rows(frame, columns, nan_policy)]
-    values = checked.to_numpy()
-    splits = chronological_split(len(values), fractions)
-    for name, (start, stop) in zip(("train", "val", "test"), splits):
-        if stop - start < needed:
-            raise ValueError(
-                f"data: the {name} split has {stop - start} rows, fewer than seq_len + horizon"
-                f"{' + out_steps - 1' if out_steps else ''} = "
-                f"{needed}; use more data or a shorter --seq-len"
-            )
-    scaler = Scaler.fit(values[splits[0][0] : splits[0][1]])
-    scaled = scaler.transform(values).astype(np.float32)  # the windows below are views of it
+    if group_column is not None and group_column in columns:
+        raise ValueError(f"group_column: {group_column!r} is also a feature or target; it names the series")
+    if scale_per_series and group_column is None:
+        raise ValueError("scale_per_series: needs group_column (several series to scale one by one)")
+    parts = series_parts(frame, group_column)
+    values, dates, group_splits = [], [], []
+    for label, rows in parts:
+        series = "" if label is None else f"series {group_column}={label!r}"
+        where = f", {series}" if series else ""
+        part_values, part_dates = _checked_series(rows, columns, nan_policy, date_column, needed,
+                                                  needed_what, series)
+        offset = sum(len(v) for v in values)
+        ranges = [(start + offset, stop + offset) for start, stop in chronological_split(len(part_values), fractions)]
+        for name, (start, stop) in zip(SPLIT_NAMES, ranges):
+            if stop - start < needed:
+                raise ValueError(
+                    f"data: the {name} split{where}{',' * bool(where)} has {stop - start} rows, fewer than "
+                    f"seq_len + horizon{' + out_steps - 1' if out_steps else ''} = {needed}; use more data "
+                    "or a shorter --seq-len"
+                )
+        values.append(part_values)
+        dates.append(part_dates)
+        group_splits.append(ranges)
+    values = np.concatenate(values)
+    labels = [label for label, _ in parts]
+    train_rows = [values[ranges[0][0] : ranges[0][1]] for ranges in group_splits]
+    series_scalers = scaler = None
+    if scale_per_series:
+        series_scalers = {label: Scaler.fit(rows) for label, rows in zip(labels, train_rows)}
+        scaled = np.concatenate([series_scalers[label].transform(values[ranges[0][0] : ranges[2][1]])
+                                 for label, ranges in zip(labels, group_splits)])
+    else:
+        scaler = Scaler.fit(np.concatenate(train_rows))
+        scaled = scaler.transform(values)
+    scaled = scaled.astype(np.float32)  # one series: the windows below are views of it
     f_idx = [columns.index(c) for c in features]
     t_idx = [columns.index(c) for c in targets]
-    pairs = [
-        supervised(scaled[start:stop], seq_len, horizon=horizon, inputs=f_idx, targets=t_idx, mode=mode,
-                   out_steps=out_steps)
-        for start, stop in splits
-    ]
+    pairs = []
+    for k in range(3):
+        per_series = [supervised(scaled[ranges[k][0] : ranges[k][1]], seq_len, horizon=horizon, inputs=f_idx,
+                                 targets=t_idx, mode=mode, out_steps=out_steps) for ranges in group_splits]
+        pairs.append(per_series[0] if len(per_series) == 1 else
+                     tuple(np.concatenate(arrays) for arrays in zip(*per_series)))
     return ForecastData(
         columns, features, targets, seq_len, horizon, mode, out_steps, values,
-        None if dates is None else np.asarray(dates, dtype="datetime64[D]"),
-        splits, scaler, *pairs,
+        None if date_column is None else np.concatenate(dates),
+        group_splits, scaler, *pairs, group_column=group_column, groups=labels, series_scalers=series_scalers,
     )
+
+
+def _checked_series(rows, columns, nan_policy, date_column, needed, needed_what, series):
+    """One series' ``(values (n, C), dates (n,) or None)``, checked as :func:`numeric_frame`
+    does; ``series`` names it in errors (``""``: the only one)."""
+    dates = None
+    if date_column is not None:
+        dates = parse_dates(rows, date_column, "the data")
+        check_date_order(dates, date_column, f", {series}" if series else "")
+    try:
+        checked = numeric_frame(rows.reset_index(drop=True), columns, nan_policy=nan_policy, min_rows=needed,
+                                min_rows_reason=needed_what)
+    except ValueError as err:
+        if not series:
+            raise
+        raise ValueError(f"{series} (rows numbered within it): {err}") from None
+    if dates is not None:
+        dates = np.asarray(dates[kept_rows(rows, columns, nan_policy)], dtype="datetime64[D]")
+    return checked.to_numpy(), dates
