@@ -72,6 +72,9 @@ def test_train_predict_resume(tmp_path, weather_csv):
     assert other.returncode == 2 and other.stderr.strip() == (
         f"jrnn: error: --resume: {ck} was trained with --hidden 32 (this run: 16); pass the same options, "
         "or a new --out to start afresh")
+    other = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",
+                     "--features", "temp_max", "--horizon", 2, "--epochs", 5, "--quiet", "--out", ck, "--resume")
+    assert other.returncode == 2 and "was trained with --horizon 1 (this run: 2)" in other.stderr
 
 
 def test_train_out_steps_predicts_a_week_at_once(tmp_path, weather_csv):
@@ -127,6 +130,16 @@ def test_train_predict_several_series(tmp_path):
         "knows the scales of north, south, east only")
     out = jrnn_cmd(*train, "--epochs", 31, "--resume")
     assert out.returncode == 2 and "--scale-per-series on (this run: off)" in out.stderr
+    single = ck.parent / "single"  # a model of one series refuses a table of several (a date repeats)
+    out = jrnn_cmd("train", "--csv", tmp_path / "cities.csv", "--target", "temp", "--date-column", "date",
+                   "--seq-len", 10, "--epochs", 1, "--quiet", "--out", single)
+    assert out.returncode == 2 and "date_column: 'date' repeats 2021-01-01 (rows 0 and 1)" in out.stderr
+    cities[cities.city == "north"].to_csv(tmp_path / "north.csv", index=False)
+    out = jrnn_cmd("train", "--csv", tmp_path / "north.csv", "--target", "temp", "--date-column", "date",
+                   "--seq-len", 10, "--epochs", 1, "--quiet", "--out", single)
+    assert out.returncode == 0, out.stderr
+    out = jrnn_cmd("predict", "--checkpoint", single, "--csv", tmp_path / "cities.csv")
+    assert out.returncode == 2 and "several series in one table? pass group_column" in out.stderr
 
 
 def _bad_inputs(tmp_path, weather_csv):

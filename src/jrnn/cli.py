@@ -275,6 +275,7 @@ def _check_resume(directory, meta) -> None:
         cell = model.get("cell", {})
         return {"--cell": cell.get("kind"), "--hidden": cell.get("hidden_size"), "--layers": model.get("num_layers"),
                 "--features": data.get("features"), "--target": data.get("targets"),
+                "--seq-len": data.get("seq_len"), "--horizon": data.get("horizon"),
                 "--out-steps": model.get("out_steps"), "--group-column": data.get("group_column"),
                 "--scale-per-series": data.get("scale_per_series", False)}
 
@@ -355,6 +356,8 @@ def _predict_series(args, model, params, meta, frame, scaler):
     from jrnn.forecast import forecast
 
     window, columns, date_column = meta["data"], meta["columns"], meta.get("date_column")
+    if date_column is not None:  # a repeated date: rows of several series, which one window must not mix
+        jdata.check_date_order(frame[date_column], date_column)
     table = jdata.numeric_frame(frame, window["features"], nan_policy=args.nan, min_rows=window["seq_len"],
                                 min_rows_reason=f"the model reads windows of {window['seq_len']} rows")
     history = table.to_numpy()[-window["seq_len"]:]
