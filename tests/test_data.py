@@ -137,6 +137,11 @@ def test_table_checks():
     np.testing.assert_array_equal(dropped.values[:, 0], kept.a)
     filled = data.prepare(nan, targets=["a"], seq_len=5, date_column="date", nan_policy="interpolate")
     assert filled.values[7, 1] == pytest.approx((nan.b[6] + nan.b[8]) / 2)
+    infinite = frame.assign(b=frame.b.where(frame.index != 9, -np.inf))  # counts as missing
+    with pytest.raises(ValueError, match=r"NaN or infinite values in \['b'\] \(first at row 9\)"):
+        data.prepare(infinite, targets=["a"], seq_len=5)
+    filled = data.prepare(infinite, targets=["a"], seq_len=5, nan_policy="interpolate")
+    assert filled.values[9, 1] == pytest.approx((frame.b[8] + frame.b[10]) / 2)
     with pytest.raises(ValueError, match=r"data: expected at least 31 rows \(seq_len 30 \+ horizon 1\), got 20"):
         data.prepare(frame.head(20), targets=["a"], seq_len=30)
     with pytest.raises(ValueError, match=r"the val split has 9 rows, fewer than seq_len \+ horizon = 11"):

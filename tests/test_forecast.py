@@ -64,9 +64,9 @@ def test_forecast_in_original_units(key):
     np.testing.assert_allclose(got, scaled * 5.0 - 3.0, rtol=1e-6)
     with pytest.raises(ValueError, match="steps: 2 needs the targets to be the features"):
         forecast(model, params, raw, steps=2, scaler=scaler, feature_index=[0, 1], target_index=[1])
-    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) with L >= 1, got \(8, 3\)"):
+    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) or \(G, L, 2\) with L >= 1, got \(8, 3\)"):
         forecast(model, params, np.zeros((8, 3)))
-    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) with L >= 1, got \(0, 2\)"):
+    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) or \(G, L, 2\) with L >= 1, got \(0, 2\)"):
         forecast(model, params, np.zeros((0, 2)))
     with pytest.raises(ValueError, match="target_index: expected 1 of the scaler's 2 columns, got None"):
         forecast(model, params, raw, scaler=scaler)
@@ -107,3 +107,32 @@ def test_out_steps_forecaster(key):
         forecast(model, params, history, steps=2)
     with pytest.raises(ValueError, match="out_steps: needs mode='last'"):
         Forecaster(jrnn.gru(3), input_size=1, output_size=1, mode="sequence", out_steps=2)
+
+
+@pytest.mark.parametrize("out_steps,steps", [(None, 3), (4, 1)])
+def test_several_series_at_once(key, out_steps, steps):
+    """``history (G, L, F)``: each series' forecast equals its own call, each in its own
+    units with a scaler per series; one compiled program for the batch."""
+    from jrnn import forecast as forecast_module
+
+    model = Forecaster(jrnn.lstm(6), input_size=2, output_size=2, out_steps=out_steps)
+    params = model.init(key)
+    histories = np.asarray(jax.random.normal(key, (3, 10, 2)))
+    scalers = [Scaler(np.array([m, -m]), np.array([1.0 + m, 2.0])) for m in (0.0, 5.0, 50.0)]
+    raw = np.stack([h * s.scale + s.mean for h, s in zip(histories, scalers)])
+    got = forecast(model, params, raw, steps=steps, scaler=scalers)
+    assert got.shape == (3, out_steps or steps, 2)
+    for g in range(3):
+        np.testing.assert_allclose(got[g], forecast(model, params, raw[g], steps=steps, scaler=scalers[g]),
+                                   rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(forecast(model, params, histories, steps=steps, scaler=scalers[0]),
+                               [forecast(model, params, h, steps=steps, scaler=scalers[0]) for h in histories],
+                               rtol=1e-5, atol=1e-5)
+    compiled = forecast_module._forecast._cache_size()
+    forecast(model, params, raw[::-1], steps=steps, scaler=scalers)
+    assert forecast_module._forecast._cache_size() == compiled
+    with pytest.raises(ValueError, match=r"scaler: expected a Scaler, or one per series of history \(G, L, F\) = "
+                                         r"\(3, 10, 2\), got 2 of \['Scaler'\]"):
+        forecast(model, params, raw, steps=steps, scaler=scalers[:2])
+    with pytest.raises(ValueError, match=r"scaler: expected a Scaler, or one per series"):
+        forecast(model, params, raw[0], steps=steps, scaler=scalers[:1])

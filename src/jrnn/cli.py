@@ -295,16 +295,17 @@ def _shown(value) -> str:
 
 
 def run_predict(args) -> int:
+    import numpy as np
     import pandas as pd
 
     from jrnn import data as jdata
     from jrnn import datasets
-    from jrnn.forecast import load_checkpoint
+    from jrnn.forecast import forecast, load_checkpoint
 
     if not os.path.isdir(args.checkpoint):
         raise OSError(f"--checkpoint: no such folder: {args.checkpoint}")
     model, params, meta = load_checkpoint(args.checkpoint)
-    window = meta["data"]
+    window, columns = meta["data"], meta["columns"]
     if args.steps > 1 and window["horizon"] != 1:
         raise ValueError(f"--steps: {args.steps} needs a model trained with --horizon 1, got {window['horizon']}")
     if args.steps > 1 and model.out_steps is not None:
@@ -313,14 +314,32 @@ def run_predict(args) -> int:
     date_column = meta.get("date_column")  # None: no --date-column, or an older checkpoint
     group_column = window.get("group_column")  # None: one series, or an older checkpoint
     frame = datasets.load_csv(args.csv, date_column=date_column)
-    parts = []
+    labels, histories, scalers, window_dates = [], [], [], []
     for label, rows in jdata.series_parts(frame, group_column):
         try:
-            part = _predict_series(args, model, params, meta, rows.reset_index(drop=True), _scaler_for(meta, label))
+            scalers.append(_scaler_for(meta, label))
+            history, dates = _series_history(args, meta, rows.reset_index(drop=True))
         except ValueError as err:
             if label is None:
                 raise
             raise ValueError(f"series {group_column}={label!r}: {err}") from None
+        labels.append(label)
+        histories.append(history)
+        window_dates.append(dates)
+    out = forecast(model, params, np.stack(histories), steps=args.steps, scaler=scalers,
+                   feature_index=[columns.index(c) for c in window["features"]],
+                   target_index=[columns.index(c) for c in window["targets"]])  # (G, steps or K, targets)
+    if model.out_steps is None:
+        steps_ahead = np.arange(1, args.steps + 1) * window["horizon"]
+    else:
+        steps_ahead = window["horizon"] + np.arange(model.out_steps)
+    parts = []
+    for label, forecasts, dates in zip(labels, out, window_dates):
+        part = pd.DataFrame(forecasts, columns=window["targets"])
+        part.insert(0, "step", steps_ahead)
+        future = None if dates is None else _forecast_dates(dates, steps_ahead)
+        if future is not None:
+            part.insert(1, date_column, future)
         if label is not None:
             part.insert(0, group_column, label)
         parts.append(part)
@@ -346,36 +365,20 @@ def _scaler_for(meta, label):
     return jdata.Scaler.from_dict(known[str(label)])
 
 
-def _predict_series(args, model, params, meta, frame, scaler):
-    """The forecasts after the end of one series' rows, as a table: ``step``, the date
-    (with a date column, if evenly spaced), the targets."""
-    import numpy as np
-    import pandas as pd
-
+def _series_history(args, meta, frame):
+    """One series' last window ``(seq_len, features)`` in the data's units, and its
+    dates (``None`` without a date column)."""
     from jrnn import data as jdata
-    from jrnn.forecast import forecast
 
-    window, columns, date_column = meta["data"], meta["columns"], meta.get("date_column")
+    window, date_column = meta["data"], meta.get("date_column")
     if date_column is not None:  # a repeated date: rows of several series, which one window must not mix
         jdata.check_date_order(frame[date_column], date_column)
     table = jdata.numeric_frame(frame, window["features"], nan_policy=args.nan, min_rows=window["seq_len"],
                                 min_rows_reason=f"the model reads windows of {window['seq_len']} rows")
-    history = table.to_numpy()[-window["seq_len"]:]
-    f_idx = [columns.index(c) for c in window["features"]]
-    t_idx = [columns.index(c) for c in window["targets"]]
-    out = forecast(model, params, history, steps=args.steps, scaler=scaler, feature_index=f_idx, target_index=t_idx)
-    result = pd.DataFrame(out, columns=window["targets"])
-    if model.out_steps is None:
-        steps_ahead = np.arange(1, args.steps + 1) * window["horizon"]
-    else:
-        steps_ahead = window["horizon"] + np.arange(model.out_steps)
-    result.insert(0, "step", steps_ahead)
+    dates = None
     if date_column is not None:
-        kept = frame[date_column][jdata.kept_rows(frame, window["features"], args.nan)]
-        dates = _forecast_dates(kept.iloc[-window["seq_len"]:], steps_ahead)
-        if dates is not None:
-            result.insert(1, date_column, dates)
-    return result
+        dates = frame[date_column][jdata.kept_rows(frame, window["features"], args.nan)].iloc[-window["seq_len"]:]
+    return table.to_numpy()[-window["seq_len"]:], dates
 
 
 def _forecast_dates(window_dates, steps_ahead):

@@ -264,8 +264,9 @@ def numeric_frame(
         if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c]):
             raise TypeError(f"column {c!r}: expected numbers, got dtype {frame[c].dtype}")
     out = frame[list(columns)].astype(np.float64)
-    out = out.replace([np.inf, -np.inf], np.nan)
-    if out.isna().any().any():
+    finite = np.isfinite(out.to_numpy())
+    if not finite.all():
+        out = out.where(finite)  # infinities count as missing
         if nan_policy == "error":
             bad = out.columns[out.isna().any()].tolist()
             first = int(np.flatnonzero(out.isna().any(axis=1).to_numpy())[0])

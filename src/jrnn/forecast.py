@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -120,39 +121,45 @@ def forecast(
     history,
     *,
     steps: int = 1,
-    scaler: Scaler | None = None,
+    scaler: Scaler | Sequence[Scaler] | None = None,
     feature_index=None,
     target_index=None,
 ) -> np.ndarray:
     """Forecast ``steps`` values after ``history``: the network runs over
     ``history (L, F)`` from a zero state, then each forecast is fed back as the
     next input (``model.step``; autoregressive), which needs the targets to be
-    the features. One compiled call, reused by later calls with the same model
-    configuration, history length and ``steps`` (rolling forecasts).
+    the features. ``history (G, L, F)`` forecasts G series at once (one
+    compiled call for all). One compiled call, reused by later calls with the
+    same model configuration, history shape and ``steps`` (rolling forecasts).
 
     With a ``scaler``, ``history`` and the result are in original units
     (``feature_index``/``target_index`` pick the scaler's columns; ``None``: all
     of them, when the scaler has as many columns as the model has inputs or
-    outputs); without one both are in model units.
+    outputs); G series may have a scaler each (a sequence of G scalers, e.g.
+    ``[prepared.scaler_of(g) for g in groups]``); without one both are in
+    model units.
 
     Returns:
       ``(steps, O)`` forecasts; for a model with ``out_steps=K``, its ``(K, O)``
-      forecasts of the next K steps.
+      forecasts of the next K steps; with G series, ``(G, steps, O)`` or ``(G, K, O)``.
 
     Raises:
       ValueError: ``history`` of the wrong shape or with no rows, ``steps < 1``,
-        column indexes that do not fit the scaler and the model, or ``steps > 1``
-        when the model's outputs cannot be its next inputs or it has ``out_steps``.
+        column indexes that do not fit the scaler and the model, G scalers for
+        another number of series, or ``steps > 1`` when the model's outputs
+        cannot be its next inputs or it has ``out_steps``.
     """
     history = np.asarray(history, np.float64)
-    if history.ndim != 2 or history.shape[1] != model.input_size or len(history) == 0:
-        raise ValueError(f"history: expected shape (L, {model.input_size}) with L >= 1, got {history.shape}")
+    if history.ndim not in (2, 3) or history.shape[-1] != model.input_size or history.shape[-2] == 0:
+        raise ValueError(f"history: expected shape (L, {model.input_size}) or (G, L, {model.input_size}) "
+                         f"with L >= 1, got {history.shape}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
-    if scaler is not None:
-        feature_index = _scaler_columns("feature_index", feature_index, scaler, model.input_size)
-        target_index = _scaler_columns("target_index", target_index, scaler, model.output_size)
-    autoregressive_ok = model.output_size == model.input_size and (scaler is None or feature_index == target_index)
+    scalers = _scalers_per_series(scaler, history)
+    if scalers:
+        feature_index = _scaler_columns("feature_index", feature_index, scalers[0], model.input_size)
+        target_index = _scaler_columns("target_index", target_index, scalers[0], model.output_size)
+    autoregressive_ok = model.output_size == model.input_size and (not scalers or feature_index == target_index)
     if steps > 1 and model.out_steps is not None:
         raise ValueError(f"steps: {steps} with a model that forecasts its next {model.out_steps} steps at once "
                          "(out_steps); use steps=1")
@@ -161,29 +168,49 @@ def forecast(
             f"steps: {steps} needs the targets to be the features (outputs fed back as "
             "inputs); train with the same --features and --target, or use --steps 1"
         )
-    if scaler is not None:
-        history = scaler.transform(history, feature_index)
-    out = _forecast(model, params, jnp.asarray(history, params.w_out.dtype), steps)
-    out = np.asarray(out if model.out_steps is None else out[0], np.float64)
-    return out if scaler is None else scaler.inverse_transform(out, target_index)
+    series = history.reshape(-1, *history.shape[-2:])  # (G, L, F)
+    if scalers:
+        series = np.stack([s.transform(h, feature_index) for s, h in zip(scalers, series)])
+    out = np.asarray(_forecast(model, params, jnp.asarray(series, params.w_out.dtype), steps), np.float64)
+    if scalers:
+        out = np.stack([s.inverse_transform(y, target_index) for s, y in zip(scalers, out)])
+    return out if history.ndim == 3 else out[0]
+
+
+def _scalers_per_series(scaler, history: np.ndarray) -> list[Scaler]:
+    """One scaler per series of ``history`` (``[]`` without a scaler)."""
+    if scaler is None:
+        return []
+    count = history.shape[0] if history.ndim == 3 else 1
+    if isinstance(scaler, Scaler):
+        return [scaler] * count
+    scalers = list(scaler)
+    if history.ndim != 3 or len(scalers) != count or not all(isinstance(s, Scaler) for s in scalers):
+        raise ValueError(f"scaler: expected a Scaler, or one per series of history (G, L, F) = {history.shape}, "
+                         f"got {len(scalers)} of {sorted({type(s).__name__ for s in scalers})}")
+    if len({len(s.mean) for s in scalers}) != 1:
+        raise ValueError(f"scaler: expected scalers of as many columns each, got {[len(s.mean) for s in scalers]}")
+    return scalers
 
 
 @functools.partial(jax.jit, static_argnames="steps")
 def _forecast(model: Forecaster, params: ForecasterParams, history, steps: int):
-    """``(steps, O)`` (``(1, K, O)`` with ``out_steps``) after ``history (L, I)``, in one
-    compiled call: the network scanned over ``history``, then ``steps - 1`` steps fed
-    back. Compiled once per model configuration, history length and ``steps``."""
+    """``(G, steps, O)`` (``(G, K, O)`` with ``out_steps``) after ``history (G, L, I)``, in
+    one compiled call: the network scanned over ``history``, then ``steps - 1`` steps
+    fed back. Compiled once per model configuration, history shape and ``steps``."""
     state, ys = model.network(params.rnn, history)
-    y = model._head(params, ys[-1])
+    y = model._head(params, ys[:, -1])
+    if model.out_steps is not None:
+        return y
     if steps == 1:  # (outputs may not fit as inputs: nothing to feed back)
-        return y[None]
+        return y[:, None]
 
     def feed_back(carry, _):
         state, y = model.step(params, *carry)
         return (state, y), y
 
-    _, later = jax.lax.scan(feed_back, (state, y), length=steps - 1)
-    return jnp.concatenate([y[None], later])
+    _, later = jax.lax.scan(feed_back, (state, y), length=steps - 1)  # (steps - 1, G, O)
+    return jnp.concatenate([y[:, None], jnp.swapaxes(later, 0, 1)], axis=1)
 
 
 def _scaler_columns(name: str, index, scaler: Scaler, size: int) -> list[int]:
@@ -215,8 +242,12 @@ def load_checkpoint(directory):
         model = Forecaster.from_config(meta["model"])
     except (KeyError, TypeError, ValueError) as err:
         raise ckpt.CheckpointError(f"checkpoint: {directory} has no usable model configuration ({err})") from None
-    params = model.init(jax.random.key(0))
     opt = meta.get("optimizer", {})
     tx = make_optimizer(optax.adam(opt.get("learning_rate", 1e-3)), opt.get("clip_norm", 1.0))
-    like = {"state": TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), "best_params": params}
+
+    def saved_tree():
+        params = model.init(jax.random.key(0))
+        return {"state": TrainState(jnp.zeros((), jnp.int32), params, tx.init(params)), "best_params": params}
+
+    like = jax.eval_shape(saved_tree)  # shapes and dtypes only: nothing is initialised or compiled
     return model, ckpt.restore(directory, like)["best_params"], meta
