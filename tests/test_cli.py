@@ -47,6 +47,18 @@ def test_compare_end_to_end(tmp_path):
         assert (tmp_path / "o" / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_compare_out_steps(tmp_path):
+    """``jrnn compare --out-steps 3``: every cell and baseline forecasts three days at once;
+    a second table gives the error at each step."""
+    out = jrnn_cmd("compare", "--out-steps", 3, "--cells", "gru", "--epochs", 1, "--seq-len", 10, "--quiet",
+                   "--out", tmp_path)
+    assert out.returncode == 0, out.stderr
+    assert "predict temp_max steps 1 to 3 ahead" in out.stdout
+    assert "| test MAE (°C) at step | 1 | 2 | 3 |" in out.stdout
+    rows = json.loads((tmp_path / "compare.json").read_text())["rows"]
+    assert [len(r["mae_by_step"]) for r in rows] == [3, 3, 3]
+
+
 def test_train_predict_resume(tmp_path, weather_csv):
     ck = tmp_path / "ck"
     out = jrnn_cmd("train", "--csv", weather_csv, "--target", "temp_max", "--date-column", "date",

@@ -68,3 +68,31 @@ def test_several_series_benchmark_quick(capsys):
     assert [row.split(" | ")[:2] for row in rows] == [["| one for all", "GRU"], ["| one for all", "LSTM"],
                                                       ["| per series", "GRU"], ["| per series", "LSTM"]]
     assert all(len(row.split("|")) == 9 for row in rows)
+
+
+def test_baselines_for_several_steps_at_once():
+    """With ``out_steps=K``, step k of each baseline is the one-step baseline of horizon k + 1."""
+    frame = _seasonal_series(levels=(3.0,), years=3).drop(columns="site")
+    several = data.prepare(frame, targets=["y"], seq_len=7, date_column="date", out_steps=3)
+    for k in range(3):
+        one = data.prepare(frame, targets=["y"], seq_len=7, date_column="date", horizon=1 + k)
+        n = len(several.test[0])
+        np.testing.assert_array_equal(compare.seasonal_mean(several)[:, k], compare.seasonal_mean(one)[:n])
+        np.testing.assert_array_equal(compare.persistence(several)[:, k], compare.persistence(one)[:n] if k == 0
+                                      else compare.persistence(several)[:, 0])
+    assert compare.persistence(several).shape == compare.seasonal_mean(several).shape == (len(several.test[0]), 3, 1)
+
+
+def test_compare_out_steps(tmp_path):
+    frame = _seasonal_series(levels=(3.0,), years=2).drop(columns="site")
+    result = compare.compare(frame, targets=["y"], date_column="date", cells=["gru"], seq_len=7, out_steps=3,
+                             hidden_size=8, epochs=1, progress=False)
+    assert result["task"].startswith("predict y steps 1 to 3 ahead")
+    for row in result["rows"]:
+        assert len(row["mae_by_step"]) == 3 and abs(np.mean(row["mae_by_step"]) - row["mae"]) < 1e-3
+    persistence = next(r for r in result["rows"] if r["model"].startswith("persistence"))
+    assert persistence["mae_by_step"][0] < persistence["mae_by_step"][2]  # a daily sine drifts away from today
+    table = compare.format_step_table(result["rows"], "°C").splitlines()
+    assert table[0] == "| test MAE (°C) at step | 1 | 2 | 3 |" and table[2].startswith("| GRU | ")
+    assert compare.format_step_table(compare.compare(frame, targets=["y"], cells=[], seq_len=7)["rows"]) is None
+    compare.write_outputs(result, str(tmp_path))

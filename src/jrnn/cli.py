@@ -63,6 +63,11 @@ def _add_model_options(p, *, epochs: int, lr: float, patience: int):
     p.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
+def _add_out_steps_option(p):
+    p.add_argument("--out-steps", type=_positive_int,
+                   help="predict this many consecutive steps at once, from --horizon on (default: one step)")
+
+
 def _add_data_options(p, *, required: bool):
     p.add_argument("--csv", required=required, help="CSV file, one row per time step, oldest first")
     p.add_argument("--target", action="append", required=required,
@@ -90,6 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma-separated cells from simple_rnn, lstm, gru, min_gru, min_lstm (default the first three)")
     p.add_argument("--out", default="jrnn-compare", help="folder for plots and JSON (default ./jrnn-compare/)")
     p.add_argument("--json", help="path of the JSON table (default OUT/compare.json)")
+    _add_out_steps_option(p)
     _add_model_options(p, epochs=100, lr=1e-3, patience=20)
 
     p = sub.add_parser("train", help="train a forecaster on your CSV and save a checkpoint",
@@ -100,8 +106,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", type=_positive_int, default=1, help="stacked layers (default 1)")
     p.add_argument("--out", required=True, help="checkpoint folder")
     p.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
-    p.add_argument("--out-steps", type=_positive_int,
-                   help="predict this many consecutive steps at once, from --horizon on (default: one step)")
+    _add_out_steps_option(p)
     _add_model_options(p, epochs=50, lr=1e-3, patience=20)
 
     p = sub.add_parser("diagnose", help="gradient flow of SimpleRNN vs LSTM vs GRU on the adding problem",
@@ -188,13 +193,17 @@ def run_compare(args) -> int:
     result = compare.compare(
         frame, targets=targets, features=features, date_column=date_column, group_column=args.group_column,
         scale_per_series=args.scale_per_series, cells=cells,
-        seq_len=args.seq_len, horizon=args.horizon, hidden_size=args.hidden, epochs=args.epochs,
+        seq_len=args.seq_len, horizon=args.horizon, out_steps=args.out_steps, hidden_size=args.hidden,
+        epochs=args.epochs,
         batch_size=args.batch_size, learning_rate=args.lr, patience=args.patience, seed=args.seed,
         nan_policy=args.nan, progress=not args.quiet,
     )
     paths = compare.write_outputs(result, args.out, args.json, units)
     print(f"jrnn compare: {result['task']}")
     print(compare.format_table(result["rows"], units))
+    by_step = compare.format_step_table(result["rows"], units)
+    if by_step:
+        print(by_step)
     print("wrote " + ", ".join(paths))
     return 0
 

@@ -36,14 +36,17 @@ def make_cell(name: str, hidden_size: int):
 
 
 def persistence(prepared: jdata.ForecastData, split: str = "test") -> np.ndarray:
-    """The last observed target value of each window: ``y_{t+h} = y_t``."""
+    """The last observed target value of each window: ``y_{t+h} = y_t``, ``(n, O)``
+    (with ``out_steps=K``: ``y_{t+h+k} = y_t`` for each of the K steps, ``(n, K, O)``)."""
     rows = prepared.target_rows(split) - prepared.horizon
-    return prepared.values[rows][:, prepared.target_index]
+    last = prepared.values[rows][:, prepared.target_index]
+    return last if prepared.out_steps is None else np.repeat(last[:, None], prepared.out_steps, axis=1)
 
 
 def seasonal_mean(prepared: jdata.ForecastData, split: str = "test", half_width: int = 7) -> np.ndarray | None:
     """Each series' training rows' mean target for each day of the year (±``half_width``
-    days), at the split's target dates; ``None`` without dates."""
+    days), at the split's target dates (shaped like :func:`persistence`'s); ``None``
+    without dates."""
     if prepared.dates is None:
         return None
     day = (prepared.dates - prepared.dates.astype("datetime64[Y]")).astype(int)  # 0..365
@@ -51,6 +54,7 @@ def seasonal_mean(prepared: jdata.ForecastData, split: str = "test", half_width:
     kernel = np.ones(2 * half_width + 1)
     circular = lambda a: np.convolve(np.concatenate([a[-half_width:], a, a[:half_width]]), kernel, "valid")
     out = []
+    later = np.arange(prepared.out_steps or 1)  # the target rows after each window's first
     for ranges, rows in zip(prepared.group_splits, prepared.target_rows_by_series(split)):
         train_rows = np.arange(*ranges[0])
         sums = np.zeros((366, targets.shape[1]))
@@ -59,7 +63,7 @@ def seasonal_mean(prepared: jdata.ForecastData, split: str = "test", half_width:
         np.add.at(counts, day[train_rows], 1)
         smooth = np.stack([circular(sums[:, k]) for k in range(sums.shape[1])], axis=1)
         climate = smooth / np.maximum(circular(counts), 1)[:, None]
-        out.append(climate[day[rows]])
+        out.append(climate[day[rows]] if prepared.out_steps is None else climate[day[rows[:, None] + later]])
     return np.concatenate(out)
 
 
@@ -74,6 +78,7 @@ def compare(
     cells: Sequence[str] = ("simple_rnn", "lstm", "gru"),
     seq_len: int = 30,
     horizon: int = 1,
+    out_steps: int | None = None,
     hidden_size: int = 32,
     epochs: int = 100,
     batch_size: int = 32,
@@ -87,7 +92,9 @@ def compare(
 
     With ``group_column`` (a table of several series, see :func:`jrnn.data.prepare`)
     each model is one network trained on all series; errors are over all test
-    points, and ``series_mae`` gives each series' MAE per model.
+    points, and ``series_mae`` gives each series' MAE per model. With
+    ``out_steps=K`` each model forecasts the K steps from ``horizon`` on at once;
+    errors are over all K, and each row's ``mae_by_step`` gives them step by step.
 
     Returns a JSON-friendly dict: ``rows`` (one per model and baseline), the
     settings, per-cell loss ``histories`` and test ``predictions``.
@@ -95,14 +102,15 @@ def compare(
     for name in cells:
         make_cell(name, 1)
     prepared = jdata.prepare(frame, targets=targets, features=features, seq_len=seq_len,
-                             horizon=horizon, nan_policy=nan_policy, date_column=date_column,
+                             horizon=horizon, out_steps=out_steps, nan_policy=nan_policy, date_column=date_column,
                              group_column=group_column, scale_per_series=scale_per_series)
     X_test, Y_test = prepared.test
     labels = prepared.target_groups("test")
     actual = prepared.unscale_targets(Y_test, labels)
-    rows, histories, predictions = [], {}, {}
+    rows, histories, forecasts = [], {}, {}
     for name in cells:
-        model = Forecaster(make_cell(name, hidden_size), len(prepared.features), len(prepared.targets))
+        model = Forecaster(make_cell(name, hidden_size), len(prepared.features), len(prepared.targets),
+                           out_steps=out_steps)
         params = model.init(jax.random.key(seed))
         started = time.perf_counter()
         params, history = fit(
@@ -113,26 +121,30 @@ def compare(
         seconds = time.perf_counter() - started
         pred = prepared.unscale_targets(predict(model.apply, params, X_test), labels)
         rows.append({"model": CELL_LABELS[name], "params": jrnn.count_params(params),
-                     "train_seconds": round(seconds, 2), "epochs": len(history.train_loss),
-                     **metrics(pred, actual)})
+                     "train_seconds": round(seconds, 2), "epochs": len(history.train_loss)})
         histories[name] = {"train_loss": history.train_loss, "val_loss": history.val_loss}
-        predictions[name] = pred[:, 0].tolist()
+        forecasts[name] = pred
     baselines = {"persistence": persistence(prepared), "seasonal mean": seasonal_mean(prepared)}
     for label, pred in baselines.items():
         if pred is not None:
-            rows.append({"model": f"{label} (baseline)", "params": 0, "train_seconds": 0.0,
-                         "epochs": 0, **metrics(pred, actual)})
-            predictions[label] = pred[:, 0].tolist()
+            rows.append({"model": f"{label} (baseline)", "params": 0, "train_seconds": 0.0, "epochs": 0})
+            forecasts[label] = pred
+    for row, pred in zip(rows, forecasts.values()):
+        row.update(metrics(pred, actual))
+        if out_steps is not None:
+            row["mae_by_step"] = [round(float(e), 4) for e in np.abs(pred - actual).mean(axis=(0, 2))]
+    first = (lambda a: a[:, 0]) if out_steps is None else (lambda a: a[:, 0, 0])  # the first target (and step)
     persistence_mae = next(r["mae"] for r in rows if r["model"].startswith("persistence"))
     for row in rows:
         row["mae_vs_persistence"] = round(row["mae"] / persistence_mae, 4)
     test_dates = None if prepared.dates is None else [str(d) for d in prepared.dates[prepared.target_rows("test")]]
     several = len(prepared.groups) > 1
     series = f" of each of {len(prepared.groups)} series ({group_column})" if several else ""
+    ahead = f"{horizon} step(s)" if out_steps is None else f"steps {horizon} to {horizon + out_steps - 1}"
     return {
-        "task": f"predict {', '.join(prepared.targets)} {horizon} step(s) ahead from the last "
+        "task": f"predict {', '.join(prepared.targets)} {ahead} ahead from the last "
                 f"{seq_len} steps of {', '.join(prepared.features)}{series}",
-        "settings": {"cells": list(cells), "seq_len": seq_len, "horizon": horizon,
+        "settings": {"cells": list(cells), "seq_len": seq_len, "horizon": horizon, "out_steps": out_steps,
                      "hidden_size": hidden_size, "epochs": epochs, "batch_size": batch_size,
                      "learning_rate": learning_rate, "patience": patience, "seed": seed,
                      "clip_norm": 1.0, "group_column": group_column, "scale_per_series": scale_per_series,
@@ -141,19 +153,20 @@ def compare(
         "machine": {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count()},
         "rows": rows,
         "histories": histories,
-        "series_mae": _series_mae(labels, actual, predictions) if several else None,
+        "series_mae": _series_mae(labels, actual, forecasts) if several else None,
         "test": {"dates": test_dates, "series": [str(g) for g in labels] if several else None,
-                 "actual": actual[:, 0].tolist(), "predictions": predictions},
+                 "actual": first(actual).tolist(),
+                 "predictions": {name: first(pred).tolist() for name, pred in forecasts.items()}},
     }
 
 
-def _series_mae(labels: np.ndarray, actual: np.ndarray, predictions: dict) -> dict:
-    """``{series: {model: MAE of the first target}}`` over the test points of each series."""
+def _series_mae(labels: np.ndarray, actual: np.ndarray, forecasts: dict) -> dict:
+    """``{series: {model: MAE of the first target}}`` over the test points (and steps) of each series."""
     out = {}
     for label in dict.fromkeys(labels):
         mine = labels == label
-        out[str(label)] = {name: round(float(np.mean(np.abs(np.asarray(pred)[mine] - actual[mine, 0]))), 4)
-                           for name, pred in predictions.items()}
+        out[str(label)] = {name: round(float(np.mean(np.abs(pred[mine][..., 0] - actual[mine][..., 0]))), 4)
+                           for name, pred in forecasts.items()}
     return out
 
 
@@ -165,6 +178,19 @@ def format_table(rows: list[dict], units: str = "") -> str:
     for r in rows:
         lines.append(f"| {r['model']} | {r['params']} | {r['train_seconds']:.1f} | {r['epochs']} | "
                      f"{r['mae']:.3f} | {r['rmse']:.3f} | {r['mae_vs_persistence']:.3f} |")
+    return "\n".join(lines)
+
+
+def format_step_table(rows: list[dict], units: str = "") -> str | None:
+    """Each model's test MAE at each of the K steps (``out_steps``), as a Markdown table; ``None`` without."""
+    if "mae_by_step" not in rows[0]:
+        return None
+    unit = f" ({units})" if units else ""
+    steps = len(rows[0]["mae_by_step"])
+    lines = [f"| test MAE{unit} at step | {' | '.join(str(k + 1) for k in range(steps))} |",
+             "|---|" + "---:|" * steps]
+    for r in rows:
+        lines.append(f"| {r['model']} | {' | '.join(f'{e:.3f}' for e in r['mae_by_step'])} |")
     return "\n".join(lines)
 
 
@@ -183,7 +209,9 @@ def write_outputs(result: dict, out_dir: str, json_path: str | None = None, unit
             style = {"ls": ":", "lw": 1} if name in ("persistence", "seasonal mean") else {"lw": 1.2}
             ax.plot(x[mine], np.asarray(pred)[mine], label=CELL_LABELS.get(name, name), **style)
         series = f" ({result['settings'].get('group_column')} = {label})" if label else ""
-        ax.set_title(f"Test period: forecast vs actual{series}")
+        out_steps = result["settings"].get("out_steps")
+        step = f", the first of {out_steps} steps" if out_steps else ""
+        ax.set_title(f"Test period: forecast vs actual{step}{series}")
         ax.set_ylabel(units or "target")
         ax.legend(ncol=3, fontsize=8)
     fig.autofmt_xdate()
