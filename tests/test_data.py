@@ -306,3 +306,12 @@ def test_scale_per_series():
         prepared.scaler_of("D")
     with pytest.raises(ValueError, match="scale_per_series: needs group_column"):
         data.prepare(_frame(), targets=["a"], scale_per_series=True)
+
+
+def test_many_series_are_named_briefly():
+    """An error about a series of a table of many names the first ten, then how many more."""
+    frame = pd.concat([pd.DataFrame({"id": f"s{k:02d}", "v": np.arange(40.0) * (k + 1)}) for k in range(12)])
+    prepared = data.prepare(frame, targets=["v"], seq_len=3, group_column="id", scale_per_series=True)
+    assert len(prepared.groups) == 12
+    with pytest.raises(ValueError, match=r"\('s00', 's01', .*, 's09' and 2 more\), got 'new'"):
+        prepared.scaler_of("new")

@@ -64,10 +64,14 @@ def test_forecast_in_original_units(key):
     np.testing.assert_allclose(got, scaled * 5.0 - 3.0, rtol=1e-6)
     with pytest.raises(ValueError, match="steps: 2 needs the targets to be the features"):
         forecast(model, params, raw, steps=2, scaler=scaler, feature_index=[0, 1], target_index=[1])
-    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) or \(G, L, 2\) with L >= 1, got \(8, 3\)"):
+    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) or \(G, L, 2\) with G, L >= 1, "
+                                         r"got \(8, 3\)"):
         forecast(model, params, np.zeros((8, 3)))
-    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) or \(G, L, 2\) with L >= 1, got \(0, 2\)"):
+    with pytest.raises(ValueError, match=r"history: expected shape \(L, 2\) or \(G, L, 2\) with G, L >= 1, "
+                                         r"got \(0, 2\)"):
         forecast(model, params, np.zeros((0, 2)))
+    with pytest.raises(ValueError, match=r"with G, L >= 1, got \(0, 8, 2\)"):
+        forecast(model, params, np.zeros((0, 8, 2)))
     with pytest.raises(ValueError, match="target_index: expected 1 of the scaler's 2 columns, got None"):
         forecast(model, params, raw, scaler=scaler)
     with pytest.raises(ValueError, match=r"feature_index: expected 2 column indexes in \[0, 2\), got \[0, 2\]"):

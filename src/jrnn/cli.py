@@ -370,7 +370,7 @@ def _scaler_for(meta, label):
     known = meta["series_scalers"]
     if str(label) not in known:
         raise ValueError(f"not in the training data; a model trained with --scale-per-series knows the scales of "
-                         f"{', '.join(known)} only")
+                         f"{jdata.listed(known, show=str)} only")
     return jdata.Scaler.from_dict(known[str(label)])
 
 

@@ -371,7 +371,7 @@ class ForecastData:
         if self.series_scalers is None:
             return self.scaler
         if label not in self.series_scalers:
-            raise ValueError(f"label: expected a series of the training data ({', '.join(map(repr, self.groups))}), "
+            raise ValueError(f"label: expected a series of the training data ({listed(self.groups)}), "
                              f"got {label!r}")
         return self.series_scalers[label]
 
@@ -399,6 +399,17 @@ class ForecastData:
 SPLIT_NAMES = ("train", "val", "test")
 
 
+def listed(names, limit: int = 10, show=repr) -> str:
+    """``names`` for an error message: the first ``limit``, then how many more.
+
+    >>> listed(["a", "b", "c"], limit=2)
+    "'a', 'b' and 1 more"
+    """
+    names = list(names)
+    more = f" and {len(names) - limit} more" if len(names) > limit else ""
+    return ", ".join(map(show, names[:limit])) + more
+
+
 def _split_number(split: str) -> int:
     if split not in SPLIT_NAMES:
         raise ValueError(f"split: expected one of {SPLIT_NAMES}, got {split!r}")
@@ -411,6 +422,10 @@ def series_parts(frame: pd.DataFrame, group_column: str | None) -> list[tuple[ob
 
     Raises:
       ValueError: no such column, or a row without a label.
+
+    >>> table = pd.DataFrame({"store": ["a", "b", "a", "b"], "units": [1, 2, 3, 4]})
+    >>> [(label, rows.units.tolist()) for label, rows in series_parts(table, "store")]
+    [('a', [1, 3]), ('b', [2, 4])]
     """
     if group_column is None:
         return [(None, frame)]

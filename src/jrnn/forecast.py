@@ -150,9 +150,9 @@ def forecast(
         cannot be its next inputs or it has ``out_steps``.
     """
     history = np.asarray(history, np.float64)
-    if history.ndim not in (2, 3) or history.shape[-1] != model.input_size or history.shape[-2] == 0:
+    if history.ndim not in (2, 3) or history.shape[-1] != model.input_size or 0 in history.shape[:-1]:
         raise ValueError(f"history: expected shape (L, {model.input_size}) or (G, L, {model.input_size}) "
-                         f"with L >= 1, got {history.shape}")
+                         f"with G, L >= 1, got {history.shape}")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise ValueError(f"steps: expected a positive int, got {steps!r}")
     scalers = _scalers_per_series(scaler, history)
