@@ -280,6 +280,8 @@ def test_several_series_checks():
         data.prepare(unlabelled, targets=["a"], group_column="store")
     with pytest.raises(ValueError, match=r"group_column: 'a' is also a feature or target"):
         data.prepare(frame, targets=["b"], features=["a", "b"], group_column="a")
+    categorical = frame.assign(store=pd.Categorical(frame.store, categories=["A", "B", "C", "unused"]))
+    assert data.prepare(categorical, targets=["a"], seq_len=5, group_column="store").groups == ["A", "B", "C"]
 
 
 def test_scale_per_series():

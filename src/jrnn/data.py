@@ -436,7 +436,7 @@ def series_parts(frame: pd.DataFrame, group_column: str | None) -> list[tuple[ob
     if labels.isna().any():
         first = int(np.flatnonzero(labels.isna().to_numpy())[0])
         raise ValueError(f"group_column: {group_column!r} has no value at row {first}; every row needs its series")
-    parts = frame.groupby(labels, sort=False, dropna=False)
+    parts = frame.groupby(labels, sort=False, dropna=False, observed=True)  # categories in use only
     return [(label.item() if isinstance(label, np.generic) else label, rows) for label, rows in parts]
 
 
