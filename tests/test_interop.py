@@ -384,6 +384,69 @@ def test_to_haiku(kind, name):
     _assert_identical(back, params)
 
 
+@pytest.mark.parametrize("library", ["linen", "nnx"])
+def test_flax_bidirectional_both_ways(library):
+    """A Flax Bidirectional(RNN(LSTMCell), RNN(GRUCell)) as Flax initialises it becomes a
+    jrnn.bidirectional layer with the same outputs (at the valid steps of padded
+    sequences) and carries; to_flax builds it back with identical params."""
+    nn, nnx = pytest.importorskip("flax.linen"), pytest.importorskip("flax.nnx")
+    xs, lengths = _xs(21), np.array([T, 4, 1])
+    valid = np.arange(T)[None] < lengths[:, None]
+    if library == "linen":
+        module = nn.Bidirectional(nn.RNN(nn.LSTMCell(H)), nn.RNN(nn.GRUCell(H)), return_carry=True)
+        variables = module.init(jax.random.key(0), xs)
+        variables = jax.tree.map(lambda a: a + 0.1 * jax.random.normal(jax.random.key(1), a.shape, a.dtype), variables)
+        (carry_f, carry_b), want = module.apply(variables, xs, seq_lengths=lengths)
+        layer, params = interop.from_flax(module, variables)
+    else:
+        module = nnx.Bidirectional(nnx.RNN(nnx.LSTMCell(I, H, rngs=nnx.Rngs(0))),
+                                   nnx.RNN(nnx.GRUCell(I, H, rngs=nnx.Rngs(1))), return_carry=True)
+        (carry_f, carry_b), want = module(xs, seq_lengths=lengths)
+        layer, params = interop.from_flax(module)
+    assert layer == jrnn.bidirectional(jrnn.lstm(H), jrnn.gru(H, reset_after=True))
+    (got_f, got_b), ys = layer(params, xs, seq_lengths=lengths)
+    np.testing.assert_allclose(np.asarray(ys)[valid], np.asarray(want)[valid], **TOL)
+    assert not np.asarray(ys)[~valid].any()
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, **TOL), (interop.carry_to_flax(got_f), got_b),
+                 (carry_f, carry_b))
+    if library == "linen":
+        back, back_variables = interop.to_flax(layer, params)
+        again = back.apply(back_variables, xs, seq_lengths=lengths)
+        _assert_identical(interop.from_flax(back, back_variables)[1], params)
+    else:
+        back = interop.to_flax(layer, params, (nnx.LSTMCell, nnx.GRUCell))
+        again = back(xs, seq_lengths=lengths)
+        _assert_identical(interop.from_flax(back)[1], params)
+    assert type(back) is type(module)
+    np.testing.assert_allclose(np.asarray(again)[valid], np.asarray(want)[valid], **TOL)
+
+
+def test_flax_bidirectional_merges_and_refusals():
+    nn = pytest.importorskip("flax.linen")
+    layer = jrnn.bidirectional(jrnn.gru(H, reset_after=True), merge="mean")
+    params = _random_params(layer.forward, 3), _random_params(layer.backward, 4)
+    params = jrnn.BidirectionalParams(*params)
+    xs = _xs(22)
+    module, variables = interop.to_flax(layer, params)
+    np.testing.assert_allclose(module.apply(variables, xs), layer(params, xs)[1], **TOL)
+    assert interop.from_flax(module, variables)[0] == layer  # the merge comes back by name
+    own_merge = nn.Bidirectional(module.forward_rnn, module.backward_rnn, merge_fn=lambda a, b: a - b)
+    with pytest.raises(ValueError, match="module: merge_fn <lambda> has no jrnn equivalent; jrnn.bidirectional "
+                                         "merges by concat, sum, mean, product"):
+        interop.from_flax(own_merge, variables)
+    with pytest.raises(ValueError, match="module: a reversed RNN alone has no jrnn layer"):
+        interop.from_flax(nn.RNN(nn.GRUCell(H), reverse=True, keep_order=True), {"cell": {}})
+    with pytest.raises(ValueError, match=r"params: expected the Bidirectional's params with an entry "
+                                         r"'forward_rnn', got entries \['cell'\]"):
+        interop.from_flax(module, {"cell": {}})
+    rnn_variables = {"params": {"cell": variables["params"]["forward_rnn"]["cell"]}}
+    cell, cell_params = interop.from_flax(nn.RNN(module.forward_rnn.cell), rnn_variables)  # an RNN: its cell
+    assert cell == layer.forward
+    _assert_identical(cell_params, params.forward)
+    with pytest.raises(TypeError, match="module_class: expected a Flax cell class or a \\(forward, backward\\) pair"):
+        interop.to_flax(layer, params, (nn.GRUCell,) * 3)
+
+
 @pytest.mark.parametrize("convert", [interop.to_flax, interop.to_equinox, interop.to_haiku],
                          ids=["flax", "equinox", "haiku"])
 def test_to_single_cell_peer_refusals(convert):

@@ -1,4 +1,6 @@
-"""Flax cells, linen and NNX: ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``, ``SimpleCell``.
+"""Flax cells, linen and NNX: ``LSTMCell``, ``OptimizedLSTMCell``, ``GRUCell``, ``SimpleCell``,
+and the layers around them: ``RNN`` (one cell over a sequence) and
+``Bidirectional`` (:func:`jrnn.bidirectional`).
 
 Flax kernels are x @ w like jrnn's. Linen keeps one ``Dense`` per gate
 (``ii``, ``if``, ``ig``, ``io``, ``hi``, ...); NNX's ``OptimizedLSTMCell``,
@@ -7,7 +9,10 @@ are reset-after with ``h = (1 − z) ⊙ n + z ⊙ h`` (blocks r, z, n); NNX's
 ``GRUCell`` has no ``b_hn``, which is exactly ``b_hn = 0``. The Flax LSTM
 carry is ``(c, h)``; :func:`carry_from_flax` turns it into ``LSTMState(h, c)``
 and :func:`carry_to_flax` back. Flax has no reset-before GRU, so :func:`to_flax`
-refuses ``jrnn.gru(H)`` (``reset_after=False``).
+refuses ``jrnn.gru(H)`` (``reset_after=False``). ``nn.Bidirectional`` runs its
+backward RNN with ``reverse=True, keep_order=True``, as jrnn's backward cell
+runs, padding-aware, with outputs at their own positions; its default
+``merge_fn`` concatenates, and jrnn's other merges travel as ``merge_fn``.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ from jrnn.interop._blocks import (
     single_cell,
     to_jrnn,
 )
+from jrnn.layers import MERGE_MODES, BidirectionalParams
 
 
 def carry_from_flax(carry):
@@ -100,18 +106,72 @@ def _bias(entry, size, dtype):
     return entry.get("bias", np.zeros(size, dtype))
 
 
+def _flax_layers():
+    """``(RNN classes, Bidirectional classes)``, linen's then NNX's."""
+    import flax.linen as nn
+    from flax import nnx
+
+    return (nn.RNN, nnx.RNN), (nn.Bidirectional, nnx.Bidirectional)
+
+
+def _default_merge(bidirectional_class):
+    """The ``merge_fn`` a Flax ``Bidirectional`` class uses unless told (concatenation)."""
+    import inspect
+
+    from flax import nnx
+
+    if issubclass(bidirectional_class, nnx.Module):
+        return inspect.signature(bidirectional_class.__init__).parameters["merge_fn"].default
+    return bidirectional_class.merge_fn
+
+
+def _linen_entry(params, name, what):
+    """``params[name]`` of a linen layer's params (or whole variables), refused by name if missing."""
+    if params is None:
+        refuse(f"params: a linen {what} needs its params (variables['params'])")
+    params = params.get("params", params)
+    if name not in params:
+        refuse(f"params: expected the {what}'s params with an entry {name!r}, got entries {sorted(params)}")
+    return params[name]
+
+
 def from_flax(module, params=None):
-    """Convert a Flax cell (and, for linen, its params) to ``(cell, params)``.
+    """Convert a Flax cell or layer (and, for linen, its params) to ``(cell, params)``.
 
     Args:
-      module: a ``flax.linen`` cell (then pass ``params``) or a ``flax.nnx``
-        cell (which holds its own params).
+      module: a ``flax.linen`` or ``flax.nnx`` cell (``LSTMCell``,
+        ``OptimizedLSTMCell``, ``GRUCell``, ``SimpleCell``), an ``RNN`` of one
+        (its cell), or a ``Bidirectional`` of two RNNs (a
+        :func:`jrnn.bidirectional` layer and its ``BidirectionalParams``).
       params: linen only: ``variables["params"]`` (or the whole variables dict).
 
     Raises:
-      TypeError: not a Flax cell.
-      ValueError: non-default gate/activation functions, a residual SimpleCell.
+      TypeError: not a Flax cell or layer of them.
+      ValueError: non-default gate/activation functions, a residual SimpleCell,
+        a lone reversed ``RNN``, a ``merge_fn`` jrnn has not got.
     """
+    rnn_classes, bidirectional_classes = _flax_layers()
+    if isinstance(module, bidirectional_classes):
+        merges = {_default_merge(type(module)): "concat", **{fn: name for name, fn in MERGE_MODES.items()}}
+        if module.merge_fn not in merges:
+            refuse(f"module: merge_fn {getattr(module.merge_fn, '__name__', module.merge_fn)} has no jrnn "
+                   f"equivalent; jrnn.bidirectional merges by {', '.join(MERGE_MODES)}")
+        directions = []
+        for name in ("forward_rnn", "backward_rnn"):
+            rnn = getattr(module, name)
+            if not isinstance(rnn, rnn_classes):
+                raise TypeError(f"module.{name}: expected a Flax RNN, got {type(rnn).__name__}")
+            directions.append(from_flax(rnn.cell, None if isinstance(rnn, rnn_classes[1]) else
+                                        _linen_entry(_linen_entry(params, name, "Bidirectional"), "cell", "RNN")))
+        (forward, p_forward), (backward, p_backward) = directions
+        merge = merges[module.merge_fn]
+        return jrnn.bidirectional(forward, backward, merge=merge), BidirectionalParams(p_forward, p_backward)
+    if isinstance(module, rnn_classes):
+        if module.reverse:
+            refuse("module: a reversed RNN alone has no jrnn layer; convert module.cell and run it with "
+                   "jrnn.scan(..., reverse=True), or convert the Bidirectional it belongs to")
+        return from_flax(module.cell, None if isinstance(module, rnn_classes[1]) else
+                         _linen_entry(params, "cell", "RNN"))
     kind, is_nnx = _kind(module)
     activation = _check_activations(module, kind)
     tree = _nnx_tree(module) if is_nnx else _linen_tree(module, params)
@@ -190,28 +250,37 @@ def _fused(cell, tree):
 
 
 def to_flax(cell, params, module_class=None):
-    """Build the Flax cell that computes what ``cell`` computes.
+    """Build the Flax cell (or ``Bidirectional`` layer) that computes what ``cell`` computes.
 
     Args:
       cell: ``jrnn.lstm(H)``, ``jrnn.gru(H, reset_after=True)`` or
-        ``jrnn.simple_rnn(H)`` (tanh or relu).
+        ``jrnn.simple_rnn(H)`` (tanh or relu), or a :func:`jrnn.bidirectional`
+        layer of them.
       params: its params.
-      module_class: the Flax class to build, linen or NNX: ``LSTMCell`` or
+      module_class: the Flax cell class to build, linen or NNX: ``LSTMCell`` or
         ``OptimizedLSTMCell`` for an LSTM, ``GRUCell``, ``SimpleCell``. Default: the
-        linen class (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.SimpleCell``).
+        linen class (``nn.LSTMCell``, ``nn.GRUCell``, ``nn.SimpleCell``). For a
+        bidirectional layer, one class for both directions or a pair
+        ``(forward_class, backward_class)``.
 
     Returns:
       linen: ``(module, variables)``, to run as ``module.apply(variables, carry, x_t)``
       or ``nn.RNN(module).apply(variables_of_the_rnn, xs)`` (its params are
       ``{"cell": variables["params"]}``); NNX: the module, holding the params.
-      The LSTM carry is Flax's ``(c, h)`` (:func:`carry_to_flax`).
+      The LSTM carry is Flax's ``(c, h)`` (:func:`carry_to_flax`). A bidirectional
+      layer gives ``Bidirectional(RNN(forward cell), RNN(backward cell))`` of the
+      same library, run as ``module.apply(variables, xs)`` (linen) or ``module(xs)``;
+      with ``seq_lengths`` it computes jrnn's outputs at the valid steps (jrnn
+      writes zeros past each length, Flax leaves other values there).
 
     Raises:
       ValueError: a reset-before GRU or minGRU/minLSTM (Flax has none), a nonzero
         ``b_hn`` for ``nnx.GRUCell`` (which has none); params of the wrong shapes.
-      TypeError: a stacked or bidirectional layer, a ``module_class`` of another
-        cell type; params of another cell type.
+      TypeError: a stacked layer, a ``module_class`` of another cell type; params
+        of another cell type.
     """
+    if isinstance(cell, jrnn.Bidirectional):
+        return _to_bidirectional(cell, params, module_class)
     arrays = single_cell(cell, params, "Flax", (jrnn.LSTMCell, jrnn.GRUCell, jrnn.SimpleRNNCell))
     require_gru_variant(cell, True, "Flax")
     import jax
@@ -240,3 +309,27 @@ def to_flax(cell, params, module_class=None):
         for k, value in entry.items():
             getattr(linear, k)[...] = jnp.asarray(value)
     return module
+
+
+def _to_bidirectional(layer, params, module_class):
+    """:func:`to_flax` of a :func:`jrnn.bidirectional` layer: a Flax ``Bidirectional`` of two ``RNN``s."""
+    import flax.linen as nn
+    from flax import nnx
+
+    layer.check_params(params)
+    classes = module_class if isinstance(module_class, tuple) else (module_class, module_class)
+    if len(classes) != 2:
+        raise TypeError(f"module_class: expected a Flax cell class or a (forward, backward) pair, got {module_class}")
+    forward = to_flax(layer.forward, params.forward, classes[0])
+    backward = to_flax(layer.backward, params.backward, classes[1])
+    if isinstance(forward, tuple) != isinstance(backward, tuple):
+        raise TypeError(f"module_class: expected two linen or two NNX classes, got {module_class}")
+    linen = isinstance(forward, tuple)
+    bidirectional_class = nn.Bidirectional if linen else nnx.Bidirectional
+    merge_fn = _default_merge(bidirectional_class) if layer.merge == "concat" else MERGE_MODES[layer.merge]
+    if not linen:
+        return nnx.Bidirectional(nnx.RNN(forward), nnx.RNN(backward), merge_fn=merge_fn)
+    (f_module, f_variables), (b_module, b_variables) = forward, backward
+    variables = {"params": {"forward_rnn": {"cell": f_variables["params"]},
+                            "backward_rnn": {"cell": b_variables["params"]}}}
+    return nn.Bidirectional(nn.RNN(f_module), nn.RNN(b_module), merge_fn=merge_fn), variables
