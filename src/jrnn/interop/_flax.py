@@ -135,6 +135,35 @@ def _linen_entry(params, name, what):
     return params[name]
 
 
+def _is_linen(module) -> bool:
+    from flax import nnx
+
+    return not isinstance(module, nnx.Module)
+
+
+def _from_rnn(rnn, params):
+    """``(cell, params)`` of a Flax ``RNN``'s cell; ``params``: a linen RNN's params."""
+    return from_flax(rnn.cell, _linen_entry(params, "cell", "RNN") if _is_linen(rnn) else None)
+
+
+def _from_bidirectional(module, params):
+    """``(jrnn.bidirectional(...), BidirectionalParams)`` of a Flax ``Bidirectional`` of two RNNs."""
+    rnn_classes, _ = _flax_layers()
+    merges = {_default_merge(type(module)): "concat", **{fn: name for name, fn in MERGE_MODES.items()}}
+    if module.merge_fn not in merges:
+        refuse(f"module: merge_fn {getattr(module.merge_fn, '__name__', module.merge_fn)} has no jrnn "
+               f"equivalent; jrnn.bidirectional merges by {', '.join(MERGE_MODES)}")
+    directions = []
+    for name in ("forward_rnn", "backward_rnn"):
+        rnn = getattr(module, name)
+        if not isinstance(rnn, rnn_classes):
+            raise TypeError(f"module.{name}: expected a Flax RNN, got {type(rnn).__name__}")
+        directions.append(_from_rnn(rnn, _linen_entry(params, name, "Bidirectional") if _is_linen(module) else None))
+    (forward, p_forward), (backward, p_backward) = directions
+    layer = jrnn.bidirectional(forward, backward, merge=merges[module.merge_fn])
+    return layer, BidirectionalParams(p_forward, p_backward)
+
+
 def from_flax(module, params=None):
     """Convert a Flax cell or layer (and, for linen, its params) to ``(cell, params)``.
 
@@ -152,26 +181,12 @@ def from_flax(module, params=None):
     """
     rnn_classes, bidirectional_classes = _flax_layers()
     if isinstance(module, bidirectional_classes):
-        merges = {_default_merge(type(module)): "concat", **{fn: name for name, fn in MERGE_MODES.items()}}
-        if module.merge_fn not in merges:
-            refuse(f"module: merge_fn {getattr(module.merge_fn, '__name__', module.merge_fn)} has no jrnn "
-                   f"equivalent; jrnn.bidirectional merges by {', '.join(MERGE_MODES)}")
-        directions = []
-        for name in ("forward_rnn", "backward_rnn"):
-            rnn = getattr(module, name)
-            if not isinstance(rnn, rnn_classes):
-                raise TypeError(f"module.{name}: expected a Flax RNN, got {type(rnn).__name__}")
-            directions.append(from_flax(rnn.cell, None if isinstance(rnn, rnn_classes[1]) else
-                                        _linen_entry(_linen_entry(params, name, "Bidirectional"), "cell", "RNN")))
-        (forward, p_forward), (backward, p_backward) = directions
-        merge = merges[module.merge_fn]
-        return jrnn.bidirectional(forward, backward, merge=merge), BidirectionalParams(p_forward, p_backward)
+        return _from_bidirectional(module, params)
     if isinstance(module, rnn_classes):
         if module.reverse:
             refuse("module: a reversed RNN alone has no jrnn layer; convert module.cell and run it with "
                    "jrnn.scan(..., reverse=True), or convert the Bidirectional it belongs to")
-        return from_flax(module.cell, None if isinstance(module, rnn_classes[1]) else
-                         _linen_entry(params, "cell", "RNN"))
+        return _from_rnn(module, params)
     kind, is_nnx = _kind(module)
     activation = _check_activations(module, kind)
     tree = _nnx_tree(module) if is_nnx else _linen_tree(module, params)
