@@ -22,10 +22,16 @@ def _gate(p, k, H):
     return W[:, k * H : (k + 1) * H], p["b"][k * H : (k + 1) * H]
 
 
+BLOCKS = {"lstm": 4, "gru": 3, "simple_rnn": 1}
+
+
 def step(kind, params, carry, x, *, reset_after=False, activation="tanh"):
-    """One step for a single sequence; ``carry`` is ``h`` or ``(h, c)``; returns ``(carry, h)``."""
+    """One step for a single sequence; ``carry`` is ``h`` or ``(h, c)``; returns ``(carry, h)``.
+
+    An LSTM with a projection ``w_hr (H, P)`` (LSTMP) has ``h = (o ⊙ tanh(c)) @ w_hr`` of size P.
+    """
     p = _np(params)
-    H = p["w_h"].shape[0]
+    H = p["b"].shape[0] // BLOCKS[kind]  # the gate (and cell state) width
     if kind == "lstm":
         h, c = carry
         hx = np.concatenate([h, x])
@@ -36,6 +42,8 @@ def step(kind, params, carry, x, *, reset_after=False, activation="tanh"):
         c = f * c + i * C_tilde
         o = sigmoid(hx @ W_o + b_o)
         h = o * np.tanh(c)
+        if p.get("w_hr") is not None:
+            h = h @ p["w_hr"]
         return (h, c), h
     h = carry
     hx = np.concatenate([h, x])
@@ -63,14 +71,15 @@ def run(kind, params, xs, carry=None, *, seq_lengths=None, reverse=False, **cell
     """
     xs = np.asarray(xs, np.float64)
     batch_shape, (T, _) = xs.shape[:-2], xs.shape[-2:]
-    H = np.asarray(params.w_h).shape[0]
+    H = np.asarray(params.w_h).shape[0]  # the hidden state's width (P with a projection)
+    C = np.asarray(params.b).shape[0] // BLOCKS[kind]  # the cell state's
     flat_x = xs.reshape(-1, T, xs.shape[-1])
     n = flat_x.shape[0]
     lengths = np.full(n, T) if seq_lengths is None else np.asarray(seq_lengths).reshape(n)
     if carry is None:
-        carry = (np.zeros((n, H)), np.zeros((n, H))) if kind == "lstm" else np.zeros((n, H))
+        carry = (np.zeros((n, H)), np.zeros((n, C))) if kind == "lstm" else np.zeros((n, H))
     else:
-        as_rows = lambda c: np.asarray(c, np.float64).reshape(n, H)
+        as_rows = lambda c: np.asarray(c, np.float64).reshape(n, -1)
         carry = tuple(as_rows(c) for c in carry) if kind == "lstm" else as_rows(carry)
     ys = np.zeros((n, T, H))
     finals = []
@@ -81,7 +90,7 @@ def run(kind, params, xs, carry=None, *, seq_lengths=None, reverse=False, **cell
             state, ys[b, t] = step(kind, params, state, flat_x[b, t], **cell_options)
         finals.append(state)
     if kind == "lstm":
-        final = tuple(np.stack([s[k] for s in finals]).reshape(*batch_shape, H) for k in range(2))
+        final = tuple(np.stack([s[k] for s in finals]).reshape(*batch_shape, -1) for k in range(2))
     else:
         final = np.stack(finals).reshape(*batch_shape, H)
     return final, ys.reshape(*batch_shape, T, H)

@@ -97,3 +97,33 @@ def test_config_round_trip():
 def test_cells_are_hashable_static_config():
     assert jrnn.lstm(4) == jrnn.lstm(4) and hash(jrnn.lstm(4)) == hash(jrnn.lstm(4))
     assert jrnn.gru(4) != jrnn.gru(4, reset_after=True)
+
+
+@pytest.mark.parametrize("batch_shape", [(), (3,)])
+def test_projected_lstm_matches_reference(batch_shape, key):
+    """LSTMP against the float64 reference: values over padded sequences, both directions,
+    and gradients (checked against finite differences)."""
+    from jax.test_util import check_grads
+
+    cell = jrnn.lstm(5, proj_size=3)
+    k_p, k_h, k_c, k_x = jax.random.split(key, 4)
+    params = random_params(cell, k_p, 4)
+    assert [a.shape for a in params] == [(4, 20), (3, 20), (20,), (5, 3)]
+    carry = jrnn.LSTMState(jax.random.normal(k_h, (*batch_shape, 3), jnp.float64),
+                           jax.random.normal(k_c, (*batch_shape, 5), jnp.float64))
+    xs = jax.random.normal(k_x, (*batch_shape, 6, 4), jnp.float64)
+    lengths = np.minimum(np.arange(6, 6 - int(np.prod(batch_shape)), -1), 6).reshape(batch_shape)
+    for reverse in (False, True):
+        final, ys = jrnn.scan(cell, params, xs, carry, seq_lengths=lengths, reverse=reverse)
+        want_final, want_ys = reference.run("lstm", params, xs, (carry.h, carry.c), seq_lengths=lengths,
+                                            reverse=reverse)
+        assert ys.shape == (*batch_shape, 6, 3) and final.c.shape == (*batch_shape, 5)
+        np.testing.assert_allclose(ys, want_ys, rtol=1e-12, atol=1e-12)
+        assert_carry_close(final, want_final, rtol=1e-12, atol=1e-12)
+    check_grads(lambda p, x: jrnn.scan(cell, p, x, carry)[1].sum(), (params, xs), order=1, modes=["rev"])
+    assert jrnn.count_params(params) == 4 * 20 + 3 * 20 + 20 + 5 * 3
+    assert jrnn.from_config(cell.config()) == cell
+    with pytest.raises(ValueError, match="proj_size: expected a positive int, got 0"):
+        jrnn.lstm(5, proj_size=0)
+    with pytest.raises(ValueError, match=r"params.w_hr: expected shape \(5, 3\), got \(5, 2\)"):
+        jrnn.scan(cell, params._replace(w_hr=params.w_hr[:, :2]), xs)

@@ -91,7 +91,7 @@ def test_seq_lengths_out_of_range_outside_jit(lstm_setup):
         (lambda: jrnn.min_gru(3).init(jax.random.key(0), 2, jnp.int8), TypeError,
          "dtype: expected a floating dtype, got int8"),
         (lambda: jrnn.bidirectional(jrnn.lstm(3), jrnn.lstm(4), merge="sum"), ValueError,
-         r"merge: 'sum' needs equal hidden sizes, got 3 \(forward\) and 4 \(backward\)"),
+         r"merge: 'sum' needs equal output sizes, got 3 \(forward\) and 4 \(backward\)"),
         (lambda: jrnn.gru(3).check_params(jrnn.gru(3, reset_after=True).init(jax.random.key(0), 2)),
          ValueError, "params.b_hn: expected None for this cell, got an array"),
         (lambda: jrnn.lstm(3).initial_carry((2, -1)), ValueError,

@@ -69,6 +69,37 @@ def test_torch_modules(kind, num_layers, bidirectional, bias, I, H):
     _assert_identical(interop.from_torch(interop.to_torch(network, params))[1], params)
 
 
+@pytest.mark.filterwarnings("ignore:LSTM with projections is not supported with oneDNN")
+@pytest.mark.parametrize("num_layers,bidirectional", [(1, False), (2, True)])
+def test_torch_projected_lstm(num_layers, bidirectional):
+    """``nn.LSTM(proj_size=P)`` is jrnn's ProjectedLSTMCell: same outputs, h_n (size P) and
+    c_n (size H), from torch's own init; the round trip back to torch is exact."""
+    torch = pytest.importorskip("torch")
+    module = _randomize_torch(torch.nn.LSTM(I, H, proj_size=3, num_layers=num_layers,
+                                            bidirectional=bidirectional, batch_first=True), seed=5)
+    xs = _xs(6)
+    want, (h_n, c_n) = module(torch.from_numpy(xs))
+    network, params = interop.from_torch(module)
+    assert (network.layers[0].forward if bidirectional else network) == jrnn.lstm(H, proj_size=3)
+    carries, ys = network(params, xs)
+    np.testing.assert_allclose(ys, want.detach().numpy(), **TOL)
+    flat = [c for layer in carries for c in layer] if bidirectional else [carries]
+    np.testing.assert_allclose(np.stack([c.h for c in flat]), h_n.detach().numpy(), **TOL)
+    np.testing.assert_allclose(np.stack([c.c for c in flat]), c_n.detach().numpy(), **TOL)
+    back = interop.to_torch(network, params)
+    assert back.proj_size == 3
+    _assert_identical(interop.from_torch(back)[1], params)
+    cell = jrnn.lstm(H, proj_size=3)
+    with pytest.raises(ValueError, match="as_cell: torch.nn.LSTMCell has no proj_size"):
+        interop.to_torch(cell, cell.init(jax.random.key(0), I), as_cell=True)
+    wide = jrnn.lstm(3, proj_size=4)
+    with pytest.raises(ValueError, match="torch.nn.LSTM needs proj_size < hidden_size, got proj_size=4"):
+        interop.to_torch(wide, wide.init(jax.random.key(0), I))
+    for convert in (interop.to_keras, interop.to_flax, interop.to_equinox, interop.to_haiku):
+        with pytest.raises(ValueError, match="has no ProjectedLSTMCell"):
+            convert(cell, cell.init(jax.random.key(0), I))
+
+
 @pytest.mark.parametrize("kind", ["RNNCell", "LSTMCell", "GRUCell"])
 def test_torch_cells(kind):
     torch = pytest.importorskip("torch")
@@ -96,8 +127,6 @@ def test_torch_time_major_and_refusals():
     cell, params = interop.from_torch(module)
     _, ys = jrnn.scan(cell, params, xs, time_major=True)
     np.testing.assert_allclose(ys, module(torch.from_numpy(xs))[0].detach().numpy(), **TOL)
-    with pytest.raises(ValueError, match="proj_size=2"):
-        interop.from_torch(torch.nn.LSTM(I, H, proj_size=2))
     with pytest.raises(ValueError, match="PyTorch has only the reset-after GRU"):
         interop.to_torch(jrnn.gru(H), jrnn.gru(H).init(jax.random.key(0), I))
     with pytest.raises(TypeError, match="module: expected torch.nn.RNN"):
@@ -113,7 +142,8 @@ def test_to_peer_refusals(convert):
         convert(jrnn.lstm(H), jrnn.gru(H).init(key, I))
     with pytest.raises(ValueError, match=r"params.w_x: expected shape \(4, 12\), got \(4, 20\)"):
         convert(jrnn.lstm(3), lstm_params)
-    with pytest.raises(ValueError, match="network: .* has no MinGRUCell; only SimpleRNN, LSTM and GRU cells convert"):
+    with pytest.raises(ValueError, match="network: .* has no MinGRUCell; cells that convert: SimpleRNNCell, LSTMCell, "
+                                         "GRUCell"):
         convert(jrnn.min_gru(H), jrnn.min_gru(H).init(key, I))
     net = jrnn.stacked([jrnn.lstm(H), jrnn.lstm(H)])
     with pytest.raises(ValueError, match="params: expected a tuple of 2 layer params, got 1"):

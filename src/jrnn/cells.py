@@ -48,6 +48,16 @@ class LSTMParams(NamedTuple):
 
 
 @serializable
+class ProjectedLSTMParams(NamedTuple):
+    """``w_x (I, 4H)``, ``w_h (P, 4H)``, ``b (4H,)``, ``w_hr (H, P)``; gate blocks i, f, g, o."""
+
+    w_x: jax.Array
+    w_h: jax.Array
+    b: jax.Array
+    w_hr: jax.Array
+
+
+@serializable
 class GRUParams(NamedTuple):
     """``w_x (I, 3H)``, ``w_h (H, 3H)``, ``b (3H,)``; blocks z, r, n.
 
@@ -139,6 +149,8 @@ class Cell:
         }
         if shapes.get("b_hn") is not None:
             fields["b_hn"] = initializer.recurrent_bias(k_hn, shapes["b_hn"], draw)
+        if shapes.get("w_hr") is not None:  # a projection: drawn like an input kernel
+            fields["w_hr"] = initializer.input_kernel(k_hn, shapes["w_hr"], draw)
         params = self._finish_init(self.params_type(**fields), initializer)
         return jax.tree.map(lambda leaf: leaf.astype(dtype), params)
 
@@ -329,6 +341,53 @@ class LSTMCell(Cell):
 
 
 @dataclasses.dataclass(frozen=True)
+class ProjectedLSTMCell(Cell):
+    r"""LSTM with a projected hidden state (LSTMP, PyTorch's ``nn.LSTM(proj_size=P)``):
+    the LSTM's gates and cell state of size H, a hidden state of size P.
+
+    .. code-block:: text
+
+        i_t, f_t, C̃_t, o_t as in the LSTM, from x_t and h_{t-1} (size P; W_h is (P, 4H))
+        C_t = f_t ⊙ C_{t-1} + i_t ⊙ C̃_t
+        h_t = (o_t ⊙ tanh(C_t)) W_hr           (W_hr: (H, P))
+    """
+
+    proj_size: int = 1
+
+    kind: ClassVar[str] = "projected_lstm"
+    num_blocks: ClassVar[int] = 4
+    params_type: ClassVar[type] = ProjectedLSTMParams
+
+    def __post_init__(self):
+        super().__post_init__()
+        if isinstance(self.proj_size, bool) or not isinstance(self.proj_size, int) or self.proj_size < 1:
+            raise ValueError(f"proj_size: expected a positive int, got {self.proj_size!r}")
+
+    def param_shapes(self, input_size):
+        return {"w_x": (input_size, self.gate_size), "w_h": (self.proj_size, self.gate_size),
+                "b": (self.gate_size,), "w_hr": (self.hidden_size, self.proj_size)}
+
+    _finish_init = LSTMCell._finish_init  # the forget-gate bias
+    hidden = LSTMCell.hidden
+    gates = LSTMCell.gates  # reads h_{t-1} @ w_h, whatever the width of h
+
+    def initial_carry(self, batch_shape=(), dtype=jnp.float32):
+        """``LSTMState(h (*batch_shape, P), c (*batch_shape, H))`` of zeros."""
+        c = super().initial_carry(batch_shape, dtype)
+        return LSTMState(jnp.zeros((*c.shape[:-1], self.proj_size), dtype), c)
+
+    def recurrent_step(self, params, carry, projected_x, recurrent_mask=None):
+        gate = self.gates(params, carry, projected_x, recurrent_mask)
+        c = gate["f"] * carry.c + gate["i"] * gate["g"]
+        h = (gate["o"] * jnp.tanh(c)) @ params.w_hr
+        return LSTMState(h, c), h
+
+    def output_size(self, input_size: int | None = None) -> int:
+        """Width of the outputs ``ys``: the projection's, P."""
+        return self.proj_size
+
+
+@dataclasses.dataclass(frozen=True)
 class GRUCell(Cell):
     r"""Gated recurrent unit, blocks in order z (update), r (reset), n (candidate).
 
@@ -396,11 +455,13 @@ def simple_rnn(hidden_size: int, *, activation: str = "tanh", init="default") ->
     return SimpleRNNCell(hidden_size, init, activation=activation)
 
 
-def lstm(hidden_size: int, *, init="default") -> LSTMCell:
+def lstm(hidden_size: int, *, proj_size: int | None = None, init="default") -> LSTMCell | ProjectedLSTMCell:
     """An LSTM cell (gate blocks i, f, g, o); carry :class:`LSTMState`.
 
     Args:
       hidden_size: H, the number of units.
+      proj_size: P: a :class:`ProjectedLSTMCell` whose hidden state (and output)
+        is ``(o ⊙ tanh(C)) W_hr`` of size P, as ``torch.nn.LSTM(proj_size=P)``.
       init: initialiser preset, ``"default" | "keras" | "pytorch" | "flax"``,
         or a :class:`jrnn.initializers.Initializer`. The default (= Keras)
         sets the forget-gate bias to 1 at initialisation.
@@ -415,7 +476,14 @@ def lstm(hidden_size: int, *, init="default") -> LSTMCell:
       >>> carry, h = cell.step(params, carry, jax.numpy.ones((4, 2)))
       >>> carry.c.shape, h.shape
       ((4, 32), (4, 32))
+      >>> projected = jrnn.lstm(32, proj_size=8)
+      >>> carry, h = projected.step(projected.init(jax.random.key(0), 2), projected.initial_carry((4,)),
+      ...                           jax.numpy.ones((4, 2)))
+      >>> carry.c.shape, h.shape
+      ((4, 32), (4, 8))
     """
+    if proj_size is not None:
+        return ProjectedLSTMCell(hidden_size, init, proj_size=proj_size)
     return LSTMCell(hidden_size, init)
 
 
@@ -438,7 +506,7 @@ def gru(hidden_size: int, *, reset_after: bool = False, init="default") -> GRUCe
     return GRUCell(hidden_size, init, reset_after=reset_after)
 
 
-CELL_TYPES = {c.kind: c for c in (SimpleRNNCell, LSTMCell, GRUCell)}
+CELL_TYPES = {c.kind: c for c in (SimpleRNNCell, LSTMCell, GRUCell, ProjectedLSTMCell)}
 
 
 def from_config(config: dict[str, Any]) -> Cell:

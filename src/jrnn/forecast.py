@@ -76,7 +76,7 @@ class Forecaster:
     def init(self, key, dtype=jnp.float32) -> ForecasterParams:
         check_key(key)
         k_rnn, k_out = jax.random.split(key)
-        H, outputs = self.cell.hidden_size, self.output_size * (self.out_steps or 1)
+        H, outputs = self.cell.output_size(), self.output_size * (self.out_steps or 1)
         w_out = jax.nn.initializers.glorot_uniform()(k_out, (H, outputs), dtype)
         return ForecasterParams(self.network.init(k_rnn, self.input_size, dtype), w_out, jnp.zeros(outputs, dtype))
 

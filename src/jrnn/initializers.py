@@ -59,13 +59,14 @@ def zeros(key, shape, dtype=jnp.float32):
 
 
 def blockwise(init: ArrayInit) -> ArrayInit:
-    """Apply ``init`` to each square ``(H, H)`` block of an ``(H, G*H)`` kernel."""
+    """Apply ``init`` to each square ``(H, H)`` block of an ``(H, G*H)`` kernel (a
+    kernel whose width is not a multiple of its height gets its last block cut to fit)."""
 
     def init_blocks(key, shape, dtype=jnp.float32):
         rows, cols = shape
-        num_blocks = cols // rows
+        num_blocks = -(-cols // rows)
         keys = jax.random.split(key, num_blocks)
-        return jnp.concatenate([init(k, (rows, rows), dtype) for k in keys], axis=-1)
+        return jnp.concatenate([init(k, (rows, rows), dtype) for k in keys], axis=-1)[:, :cols]
 
     return init_blocks
 

@@ -85,12 +85,12 @@ class Bidirectional:
         )
 
     def output_size(self, input_size: int | None = None) -> int:
-        f, b = self.forward.hidden_size, self.backward.hidden_size
+        f, b = self.forward.output_size(), self.backward.output_size()
         if self.merge == "concat":
             return f + b
         if f != b:
             raise ValueError(
-                f"merge: {self.merge!r} needs equal hidden sizes, got {f} (forward) and {b} (backward)"
+                f"merge: {self.merge!r} needs equal output sizes, got {f} (forward) and {b} (backward)"
             )
         return f
 

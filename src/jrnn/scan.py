@@ -233,7 +233,7 @@ def _run(cell, params, xs, carry, seq_lengths, resets, dropout_key, *, dropout, 
             xs = xs * (input_mask if time_major else input_mask[..., None, :])
         if recurrent_dropout > 0:
             recurrent_mask = dropout_mask(
-                k_rec, recurrent_dropout, (*batch_shape, cell.hidden_size), xs.dtype
+                k_rec, recurrent_dropout, (*batch_shape, cell.output_size()), xs.dtype
             )
 
     carry = vary_like(carry, xs, params, seq_lengths, resets, recurrent_mask)  # inside jax.shard_map

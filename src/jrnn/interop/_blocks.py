@@ -66,8 +66,9 @@ def from_jrnn(layout: Layout, *arrays):
     return out if len(out) != 1 else out[0]
 
 
-def make_params(cell: Cell, w_x, w_h, b, b_hn=None, dtype=None):
-    """The cell's params NamedTuple from NumPy arrays (cast to ``dtype`` if given)."""
+def make_params(cell: Cell, w_x, w_h, b, b_hn=None, dtype=None, w_hr=None):
+    """The cell's params NamedTuple from NumPy arrays (cast to ``dtype`` if given);
+    ``w_hr``: a projected LSTM's projection."""
     import jax.numpy as jnp
 
     def arr(a):
@@ -76,6 +77,8 @@ def make_params(cell: Cell, w_x, w_h, b, b_hn=None, dtype=None):
     fields = {"w_x": arr(w_x), "w_h": arr(w_h), "b": arr(b)}
     if isinstance(cell, jrnn.GRUCell):
         fields["b_hn"] = arr(b_hn) if cell.reset_after else None
+    if isinstance(cell, jrnn.ProjectedLSTMCell):
+        fields["w_hr"] = arr(w_hr)
     params = cell.params_type(**fields)
     cell.check_params(params)
     return params
@@ -94,8 +97,9 @@ def combine(layers, dropout: float = 0.0):
 TEXTBOOK_CELLS = (jrnn.SimpleRNNCell, jrnn.LSTMCell, jrnn.GRUCell)
 
 
-def split_layers(network, params, library: str):
-    """Inverse of :func:`combine`: ``[(layer, params), ...]`` for a cell, a bidirectional or a stack.
+def split_layers(network, params, library: str, also: tuple[type, ...] = ()):
+    """Inverse of :func:`combine`: ``[(layer, params), ...]`` for a cell, a bidirectional or a stack;
+    ``also``: cell types ``library`` has besides the textbook three.
 
     Raises:
       TypeError: a layer that is not a cell or bidirectional layer; params of the wrong type.
@@ -109,8 +113,9 @@ def split_layers(network, params, library: str):
                 f"network: expected jrnn cells, bidirectional or stacked layers, got {type(layer).__name__}"
             )
         for cell in (layer.forward, layer.backward) if isinstance(layer, jrnn.Bidirectional) else (layer,):
-            if not isinstance(cell, TEXTBOOK_CELLS):
-                refuse(f"network: {library} has no {type(cell).__name__}; only SimpleRNN, LSTM and GRU cells convert")
+            if not isinstance(cell, TEXTBOOK_CELLS + also):
+                names = ", ".join(c.__name__ for c in TEXTBOOK_CELLS + also)
+                refuse(f"network: {library} has no {type(cell).__name__}; cells that convert: {names}")
     network.check_params(params)
     return list(zip(layers, params)) if isinstance(network, jrnn.Stacked) else [(network, params)]
 

@@ -4,7 +4,9 @@ PyTorch stores ``W_ih (G*H, I)``, ``W_hh (G*H, H)`` and two biases
 ``b_ih + b_hh``; LSTM blocks i, f, g, o (jrnn's order); GRU blocks r, z, n with
 ``h = (1 − z) ⊙ n + z ⊙ h``, the reset-after form. jrnn keeps the bias sum, so
 ``to_torch`` writes it to ``b_ih`` and zeros to ``b_hh`` (except the GRU's
-``b_hn``): the round trip jrnn -> torch -> jrnn is exact.
+``b_hn``): the round trip jrnn -> torch -> jrnn is exact. An ``nn.LSTM`` with
+``proj_size=P`` adds ``W_hr (P, H)`` (``h = W_hr (o ⊙ tanh c)``) and has
+``W_hh (4H, P)``: :class:`jrnn.ProjectedLSTMCell` (``jrnn.lstm(H, proj_size=P)``).
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ def _kind(module):
 
 def _make_cell(kind, hidden_size, module):
     if kind == "lstm":
-        return jrnn.lstm(hidden_size)
+        return jrnn.lstm(hidden_size, proj_size=getattr(module, "proj_size", 0) or None)
     if kind == "gru":
         return jrnn.gru(hidden_size, reset_after=True)
     return jrnn.simple_rnn(hidden_size, activation=module.nonlinearity)
@@ -55,7 +57,7 @@ def _np(tensor):
     return None if tensor is None else tensor.detach().cpu().numpy()
 
 
-def _convert(cell, w_ih, w_hh, b_ih, b_hh):
+def _convert(cell, w_ih, w_hh, b_ih, b_hh, w_hr=None):
     H, G = cell.hidden_size, cell.num_blocks
     b_ih = np.zeros(G * H, w_ih.dtype) if b_ih is None else b_ih
     b_hh = np.zeros(G * H, w_ih.dtype) if b_hh is None else b_hh
@@ -63,7 +65,7 @@ def _convert(cell, w_ih, w_hh, b_ih, b_hh):
     if isinstance(cell, jrnn.GRUCell):  # b_hn stays inside the reset product
         b_hn, b_hh = b_hh[2 * H :], np.concatenate([b_hh[: 2 * H], np.zeros(H, b_hh.dtype)])
     w_x, w_h, b = to_jrnn(_layout(cell), w_ih.T, w_hh.T, b_ih + b_hh)
-    return make_params(cell, w_x, w_h, b, b_hn, dtype=w_ih.dtype)
+    return make_params(cell, w_x, w_h, b, b_hn, dtype=w_ih.dtype, w_hr=None if w_hr is None else w_hr.T)
 
 
 def from_torch(module):
@@ -73,24 +75,23 @@ def from_torch(module):
     ``*Cell`` classes give a jrnn cell; more layers give :func:`jrnn.stacked`
     (with the module's inter-layer ``dropout``) and ``bidirectional=True``
     gives :func:`jrnn.bidirectional` layers. A PyTorch GRU becomes
-    ``jrnn.gru(H, reset_after=True)``. ``batch_first`` only changes the layout:
+    ``jrnn.gru(H, reset_after=True)``, an LSTM with ``proj_size=P``
+    ``jrnn.lstm(H, proj_size=P)``. ``batch_first`` only changes the layout:
     pass ``time_major=not batch_first`` to :func:`jrnn.scan`.
 
     Raises:
       TypeError: not a PyTorch recurrent module.
-      ValueError: ``proj_size > 0`` (projected LSTMs have no jrnn equivalent).
     """
     kind, is_cell = _kind(module)
     cell = _make_cell(kind, module.hidden_size, module)
     if is_cell:
         return cell, _convert(cell, *(_np(getattr(module, n, None)) for n in _WEIGHTS))
-    if getattr(module, "proj_size", 0):
-        refuse(f"module: proj_size={module.proj_size} (a projected LSTM) has no exact jrnn equivalent")
+    weights = _WEIGHTS + (("weight_hr",) if isinstance(cell, jrnn.ProjectedLSTMCell) else ())
     layers = []
     for k in range(module.num_layers):
         directions = []
         for suffix in ("", "_reverse")[: 1 + module.bidirectional]:
-            names = tuple(f"{n}_l{k}{suffix}" for n in _WEIGHTS)
+            names = tuple(f"{n}_l{k}{suffix}" for n in weights)
             directions.append(_convert(cell, *(_np(getattr(module, n, None)) for n in names)))
         if module.bidirectional:
             layers.append((jrnn.bidirectional(cell, cell), jrnn.BidirectionalParams(*directions)))
@@ -100,24 +101,32 @@ def from_torch(module):
 
 
 def _torch_weights(cell, params):
-    """jrnn params -> ``(W_ih, W_hh, b_ih, b_hh)`` as NumPy arrays in PyTorch layout."""
+    """jrnn params -> ``(W_ih, W_hh, b_ih, b_hh)`` (and ``W_hr`` of a projected LSTM)
+    as NumPy arrays in PyTorch layout."""
     require_gru_variant(cell, True, "PyTorch")
     H = cell.hidden_size
     w_x, w_h, b = from_jrnn(_layout(cell), *(np.asarray(a) for a in params[:3]))
     b_hh = np.zeros_like(b)
     if isinstance(cell, jrnn.GRUCell):
         b_hh[2 * H :] = np.asarray(params.b_hn)
-    return w_x.T, w_h.T, b, b_hh
+    projection = (np.asarray(params.w_hr).T,) if isinstance(cell, jrnn.ProjectedLSTMCell) else ()
+    return (w_x.T, w_h.T, b, b_hh, *projection)
 
 
 def _module_class(cell, as_cell):
     from torch import nn
 
-    table = {"lstm": (nn.LSTM, nn.LSTMCell), "gru": (nn.GRU, nn.GRUCell), "simple_rnn": (nn.RNN, nn.RNNCell)}
+    table = {"lstm": (nn.LSTM, nn.LSTMCell), "gru": (nn.GRU, nn.GRUCell), "simple_rnn": (nn.RNN, nn.RNNCell),
+             "projected_lstm": (nn.LSTM, None)}
     return table[cell.kind][as_cell]
 
 
 def _kwargs(cell):
+    if isinstance(cell, jrnn.ProjectedLSTMCell):
+        if cell.proj_size >= cell.hidden_size:
+            refuse(f"network: torch.nn.LSTM needs proj_size < hidden_size, got proj_size={cell.proj_size} "
+                   f"and hidden_size={cell.hidden_size}")
+        return {"proj_size": cell.proj_size}
     return {"nonlinearity": cell.activation} if isinstance(cell, jrnn.SimpleRNNCell) else {}
 
 
@@ -137,12 +146,14 @@ def to_torch(network, params, *, batch_first: bool = True, as_cell: bool = False
       TypeError: params of another cell type.
     """
 
-    layers = split_layers(network, params, "PyTorch")
+    layers = split_layers(network, params, "PyTorch", also=(jrnn.ProjectedLSTMCell,))
     first = layers[0][0]
     base = first.forward if isinstance(first, jrnn.Bidirectional) else first
     if as_cell:
         if not isinstance(network, jrnn.Cell):
             refuse(f"as_cell: only a single jrnn cell converts to a torch *Cell, got {type(network).__name__}")
+        if isinstance(network, jrnn.ProjectedLSTMCell):
+            refuse("as_cell: torch.nn.LSTMCell has no proj_size; convert a projected LSTM to torch.nn.LSTM")
         module = _module_class(base, True)(params.w_x.shape[0], base.hidden_size, **_kwargs(base))
         _load(module, _WEIGHTS, _torch_weights(base, params))
         return module
@@ -162,8 +173,9 @@ def to_torch(network, params, *, batch_first: bool = True, as_cell: bool = False
     for k, (layer, layer_params) in enumerate(layers):
         directions = (layer_params.forward, layer_params.backward) if bidirectional else (layer_params,)
         for suffix, p in zip(("", "_reverse"), directions):
-            names = tuple(f"{n}_l{k}{suffix}" for n in _WEIGHTS)
-            _load(module, names, _torch_weights(base, p))
+            arrays = _torch_weights(base, p)
+            names = tuple(f"{n}_l{k}{suffix}" for n in (*_WEIGHTS, "weight_hr")[: len(arrays)])
+            _load(module, names, arrays)
     return module
 
 
