@@ -123,6 +123,14 @@ def test_projected_lstm_matches_reference(batch_shape, key):
     check_grads(lambda p, x: jrnn.scan(cell, p, x, carry)[1].sum(), (params, xs), order=1, modes=["rev"])
     assert jrnn.count_params(params) == 4 * 20 + 3 * 20 + 20 + 5 * 3
     assert jrnn.from_config(cell.config()) == cell
+    layer = jrnn.bidirectional(cell)
+    assert layer(layer.init(key, 4), xs)[1].shape == (*batch_shape, 6, 6)  # 2 * P
+    from jrnn.forecast import Forecaster
+
+    model = Forecaster(cell, input_size=4, output_size=2, num_layers=2)
+    model_params = model.init(key)
+    assert model_params.w_out.shape == (3, 2) and model_params.rnn[1].w_x.shape == (3, 20)
+    assert model.apply(model_params, xs).shape == (*batch_shape, 2)
     with pytest.raises(ValueError, match="proj_size: expected a positive int, got 0"):
         jrnn.lstm(5, proj_size=0)
     with pytest.raises(ValueError, match=r"params.w_hr: expected shape \(5, 3\), got \(5, 2\)"):
