@@ -149,7 +149,7 @@ class Cell:
         }
         if shapes.get("b_hn") is not None:
             fields["b_hn"] = initializer.recurrent_bias(k_hn, shapes["b_hn"], draw)
-        if shapes.get("w_hr") is not None:  # a projection: drawn like an input kernel
+        if shapes.get("w_hr") is not None:  # a projection, drawn like an input kernel (with the key no b_hn used)
             fields["w_hr"] = initializer.input_kernel(k_hn, shapes["w_hr"], draw)
         params = self._finish_init(self.params_type(**fields), initializer)
         return jax.tree.map(lambda leaf: leaf.astype(dtype), params)
