@@ -4,6 +4,7 @@ import importlib.util
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -119,6 +120,8 @@ def test_train_predict_several_series(tmp_path):
              "--group-column", "city", "--seq-len", 10, "--quiet", "--out", ck]
     out = jrnn_cmd(*train, "--epochs", 30, "--scale-per-series")
     assert out.returncode == 0, out.stderr
+    assert re.search(r"test MAE [\d.]+, RMSE [\d.]+ over 3 series \(MAE per series: median [\d.]+, "
+                     r"worst city='(north|south|east)' [\d.]+\)", out.stdout), out.stdout
     latest = cities[cities.date <= "2021-05-20"]
     latest.to_csv(tmp_path / "latest.csv", index=False)
     out = jrnn_cmd("predict", "--checkpoint", ck, "--csv", tmp_path / "latest.csv", "--steps", 2)

@@ -255,12 +255,28 @@ def run_train(args) -> int:
     )
     X_test, Y_test = prepared.test
     labels = prepared.target_groups("test")
-    test = metrics(prepared.unscale_targets(predict(model.apply, params, X_test), labels),
-                   prepared.unscale_targets(Y_test, labels))
+    pred = prepared.unscale_targets(predict(model.apply, params, X_test), labels)
+    actual = prepared.unscale_targets(Y_test, labels)
+    test = metrics(pred, actual)
     print(f"jrnn train: {args.cell}, {jrnn.count_params(params)} parameters, "
           f"{len(history.train_loss)} epoch{'s' * (len(history.train_loss) != 1)} (best {history.best_epoch + 1}), "
-          f"test MAE {test['mae']:.4f}, RMSE {test['rmse']:.4f}; checkpoint in {args.out}")
+          f"test MAE {test['mae']:.4f}, RMSE {test['rmse']:.4f}{_series_spread(labels, pred, actual, args)}; "
+          f"checkpoint in {args.out}")
     return 0
+
+
+def _series_spread(labels, pred, actual, args) -> str:
+    """For several series: ``" over N series (MAE per series: median m, worst 'x' w)"``; else ``""``."""
+    import numpy as np
+
+    series = list(dict.fromkeys(labels))
+    if len(series) < 2:
+        return ""
+    errors = np.abs(np.asarray(pred) - np.asarray(actual)).reshape(len(labels), -1).mean(axis=1)
+    mae = {label: float(errors[labels == label].mean()) for label in series}
+    worst = max(mae, key=mae.get)
+    return (f" over {len(series)} series (MAE per series: median {np.median(list(mae.values())):.4f}, "
+            f"worst {args.group_column}={worst!r} {mae[worst]:.4f})")
 
 
 def _scaler_meta(prepared) -> dict:
