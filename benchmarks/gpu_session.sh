@@ -10,24 +10,17 @@
 #            (1, 128, 1000), LSTM and GRU, float32, 15 repeats, with kernels per step (PyTorch's too)
 #   fused    issue #7's 5x-Flax target: the fused LSTM at (16, 768, 1024) float32 against Flax, with
 #            kernels per step, under XLA's default flags (its command buffers on, as users run it)
-#   fused-cublas  an experiment for the same target: the same contenders with XLA's Triton GEMMs off
-#            (XLA_FLAGS=--xla_gpu_enable_triton_gemm=false, both jrnn and Flax), so that cuBLAS computes the
-#            recurrent products. Compiled for an H100 without a GPU (jax 0.11.2, step_kernels.py --target
-#            h100_sxm), the fused path then runs 5.625 kernels per step forward+backward instead of 6.0: the
-#            reverse loop's product is not split along K, so no fusion of its own adds the partial sums
-#            (An XLA flag its XLA does not know stops the process: "Unknown flag in XLA_FLAGS". A jax of the GPU
-#            machine's version on CPU knows the same xla_gpu_* flags, so try one there first:
-#            XLA_FLAGS=--xla_gpu_... python -c "import jax; jax.numpy.ones(1)")
 #   tests    the cuDNN tests (tests/test_gpu.py: values, gradients, forward mode, derivatives of gradients,
 #            under the suite's strict settings) and jrnn.scan's Pallas path compiled for the GPU
 #            (tests/test_pallas.py), two pytest runs side by side, 8 workers each, a line per test (compiling
 #            is most of their time. On an H200, 2026-11-28: one worker each ran out of 120 s; 6 workers each
 #            ran test_gpu.py in 137 s, its slowest test 91 s, and test_pallas.py's 12th test was still
 #            running at 150 s)
-# The limits add up to 480 s: run it with the device call's timeout_s at 510 (the machine's start comes on top,
-# about a minute: a 15-minute lease has no room for a second full call). The whole of it took 292 s of a
-# 390 s call on an H200 (2026-11-28), the tests cut off at 150 s.
-# QUICK=1 on the 2-core development VM: 2 min 36 s (the tests 129 s). $OUT gets 8 files, what a device call brings back.
+# The limits add up to 410 s: run it with the device call's timeout_s at 440 (the machine's start comes on top,
+# about a minute: a 15-minute lease has no room for a second full call). With a third step (XLA's Triton GEMMs
+# off, an experiment answered and dropped: 3.4x slower) the whole of it took 234 s of a 510 s call on an H200
+# (2026-11-28, seventh run), every step within its limit.
+# QUICK=1 on the 2-core development VM: 2 min 1 s (the tests 103 s; 2026-11-28). $OUT gets 7 files (a device call brings back 8 at most).
 # jrnn's own cuDNN binding compiles on its first use there (seconds) unless a src/jrnn/kernels/_cudnn_rnn.so
 # built ahead travels with the tree (see the docstring of jrnn.kernels.cudnn). The H200 runs carried one,
 # built on the development VM with a Python whose jax is the GPU machine's version (0.11.2 in 2026-11):
@@ -60,8 +53,6 @@ step batch1 120 python benchmarks/gpu.py "${quick[@]}" --cells lstm,gru --shapes
     --only "=jrnn cudnn algorithm=3,=jrnn auto,torch" --repeats 15 --profile --json "$OUT/batch1.json"
 step fused 90 python benchmarks/gpu.py "${quick[@]}" --cells lstm --shapes 0 --dtypes float32 \
     --only "=jrnn fused,=jrnn fused unroll=16,flax" --profile --json "$OUT/fused.json"
-step fused-cublas 70 env XLA_FLAGS=--xla_gpu_enable_triton_gemm=false python benchmarks/gpu.py "${quick[@]}" \
-    --cells lstm --shapes 0 --dtypes float32 --only "=jrnn fused,=jrnn fused unroll=16,flax"
 tests() {  # the two test runs side by side; each worker compiles its own programs
     local pytest=(python -m pytest -v -o addopts= -p no:cacheprovider -n 8 --durations=8)
     XLA_PYTHON_CLIENT_PREALLOCATE=false "${pytest[@]}" tests/test_gpu.py -k "not benchmark and not step_kernels" \
