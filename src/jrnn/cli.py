@@ -269,13 +269,13 @@ def _series_spread(labels, pred, actual, args) -> str:
     """For several series: ``" over N series (MAE per series: median m, worst 'x' w)"``; else ``""``."""
     import numpy as np
 
-    series = list(dict.fromkeys(labels))
-    if len(series) < 2:
+    from jrnn.compare import series_mae
+
+    mae = series_mae(labels, pred, actual)
+    if len(mae) < 2:
         return ""
-    errors = np.abs(np.asarray(pred) - np.asarray(actual)).reshape(len(labels), -1).mean(axis=1)
-    mae = {label: float(errors[labels == label].mean()) for label in series}
     worst = max(mae, key=mae.get)
-    return (f" over {len(series)} series (MAE per series: median {np.median(list(mae.values())):.4f}, "
+    return (f" over {len(mae)} series (MAE per series: median {np.median(list(mae.values())):.4f}, "
             f"worst {args.group_column}={worst!r} {mae[worst]:.4f})")
 
 

@@ -153,21 +153,25 @@ def compare(
         "machine": {"jax": jax.__version__, "backend": jax.default_backend(), "cpus": os.cpu_count()},
         "rows": rows,
         "histories": histories,
-        "series_mae": _series_mae(labels, actual, forecasts) if several else None,
+        "series_mae": _by_series(labels, actual, forecasts) if several else None,
         "test": {"dates": test_dates, "series": [str(g) for g in labels] if several else None,
                  "actual": first(actual).tolist(),
                  "predictions": {name: first(pred).tolist() for name, pred in forecasts.items()}},
     }
 
 
-def _series_mae(labels: np.ndarray, actual: np.ndarray, forecasts: dict) -> dict:
-    """``{series: {model: MAE of the first target}}`` over the test points (and steps) of each series."""
-    out = {}
-    for label in dict.fromkeys(labels):
-        mine = labels == label
-        out[str(label)] = {name: round(float(np.mean(np.abs(pred[mine][..., 0] - actual[mine][..., 0]))), 4)
-                           for name, pred in forecasts.items()}
-    return out
+def _by_series(labels: np.ndarray, actual: np.ndarray, forecasts: dict) -> dict:
+    """``{series: {model: MAE}}`` over the test points of each series (JSON-friendly)."""
+    per_model = {name: series_mae(labels, pred, actual) for name, pred in forecasts.items()}
+    return {str(label): {name: round(maes[label], 4) for name, maes in per_model.items()}
+            for label in dict.fromkeys(labels)}
+
+
+def series_mae(labels: np.ndarray, pred, actual) -> dict:
+    """``{series: MAE}`` over each series' rows of ``pred`` and ``actual`` (all their entries);
+    ``labels (n,)`` names the series of each row (``ForecastData.target_groups``)."""
+    errors = np.abs(np.asarray(pred, np.float64) - np.asarray(actual, np.float64)).reshape(len(labels), -1)
+    return {label: float(errors[labels == label].mean()) for label in dict.fromkeys(labels)}
 
 
 def format_table(rows: list[dict], units: str = "") -> str:
