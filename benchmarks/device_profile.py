@@ -20,11 +20,18 @@ first kernel's start to the last one's end, so ``span - busy`` is the time the
 device sat idle between kernels: launch gaps, which fewer kernels shorten and
 faster kernels do not. Per-step numbers divide by ``steps`` (the sequence
 length of an RNN).
+
+:func:`device_times` measures what CUDA events around each call would: the
+device time of a call, from its first kernel's start to its last one's end,
+without the host's dispatch before it and the wait after it. The contenders'
+calls alternate in one trace, a pause between calls, and each call is the
+cluster of kernels between two pauses; medians over the repeats.
 """
 
 from __future__ import annotations
 
 import re
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -76,17 +83,55 @@ def busy_ns(intervals) -> float:
     return total
 
 
-def kernel_profile(fn, steps: int = 1) -> dict:
-    """Run ``fn`` (which waits for its results) once under jax's profiler:
-    ``{"launches", "busy_ms", "span_ms", "wall_ms", "per_step": {...}, "ops": [...]}``,
-    ``ops`` by kind, the most time first, each ``{"op", "launches", "ms", "us_each"}``."""
+def _traced_events(fn):
+    """``(kernel_events, wall_ms)`` of running ``fn`` once under jax's profiler."""
     with tempfile.TemporaryDirectory() as folder:
         started = time.perf_counter()
         with jax.profiler.trace(folder):
             fn()
         wall_ms = 1e3 * (time.perf_counter() - started)
         path = max(Path(folder).rglob("*.xplane.pb"), key=lambda p: p.stat().st_mtime)
-        events = kernel_events(jax.profiler.ProfileData.from_file(str(path)))
+        return kernel_events(jax.profiler.ProfileData.from_file(str(path))), wall_ms
+
+
+def call_spans(events, calls: int, min_gap_ns: float) -> list[float]:
+    """The span (ns) of each of ``calls`` consecutive calls in kernel ``events``
+    (``(kind, start_ns, duration_ns)``): the clusters of kernels that gaps of at
+    least ``min_gap_ns`` separate, in order of time. ``ValueError`` where the
+    clusters are not ``calls`` (a call without kernels, or a pause within one)."""
+    clusters = []
+    for _, start, duration in sorted(events, key=lambda event: event[1]):
+        if clusters and start < clusters[-1][1] + min_gap_ns:
+            clusters[-1][1] = max(clusters[-1][1], start + duration)
+        else:
+            clusters.append([start, start + duration])
+    if len(clusters) != calls:
+        raise ValueError(f"calls: expected {calls} clusters of kernels separated by pauses of "
+                         f"{min_gap_ns / 1e6:g} ms or more, got {len(clusters)}")
+    return [stop - start for start, stop in clusters]
+
+
+def device_times(fns: dict, repeats: int, pause_s: float = 0.01) -> dict:
+    """``{name: median device ms}`` of each function of ``fns`` (each waits for its
+    results), over ``repeats`` calls that alternate with the others' in one trace,
+    ``pause_s`` apart (the device idle between calls)."""
+    names = [name for _ in range(repeats) for name in fns]
+
+    def run():
+        for name in names:
+            fns[name]()
+            time.sleep(pause_s)
+
+    events, _ = _traced_events(run)
+    spans = call_spans(events, len(names), min_gap_ns=0.5 * pause_s * 1e9)
+    return {name: statistics.median(span / 1e6 for span, of in zip(spans, names) if of == name) for name in fns}
+
+
+def kernel_profile(fn, steps: int = 1) -> dict:
+    """Run ``fn`` (which waits for its results) once under jax's profiler:
+    ``{"launches", "busy_ms", "span_ms", "wall_ms", "per_step": {...}, "ops": [...]}``,
+    ``ops`` by kind, the most time first, each ``{"op", "launches", "ms", "us_each"}``."""
+    events, wall_ms = _traced_events(fn)
     by_op = {}
     for op, _, duration in events:
         count, total = by_op.get(op, (0, 0.0))

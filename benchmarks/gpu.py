@@ -1,9 +1,12 @@
 """GPU benchmark: correctness on the device first, then LSTM and GRU timings.
 
 Contenders: jrnn's plain ``lax.scan`` path and its fused path, both with
-``jrnn.scan``'s default loop unrolling (8 time steps per loop iteration on a
-GPU), the fused path with 16, and for the LSTM the fused path with the gate
-layout it had before 2026-11-27 ("fused block-gates"); Pallas kernels (H ≤ 256:
+``jrnn.scan``'s default loop unrolling (16 time steps per loop iteration on a
+GPU since 2026-11-28, 8 before), the fused path with 8 and 32, and for the LSTM
+the fused path with the gate layout it had before 2026-11-27 ("fused
+block-gates"); the fused path without
+the barrier on each step's carry that it has on a GPU since 2026-11-28 ("fused
+no-barrier", also with 8 and 32 steps per iteration); Pallas kernels (H ≤ 256:
 one program per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating
 programs with a grid barrier per step; an experiment: the LSTM at H = 128
 with the state in one chunk of 128 columns, "pallas chunk=128"; with
@@ -35,7 +38,11 @@ reported and left out; ``--json`` is rewritten after every case. With
 jax's profiler (on a GPU it records PyTorch's kernels too: seen on an H200,
 2026-11-28), and its kernels per time step, the device's busy and idle time and the
 costliest kernel kinds are printed after the table and added to its row
-(``device_profile.py``).
+(``device_profile.py``). With ``--device-time``, the forward+backward calls
+also alternate ``--repeats`` times under the profiler, and each contender's
+median device time per call (first kernel's start to last kernel's end, as CUDA
+events would time it: without the host's dispatch and wait) and its ratios to
+PyTorch and Flax are printed after the table and added to its row.
 
     python benchmarks/gpu.py --json results.json     # on a GPU machine
     python benchmarks/gpu.py --cells lstm --json results.json   # the LSTM alone
@@ -71,9 +78,12 @@ import jrnn
 from jrnn.kernels import _pallas, cudnn, fused, pallas_gru, pallas_lstm
 
 SHAPES = [(16, 768, 1024), (64, 512, 100), (16, 256, 1000), (1, 128, 1000)]
-# steps per loop iteration of the fused contenders beyond jrnn's default (8 on a
-# GPU); 32 was slower than 8 in 8 of 11 cases on an H100 (2026-11-27)
-UNROLLS = (16,)
+# steps per loop iteration of the fused contenders beyond jrnn's default (16 on a
+# GPU, 8 before 2026-11-28); 32 was slower than 8 in 8 of 11 cases on an H100
+# (2026-11-27), before the step barrier ended the forward loop's recomputation,
+# which grew with the unroll; on an H200 with the barrier it was slower than 16 at
+# (16, 768, 1024) and within 3 % elsewhere
+UNROLLS = (8, 32)
 # An experiment: the one-program kernels with the state in one chunk of up to 128
 # columns (H = 128: 4 products of (16, 128) x (128, 128) per step instead of 16 of
 # (16, 64) x (64, 64)); timed as "pallas chunk=128". Without a GPU, Triton's sm_90
@@ -318,10 +328,13 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     cell = jrnn.lstm(H) if kind == "lstm" else jrnn.gru(H, reset_after=True)
     params = jax.tree.map(lambda a: a.astype(dtype), cell.init(jax.random.key(0), I))
     out = {}
-    # "plain" and "fused" with jrnn.scan's default unroll (8 on a GPU, 1 elsewhere)
+    # "plain" and "fused" with jrnn.scan's default unroll (16 on a GPU, 1 elsewhere)
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
         variants.append(("fused block-gates", {"split_gates": False}))
+    # the fused loops before 2026-11-28, without the barrier on each step's carry (fused.step_barrier)
+    variants += [("fused no-barrier", {"barrier": False}), *((f"fused no-barrier unroll={k}",
+                                                             {"barrier": False, "unroll": k}) for k in UNROLLS)]
     if on_gpu and dtype == jnp.float32:
         # jrnn's own binding: its choice (cuDNN's persistent small-H kernel at H <= 128), and elsewhere
         # cuDNN's other persistent algorithms
@@ -358,10 +371,11 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
 
         def loss(p, x, impl=impl, options=options):
             layout = fused.gate_layout(options["split_gates"]) if "split_gates" in options else contextlib.nullcontext()
+            barrier = fused.step_barrier(options["barrier"]) if "barrier" in options else contextlib.nullcontext()
             binding = cudnn.own_binding_disabled() if options.get("own_binding") is False else contextlib.nullcontext()
             forced = (cudnn.forced_algorithm(options["cudnn_algorithm"]) if "cudnn_algorithm" in options
                       else contextlib.nullcontext())
-            with kernel_settings(**options.get("kernel", {})), layout, binding, forced:
+            with kernel_settings(**options.get("kernel", {})), layout, barrier, binding, forced:
                 carry_dtype = None if impl in ("cudnn", "auto") else jnp.float32  # cuDNN takes one dtype
                 ys = jrnn.scan(cell, p, x, implementation=impl, carry_dtype=carry_dtype,
                                unroll=options.get("unroll"))[1]
@@ -451,6 +465,41 @@ def profile_contenders(fns, case, steps, lines) -> dict:
     return profiles
 
 
+def time_on_device(fns, case, repeats, lines) -> dict:
+    """``{name: median device ms}`` of each contender's forward+backward
+    (``device_profile.device_times``: alternating calls, each timed by its kernels'
+    span); a line per contender to ``lines``, or one naming the failure (the
+    wall-clock timings stand)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    if here not in sys.path:
+        sys.path.insert(0, here)
+    import device_profile
+
+    try:
+        times = device_profile.device_times({name: fwd_bwd for name, (_, fwd_bwd, _) in fns.items()}, repeats)
+    except Exception as error:  # noqa: BLE001 - reported; the timings stand
+        lines.append(f"# device time {case}: {type(error).__name__}: {str(error)[:200]}")
+        return {}
+    for name, ms in times.items():
+        ratios = device_ratios(times, name)
+        against = "".join(f", {ratios[key]:.3f}x {peer}" for key, peer in (("device_vs_torch", "torch"),
+                                                                          ("device_vs_flax", "flax"))
+                          if ratios[key] is not None)
+        lines.append(f"# device time {case} {name}: fwd+bwd {ms:.3f} ms{against}")
+    return times
+
+
+def device_ratios(times, name) -> dict:
+    """A row's device time and its ratios to PyTorch's and Flax's (``None`` where not measured)."""
+    if name not in times:
+        return {}
+    peer = lambda prefix: next((ms for other, ms in times.items() if other.startswith(prefix)), None)
+    torch_ms, flax_ms = peer("torch"), peer("flax")
+    return {"fwd_bwd_device_ms": times[name],
+            "device_vs_torch": None if torch_ms is None else times[name] / torch_ms,
+            "device_vs_flax": None if flax_ms is None else times[name] / flax_ms}
+
+
 def ranked_cases(cells, shapes, dtypes=(jnp.float32, jnp.bfloat16)):
     """``(cell, shape, dtype)`` in order of importance: the issue's target shapes
     (16, 768, 1024) and (1, 128, 1000) before the others, at each the LSTM before the
@@ -489,6 +538,9 @@ def main(argv=None) -> int:
                         help="after timing a case, run each contender's forward+backward once under jax's "
                         "profiler (on a GPU, PyTorch's kernels too) and report its kernels per time step "
                         "(benchmarks/device_profile.py)")
+    parser.add_argument("--device-time", action="store_true",
+                        help="after timing a case, also time each contender's forward+backward by its kernels' "
+                        "span on the device (device_profile.device_times), alternating, medians")
     parser.add_argument("--checks-only", action="store_true", help=argparse.SUPPRESS)  # a child of check_in_children
     parser.add_argument("--first-check", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -555,8 +607,10 @@ def main(argv=None) -> int:
             continue
         case_started = time.perf_counter()
         fns = contenders(kind, B, H, T, dtype, on_gpu, failures, checked, args.streamed, only)
-        medians = time_all(fns, 3 if args.quick else args.repeats)
+        repeats = 3 if args.quick else args.repeats
+        medians = time_all(fns, repeats)
         profiles = profile_contenders(fns, case, T, profile_lines) if args.profile else {}
+        device_ms = time_on_device(fns, case, repeats, profile_lines) if args.device_time else {}
         durations.append(time.perf_counter() - case_started)
         torch_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("torch")), None)
         flax_fb = next((fb for name, (_, fb) in medians.items() if name.startswith("flax")), None)
@@ -564,7 +618,8 @@ def main(argv=None) -> int:
             row = {"cell": kind, "shape": [B, H, T], "dtype": jnp.dtype(dtype).name, "contender": name, "fwd_ms": fwd,
                    "fwd_bwd_ms": fb, "compile_s": fns[name][2],
                    "vs_torch": None if torch_fb is None else fb / torch_fb,
-                   "vs_flax": None if flax_fb is None else fb / flax_fb, "profile": profiles.get(name)}
+                   "vs_flax": None if flax_fb is None else fb / flax_fb, "profile": profiles.get(name),
+                   **device_ratios(device_ms, name)}
             results.append(row)
             fmt = lambda v: "" if v is None else f"{v:.2f}"
             print(f"| {kind} | {B}, {H}, {T} | {row['dtype']} | {name} | {fwd:.2f} | {fb:.2f} | "

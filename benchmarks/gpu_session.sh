@@ -7,20 +7,21 @@
 #
 # Steps, each under its own time limit (seconds); the timings first, on an idle machine:
 #   batch1   issue #7's batch-1 target: cuDNN through jrnn's binding and "auto" against PyTorch at
-#            (1, 128, 1000), LSTM and GRU, float32, 15 repeats, with kernels per step (PyTorch's too)
-#   fused    issue #7's 5x-Flax target: the fused LSTM at (16, 768, 1024) float32 against Flax, with
-#            kernels per step, under XLA's default flags (its command buffers on, as users run it)
+#            (1, 128, 1000), LSTM and GRU, float32, 15 repeats, with kernels per step (PyTorch's too) and
+#            device times (each call's kernels' span, alternating, medians: what CUDA events would time)
+#   fused    issue #7's 5x-Flax target: the fused LSTM (then the GRU) at (16, 768, 1024) float32 against
+#            Flax, with and without the barrier on each step's carry (fused.step_barrier), unroll 16 and 8,
+#            with kernels per step and device times, under XLA's default flags (its command buffers on)
 #   tests    the cuDNN tests (tests/test_gpu.py: values, gradients, forward mode, derivatives of gradients,
 #            under the suite's strict settings) and jrnn.scan's Pallas path compiled for the GPU
 #            (tests/test_pallas.py), two pytest runs side by side, 8 workers each, a line per test (compiling
 #            is most of their time. On an H200, 2026-11-28: one worker each ran out of 120 s; 6 workers each
 #            ran test_gpu.py in 137 s, its slowest test 91 s, and test_pallas.py's 12th test was still
 #            running at 150 s)
-# The limits add up to 410 s: run it with the device call's timeout_s at 440 (the machine's start comes on top,
-# about a minute: a 15-minute lease has no room for a second full call). With a third step (XLA's Triton GEMMs
-# off, an experiment answered and dropped: 3.4x slower) the whole of it took 234 s of a 510 s call on an H200
-# (2026-11-28, seventh run), every step within its limit.
-# QUICK=1 on the 2-core development VM: 2 min 1 s (the tests 103 s; 2026-11-28). $OUT gets 7 files (a device call brings back 8 at most).
+# The limits add up to 480 s: run it with the device call's timeout_s at 510 (the machine's start comes on top,
+# about a minute). On an H200 the whole of it took 218 s (2026-11-28, eighth run, with the fused step's budget
+# at 100 s, which left the GRU out: the LSTM's case took 66 s), every step within its limit.
+# QUICK=1 on the 2-core development VM: 3 min 30 s (the tests 177 s; 2026-11-28). $OUT gets 7 files (a device call brings back 8 at most).
 # jrnn's own cuDNN binding compiles on its first use there (seconds) unless a src/jrnn/kernels/_cudnn_rnn.so
 # built ahead travels with the tree (see the docstring of jrnn.kernels.cudnn). The H200 runs carried one,
 # built on the development VM with a Python whose jax is the GPU machine's version (0.11.2 in 2026-11):
@@ -50,9 +51,10 @@ step() {  # step NAME LIMIT_S COMMAND...: run it, log into $OUT/NAME.log, print 
 }
 
 step batch1 120 python benchmarks/gpu.py "${quick[@]}" --cells lstm,gru --shapes 3 --dtypes float32 \
-    --only "=jrnn cudnn algorithm=3,=jrnn auto,torch" --repeats 15 --profile --json "$OUT/batch1.json"
-step fused 90 python benchmarks/gpu.py "${quick[@]}" --cells lstm --shapes 0 --dtypes float32 \
-    --only "=jrnn fused,=jrnn fused unroll=16,flax" --profile --json "$OUT/fused.json"
+    --only "=jrnn cudnn algorithm=3,=jrnn auto,torch" --repeats 15 --profile --device-time --json "$OUT/batch1.json"
+step fused 160 python benchmarks/gpu.py "${quick[@]}" --cells lstm,gru --shapes 0 --dtypes float32 --budget-s 140 \
+    --only "=jrnn fused,=jrnn fused unroll=8,=jrnn fused no-barrier,=jrnn fused no-barrier unroll=8,flax" \
+    --profile --device-time --json "$OUT/fused.json"
 tests() {  # the two test runs side by side; each worker compiles its own programs
     local pytest=(python -m pytest -v -o addopts= -p no:cacheprovider -n 8 --durations=8)
     XLA_PYTHON_CLIENT_PREALLOCATE=false "${pytest[@]}" tests/test_gpu.py -k "not benchmark and not step_kernels" \

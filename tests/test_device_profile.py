@@ -6,6 +6,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 import jrnn
 
@@ -58,3 +59,25 @@ def test_kernel_profile_of_work_outside_xla():
     profile = device_profile.kernel_profile(lambda: np.ones((64, 64)) @ np.ones((64, 64)), steps=4)
     assert profile["launches"] == 0 and profile["busy_ms"] == profile["span_ms"] == 0
     assert device_profile.summary(profile).startswith("0.000 kernels/step, busy 0.00 of 0.00 us/step (idle 0 %)")
+
+
+def test_call_spans_split_the_kernels_at_the_pauses():
+    spans = _device_profile().call_spans
+    events = [("b", 10, 5), ("a", 0, 4), ("c", 100, 1), ("d", 12, 8), ("e", 103, 2)]  # out of order, overlapping
+    assert spans(events, 2, min_gap_ns=50) == [20, 5]
+    assert spans(events, 1, min_gap_ns=200) == [105]
+    with pytest.raises(ValueError, match="calls: expected 3 clusters .* got 2"):
+        spans(events, 3, min_gap_ns=50)
+
+
+def test_device_times_of_alternating_calls():
+    """Two jitted programs whose device work differs 8-fold (on this backend, the
+    host plane's XLA thunks): each gets a median span, the bigger one longer."""
+    device_profile = _device_profile()
+    small, big = jnp.ones((64, 64)), jnp.ones((512, 512))
+    matmul = jax.jit(lambda a: a @ a @ a)
+    fns = {"small": lambda: jax.block_until_ready(matmul(small)), "big": lambda: jax.block_until_ready(matmul(big))}
+    for fn in fns.values():
+        fn()
+    times = device_profile.device_times(fns, repeats=5)
+    assert set(times) == {"small", "big"} and 0 < times["small"] < times["big"]

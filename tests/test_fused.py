@@ -197,3 +197,47 @@ def test_lstm_gate_layout_follows_the_platform(platform, split):
     per_gate, block = ["2x5"] * 5, ["2x4x5", "2x5"]
     assert tanh_shapes() == (per_gate if split else block)
     assert tanh_shapes(force=True) == per_gate and tanh_shapes(force=False) == block
+
+
+GPU_LOOP_PRECISIONS = [PRECISIONS[i] for i in (2, 3, 4)] + [PRECISIONS[-1]]  # lengths, unroll, dropout
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", CELLS, ids=CELL_IDS)
+@pytest.mark.parametrize("options,dtype,tol", GPU_LOOP_PRECISIONS)
+def test_gpu_loops_equal_plain(name, cell, kind, opts, options, dtype, tol, key):
+    """The XLA loops as CUDA GPUs run them (each forward step's carry behind an
+    optimization barrier; the LSTM's gates one by one), forced on the CPU, equal
+    the plain driver: values and gradients, with lengths, reversed, unrolled,
+    with dropout."""
+    with fused.step_barrier(True), fused.gate_layout(True), native.disabled():
+        _check_fused_equals_plain(cell, options, dtype, tol, key)
+
+
+@pytest.mark.parametrize("name,cell,kind,opts", [c for c in CELLS if c[0] in ("lstm", "gru")], ids=["lstm", "gru"])
+def test_gpu_loops_derivatives_equal_plain(name, cell, kind, opts, key):
+    """... and their forward-mode derivatives and derivatives of the gradient."""
+    options = {"seq_lengths": [4, 0, 2], "reverse": True, "unroll": 3}
+    scan = lambda params, carry, xs, impl: _run(cell, params, carry, xs, impl, options)
+    loss, primals, k_v = scan_loss_problem(cell, key, jnp.float64, scan=scan)
+    with fused.step_barrier(True), fused.gate_layout(True), native.disabled():
+        assert_derivatives_equal(loss, primals, k_v, "fused", 1e-10)
+
+
+@pytest.mark.parametrize("platform,barrier", [("cuda", True), ("cpu", False), ("tpu", False)])
+@pytest.mark.parametrize("cell", [jrnn.lstm(5), jrnn.gru(5)], ids=["lstm", "gru"])
+def test_step_barrier_follows_the_platform(platform, barrier, cell):
+    """Lowered for CUDA, the fused forward loop puts each step's carry behind an
+    optimization barrier (one in the lowered step function); the reverse loop and
+    other platforms have none; a forced setting wins."""
+    params = cell.init(jax.random.key(0), 3)
+
+    def barriers(force=None):
+        forced = contextlib.nullcontext() if force is None else fused.step_barrier(force)
+        loss = lambda p, x: jnp.sum(jrnn.scan(cell, p, x, implementation="fused", unroll=2)[1])
+        with native.disabled(), forced:  # the XLA loops, on CPU too
+            traced = jax.jit(jax.grad(loss)).trace(params, jnp.ones((2, 8, 3), jnp.float32))
+            text = traced.lower(lowering_platforms=(platform,)).as_text()
+        return text.count("stablehlo.optimization_barrier")
+
+    assert barriers() == (1 if barrier else 0)
+    assert barriers(force=True) == 1 and barriers(force=False) == 0

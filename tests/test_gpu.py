@@ -526,14 +526,16 @@ def test_cudnn_refused_without_gpu(key):
 def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     """``benchmarks/gpu.py --quick`` (the script a GPU run uses, on tiny shapes) runs
     its device checks and times both cells here too; a failed check exits 1.
-    ``--profile`` adds each contender's kernels to its row and prints them."""
+    ``--profile`` adds each contender's kernels to its row and prints them,
+    ``--device-time`` its median device time and the ratio to Flax's."""
     import json
     import subprocess
     import sys
     from pathlib import Path
 
     script = Path(__file__).parent.parent / "benchmarks" / "gpu.py"
-    out = subprocess.run([sys.executable, script, "--quick", "--profile", "--json", tmp_path / "r.json"],
+    out = subprocess.run([sys.executable, script, "--quick", "--profile", "--device-time", "--json",
+                          tmp_path / "r.json"],
                          capture_output=True, text=True, timeout=600, check=False)
     assert out.returncode == 0, out.stdout + out.stderr
     result = json.loads((tmp_path / "r.json").read_text())
@@ -546,6 +548,11 @@ def test_gpu_benchmark_quick_runs_anywhere(tmp_path):
     profiled = {r["contender"] for r in result["results"] if r["profile"] and r["profile"]["launches"] > 0}
     assert profiled >= {r["contender"] for r in result["results"] if r["contender"].startswith(("jrnn", "flax"))}
     assert "# profile lstm 2, 16, 20 float32 jrnn fused fwd+bwd: " in out.stdout
+    flax = next(r for r in result["results"] if r["cell"] == "lstm" and r["contender"].startswith("flax"))
+    fused = next(r for r in result["results"] if r["cell"] == "lstm" and r["contender"] == "jrnn fused")
+    assert fused["fwd_bwd_device_ms"] > 0 and flax["device_vs_flax"] == 1
+    assert fused["device_vs_flax"] == pytest.approx(fused["fwd_bwd_device_ms"] / flax["fwd_bwd_device_ms"])
+    assert "# device time lstm 2, 16, 20 float32 jrnn fused: fwd+bwd " in out.stdout
 
 
 def test_gpu_benchmark_reports_a_check_that_hangs(tmp_path):
@@ -678,8 +685,9 @@ def test_gpu_benchmark_times_only_the_contenders_asked_for():
     """``--only`` keeps a short device lease to the contenders named (by parts of
     their names), so the others are not even compiled."""
     failures = []
-    fns = _benchmark("gpu").contenders("lstm", 2, 16, 5, jnp.float32, False, failures, only=["unroll", "flax"])
-    assert set(fns) == {"jrnn fused unroll=16", "flax OptimizedLSTMCell"} and not failures
+    fns = _benchmark("gpu").contenders("lstm", 2, 16, 5, jnp.float32, False, failures,
+                                       only=["fused unroll", "flax"])
+    assert set(fns) == {"jrnn fused unroll=8", "jrnn fused unroll=32", "flax OptimizedLSTMCell"} and not failures
 
 
 def test_gpu_benchmark_times_pallas_variants_where_they_change_the_kernel():

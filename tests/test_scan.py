@@ -125,9 +125,9 @@ def test_unroll_does_not_change_values(unroll, key):
     )
 
 
-@pytest.mark.parametrize("backend,steps", [("gpu", 8), ("cpu", 1)])
-def test_default_unroll_is_eight_steps_on_a_gpu(backend, steps, key, monkeypatch):
-    """``unroll=None`` (the default) puts 8 time steps in each loop iteration on a
+@pytest.mark.parametrize("backend,steps", [("gpu", 16), ("cpu", 1)])
+def test_default_unroll_is_sixteen_steps_on_a_gpu(backend, steps, key, monkeypatch):
+    """``unroll=None`` (the default) puts 16 time steps in each loop iteration on a
     GPU, where each iteration costs kernel launches, and 1 elsewhere."""
     import importlib
 

@@ -23,7 +23,7 @@ class RNN(nn.Module):
     Attributes:
       layer: e.g. ``jrnn.lstm(64)`` or ``jrnn.stacked([...])``.
       time_major: inputs are ``(T, *batch, I)``.
-      unroll: as :func:`jrnn.scan` (``None``: 8 time steps per loop iteration on a GPU, else 1).
+      unroll: as :func:`jrnn.scan` (``None``: 16 time steps per loop iteration on a GPU, else 1).
       dropout, recurrent_dropout: Keras-style variational rates, drawn from the
         ``'dropout'`` RNG stream unless deterministic.
       deterministic: default for ``__call__``'s ``deterministic``.

@@ -38,14 +38,17 @@ from jrnn.min_cells import _MinCell
 
 IMPLEMENTATIONS = ("auto", "fused", "parallel", "plain", "cudnn", "pallas")
 # default time steps per loop iteration on a GPU (benchmarks/RESULTS.md, "GPU"): on
-# an H100, 16 was at most 6 % faster and compiled up to 6.7x longer; 32 was slower
-GPU_UNROLL = 8
+# an H200 with the fused loops' step barrier (2026-11-28), 16 took 4-7 % less time than
+# 8 forward+backward in 5 of 8 cases (LSTM and GRU at four shapes) and 0.9-3.7 % more in
+# 3; 32 was slower than 16 at (16, 768, 1024) and compiled longer
+GPU_UNROLL = 16
 
 
 def default_unroll() -> int:
-    """``unroll`` when none is given: ``GPU_UNROLL`` on a GPU, where each loop
+    """``unroll`` when none is given: ``GPU_UNROLL`` (16) on a GPU, where each loop
     iteration costs kernel launches (on an H200 the LSTM's forward+backward ran
-    1.3–1.8× faster with 8 steps per iteration), else 1."""
+    1.3–1.8× faster with 8 steps per iteration than with 1, and 16 was faster
+    again at most shapes), else 1."""
     return GPU_UNROLL if jax.default_backend() == "gpu" else 1
 
 
@@ -90,7 +93,7 @@ def scan(
         first; outputs stay at their original positions.
       time_major: ``xs`` and ``ys`` are time-major.
       unroll: time steps per iteration of the loop, passed to ``lax.scan``;
-        ``None``: :func:`default_unroll` (8 on a GPU, 1 elsewhere).
+        ``None``: :func:`default_unroll` (16 on a GPU, 1 elsewhere).
       dropout: variational input dropout rate (one mask per sequence, shared by
         all steps, as Keras). Active only when ``dropout_key`` is given.
       recurrent_dropout: variational dropout rate on ``h_{t-1}`` where it enters
@@ -211,8 +214,9 @@ def _steps_and_batch(xs, time_major: bool) -> tuple:
 
 def _trace_switches() -> tuple:
     """The kernels' trace-time switches (``native.disabled()``, ``cudnn.own_binding_disabled()``,
-    ``cudnn.forced_algorithm()``, ``fused.gate_layout()``): part of :func:`_run`'s cache key."""
-    return native._disabled, cudnn._own_disabled, cudnn._forced_algorithm, fused._forced_split
+    ``cudnn.forced_algorithm()``, ``fused.gate_layout()``, ``fused.step_barrier()``): part of
+    :func:`_run`'s cache key."""
+    return native._disabled, cudnn._own_disabled, cudnn._forced_algorithm, fused._forced_split, fused._forced_barrier
 
 
 @functools.partial(jax.jit, static_argnames=("dropout", "recurrent_dropout", "reverse", "time_major", "unroll",

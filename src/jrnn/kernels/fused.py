@@ -11,6 +11,11 @@ differences are only in how it is computed:
   fusion's outputs must share one shape; see :func:`gate_layout`);
 * the forward loop saves only what the backward loop needs (gate ``tanh``
   values and states);
+* on CUDA GPUs each forward step's carry passes an optimization barrier, so
+  that XLA keeps it in memory: without one, XLA:GPU fused each step of an
+  unrolled loop body with the steps before it and recomputed their gate math
+  from their products' outputs, each step's kernel more of it than the last
+  (see :func:`step_barrier`);
 * the backward loop carries only what is sequential (``dh_{t-1} = dG_t W_hᵀ``
   and the LSTM cell state); the weight gradient ``dW_h = Σ_t h_{t-1}ᵀ dG_t``
   is one large matrix product after the loop, as cuDNN does, and the
@@ -70,11 +75,12 @@ def _lstm_gates(pre, H, split):
     return t, [act[..., k, :] for k in range(4)]
 
 
-# Where the LSTM's XLA loops activate each gate on its own: CUDA GPUs, where it
-# takes the training forward loop from 3.5 to 2.6 kernels per step (H100 target,
-# ``benchmarks/step_kernels.py --target``); CPU loops keep the block, on which
-# XLA:CPU runs the forward loop 14-22 % faster (RESULTS.md).
-_SPLIT_GATES_PLATFORMS = ("cuda",)
+# Where the XLA loops run as for a GPU: the LSTM activates each gate on its own,
+# which takes its training forward loop from 3.5 to 2.6 kernels per step (H100
+# target, ``benchmarks/step_kernels.py --target``), and each step's carry passes
+# a barrier (:func:`step_barrier`). CPU loops keep the LSTM's block, on which
+# XLA:CPU runs the forward loop 14-22 % faster (RESULTS.md), and no barrier.
+_GPU_LOOP_PLATFORMS = ("cuda",)
 _forced_split = None
 
 
@@ -90,6 +96,45 @@ def gate_layout(split: bool):
         yield
     finally:
         _forced_split = before
+
+
+# On a GPU each forward step's carry passes an optimization barrier. Without it
+# XLA:GPU fused step k of an unrolled loop body with steps 1..k-1 and recomputed
+# their cell updates from the products' outputs in every kernel: the LSTM's
+# forward loop read 36 products per 8 steps instead of 8 (optimised HLO for an
+# H100, ``step_kernels.py --target``), and on an H200 the barrier took its
+# forward at (16, 768, 1024) from 9.3 to 6.8 ms (RESULTS.md). The reverse loop
+# has none: there one made more kernels (the split-K partial products of ``dh``
+# were then summed in a kernel of their own).
+_forced_barrier = None
+
+
+@contextlib.contextmanager
+def step_barrier(on: bool):
+    """Trace the XLA loops with each step's carry behind an optimization barrier
+    (``on=True``) or without one (``False``) on every platform, instead of by
+    platform. For tests and side-by-side benchmarks, like :func:`gate_layout`."""
+    global _forced_barrier
+    before, _forced_barrier = _forced_barrier, bool(on)
+    try:
+        yield
+    finally:
+        _forced_barrier = before
+
+
+def _by_platform(run, cell):
+    """``run(split_gates, barrier)`` with the settings of the platform it is lowered for
+    (CUDA: both on; elsewhere off), or as :func:`gate_layout` / :func:`step_barrier` force them."""
+    is_lstm = isinstance(cell, LSTMCell)
+
+    def settings(on_cuda):
+        split = is_lstm and (on_cuda if _forced_split is None else _forced_split)
+        return split, on_cuda if _forced_barrier is None else _forced_barrier
+
+    if settings(True) == settings(False):
+        return run(*settings(False))
+    branches = {platform: functools.partial(run, *settings(True)) for platform in _GPU_LOOP_PLATFORMS}
+    return jax.lax.platform_dependent(**branches, default=functools.partial(run, *settings(False)))
 
 
 class _LSTM:
@@ -281,17 +326,13 @@ def _forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mas
 
 
 def _scan_forward(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save):
-    run = lambda split: _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask,
-                                   save=save, split_gates=split)
-    if not isinstance(cell, LSTMCell):
-        return run(False)
-    if _forced_split is not None:
-        return run(_forced_split)
-    branches = {platform: functools.partial(run, True) for platform in _SPLIT_GATES_PLATFORMS}
-    return jax.lax.platform_dependent(**branches, default=functools.partial(run, False))
+    run = lambda split, barrier: _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask,
+                                            save=save, split_gates=split, barrier=barrier)
+    return _by_platform(run, cell)
 
 
-def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save, split_gates):
+def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, mask, *, save, split_gates,
+               barrier):
     impl = _IMPLS[type(cell)]
     step = functools.partial(impl.forward, split_gates=True) if split_gates else impl.forward
 
@@ -302,6 +343,8 @@ def _scan_loop(cell, reverse, unroll, batch_major, p, projected, carry, valid, m
             ok = ok[:, None]
             new = _select(ok, new, carry)
             y = jnp.where(ok, y, jnp.zeros_like(y))
+        if barrier:
+            new = jax.lax.optimization_barrier(new)
         return new, ((y, res) if save else (y, None))
 
     final, (ys, res) = jax.lax.scan(body, carry, (projected, valid), reverse=reverse, unroll=unroll)
