@@ -6,7 +6,8 @@ GPU since 2026-11-28, 8 before), the fused path with 8 and 32, and for the LSTM
 the fused path with the gate layout it had before 2026-11-27 ("fused
 block-gates"); the fused path without
 the barrier on each step's carry that it has on a GPU since 2026-11-28 ("fused
-no-barrier", also with 8 and 32 steps per iteration); Pallas kernels (H ≤ 256:
+no-barrier", also with 8 and 32 steps per iteration; on a GPU only, as the
+barrier is); Pallas kernels (H ≤ 256:
 one program per 16 batch rows; LSTM H = 512 and 768: H/16 cooperating
 programs with a grid barrier per step; an experiment: the LSTM at H = 128
 with the state in one chunk of 128 columns, "pallas chunk=128"; with
@@ -332,9 +333,9 @@ def contenders(kind, B, H, T, dtype, on_gpu, failures, checked=None, streamed=Fa
     variants = [("plain", {}), ("fused", {}), *((f"fused unroll={k}", {"unroll": k}) for k in UNROLLS)]
     if kind == "lstm":  # the fused loop's layout before 2026-11-27 (one tanh over the gate block), side by side
         variants.append(("fused block-gates", {"split_gates": False}))
-    # the fused loops before 2026-11-28, without the barrier on each step's carry (fused.step_barrier)
-    variants += [("fused no-barrier", {"barrier": False}), *((f"fused no-barrier unroll={k}",
-                                                             {"barrier": False, "unroll": k}) for k in UNROLLS)]
+    if on_gpu:  # the fused loops before 2026-11-28, without the barrier on each step's carry (fused.step_barrier)
+        variants += [("fused no-barrier", {"barrier": False}), *((f"fused no-barrier unroll={k}",
+                                                                 {"barrier": False, "unroll": k}) for k in UNROLLS)]
     if on_gpu and dtype == jnp.float32:
         # jrnn's own binding: its choice (cuDNN's persistent small-H kernel at H <= 128), and elsewhere
         # cuDNN's other persistent algorithms
