@@ -216,7 +216,7 @@ def _trace_switches() -> tuple:
     """The kernels' trace-time switches (``native.disabled()``, ``cudnn.own_binding_disabled()``,
     ``cudnn.forced_algorithm()``, ``fused.gate_layout()``, ``fused.step_barrier()``): part of
     :func:`_run`'s cache key."""
-    return native._disabled, cudnn._own_disabled, cudnn._forced_algorithm, fused._forced_split, fused._forced_barrier
+    return native._disabled, cudnn._own_disabled, cudnn._forced_algorithm, *fused._FORCED.values()
 
 
 @functools.partial(jax.jit, static_argnames=("dropout", "recurrent_dropout", "reverse", "time_major", "unroll",

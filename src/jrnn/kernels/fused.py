@@ -12,10 +12,8 @@ differences are only in how it is computed:
 * the forward loop saves only what the backward loop needs (gate ``tanh``
   values and states);
 * on CUDA GPUs each forward step's carry passes an optimization barrier, so
-  that XLA keeps it in memory: without one, XLA:GPU fused each step of an
-  unrolled loop body with the steps before it and recomputed their gate math
-  from their products' outputs, each step's kernel more of it than the last
-  (see :func:`step_barrier`);
+  that XLA keeps it in memory instead of recomputing earlier steps in every
+  kernel (see :func:`step_barrier`);
 * the backward loop carries only what is sequential (``dh_{t-1} = dG_t W_hᵀ``
   and the LSTM cell state); the weight gradient ``dW_h = Σ_t h_{t-1}ᵀ dG_t``
   is one large matrix product after the loop, as cuDNN does, and the
@@ -81,21 +79,25 @@ def _lstm_gates(pre, H, split):
 # a barrier (:func:`step_barrier`). CPU loops keep the LSTM's block, on which
 # XLA:CPU runs the forward loop 14-22 % faster (RESULTS.md), and no barrier.
 _GPU_LOOP_PLATFORMS = ("cuda",)
-_forced_split = None
+# the settings that gate_layout() and step_barrier() force (None: by platform)
+_FORCED = {"split_gates": None, "barrier": None}
 
 
 @contextlib.contextmanager
+def _forcing(setting, value):
+    before, _FORCED[setting] = _FORCED[setting], bool(value)
+    try:
+        yield
+    finally:
+        _FORCED[setting] = before
+
+
 def gate_layout(split: bool):
     """Trace the LSTM's XLA loops with each gate activated on its own
     (``split=True``) or as one block (``False``) on every platform, instead of
     by platform. For tests and side-by-side benchmarks; it applies to what is
     traced inside the ``with`` block."""
-    global _forced_split
-    before, _forced_split = _forced_split, bool(split)
-    try:
-        yield
-    finally:
-        _forced_split = before
+    return _forcing("split_gates", split)
 
 
 # On a GPU each forward step's carry passes an optimization barrier. Without it
@@ -106,20 +108,11 @@ def gate_layout(split: bool):
 # forward at (16, 768, 1024) from 9.3 to 6.8 ms (RESULTS.md). The reverse loop
 # has none: there one made more kernels (the split-K partial products of ``dh``
 # were then summed in a kernel of their own).
-_forced_barrier = None
-
-
-@contextlib.contextmanager
 def step_barrier(on: bool):
     """Trace the XLA loops with each step's carry behind an optimization barrier
     (``on=True``) or without one (``False``) on every platform, instead of by
     platform. For tests and side-by-side benchmarks, like :func:`gate_layout`."""
-    global _forced_barrier
-    before, _forced_barrier = _forced_barrier, bool(on)
-    try:
-        yield
-    finally:
-        _forced_barrier = before
+    return _forcing("barrier", on)
 
 
 def _by_platform(run, cell):
@@ -128,8 +121,8 @@ def _by_platform(run, cell):
     is_lstm = isinstance(cell, LSTMCell)
 
     def settings(on_cuda):
-        split = is_lstm and (on_cuda if _forced_split is None else _forced_split)
-        return split, on_cuda if _forced_barrier is None else _forced_barrier
+        split, barrier = (on_cuda if _FORCED[k] is None else _FORCED[k] for k in ("split_gates", "barrier"))
+        return is_lstm and split, barrier
 
     if settings(True) == settings(False):
         return run(*settings(False))
